@@ -1,0 +1,266 @@
+"""Tasks, local training, evaluation and flat parameter vectors.
+
+Owns: resolving a task spec (`digits-mlp`, `digits-cnn`, or a user plug-in
+`package.module:function`), building the identical initial model on every node,
+one node's local training round on its shard, evaluation, and converting the
+model to/from a flat float32 vector (the only thing aggregation ever sees).
+
+Must not touch: sockets, messages, aggregation/averaging, thread settings
+(the process launcher calls torch.set_num_threads).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2pfl import models
+from p2pfl.data import Dataset, Shard, load_digits
+
+OPTIMIZERS = ("sgd", "adam")
+EVAL_CHUNK = 4096
+
+
+@dataclass
+class Task:
+    """What to learn: a dataset and a zero-argument model constructor."""
+
+    name: str
+    make_model: Callable[[], nn.Module]
+    dataset: Dataset
+
+
+def _digits_mlp(seed: int) -> Task:
+    ds = load_digits(seed=seed)
+    return Task("digits-mlp", lambda: models.mlp(64, ds.num_classes), ds)
+
+
+def _digits_cnn(seed: int) -> Task:
+    ds = load_digits(seed=seed)
+    return Task("digits-cnn", lambda: models.small_cnn(ds.num_classes), ds)
+
+
+BUILTIN_TASKS: dict[str, Callable[[int], Task]] = {
+    "digits-mlp": _digits_mlp,
+    "digits-cnn": _digits_cnn,
+}
+DEFAULT_TASK = "digits-mlp"
+
+
+def _load_plugin(spec: str, seed: int) -> Task:
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(f"task {spec!r}: a plug-in spec must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module itself failing on import
+        raise ValueError(f"task {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"task {spec!r}: module {module_name!r} has no callable {func_name!r}")
+    try:
+        task = func(seed=seed)
+    except Exception as exc:
+        raise ValueError(f"task {spec!r}: {func_name}(seed={seed}) raised {exc!r}") from exc
+    if not isinstance(task, Task):
+        raise ValueError(
+            f"task {spec!r}: {func_name}(seed=...) must return p2pfl.training.Task, "
+            f"got {type(task).__name__}"
+        )
+    return task
+
+
+def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
+    """Resolve a task spec: a built-in name or 'package.module:function(seed) -> Task'."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"task spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec](seed)
+    if ":" in spec:
+        return _load_plugin(spec, seed)
+    raise ValueError(
+        f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} "
+        f"or a plug-in 'package.module:function'"
+    )
+
+
+def init_model(task: Task, seed: int) -> nn.Module:
+    """The task's model initialised from `seed`, identical on every node; global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return task.make_model()
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation settings. `local_steps`, when set, overrides `local_epochs`.
+
+    `momentum` applies to SGD only (Adam uses its default betas).
+    """
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 32
+    local_epochs: int = 1
+    local_steps: int | None = None
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1 or None, got {self.local_steps}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def _make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(dtype)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+class LocalTrainer:
+    """One node's model, optimizer and shard. Optimizer state persists across rounds.
+
+    `seed` drives only the mini-batch shuffling (a private torch.Generator).
+    """
+
+    def __init__(self, model: nn.Module, shard: Shard, config: TrainConfig, seed: int) -> None:
+        if len(shard) == 0:
+            raise ValueError("LocalTrainer needs a non-empty shard")
+        self.model = model
+        self.config = config
+        self.x = _as_tensor(shard.x, torch.float32)
+        self.y = _as_tensor(shard.y, torch.int64)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = _make_optimizer(model.parameters(), config)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rounds = 0
+        self._params = [p for p in model.parameters()]
+        self._sizes = [p.numel() for p in self._params]
+
+    @property
+    def num_params(self) -> int:
+        return sum(self._sizes)
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """Index tensors of the mini-batches for one round (epochs, or exactly local_steps)."""
+        n, bs = len(self.y), self.config.batch_size
+        steps = self.config.local_steps
+        if steps is None:
+            for _ in range(self.config.local_epochs):
+                perm = torch.randperm(n, generator=self.generator)
+                for i in range(0, n, bs):
+                    yield perm[i : i + bs]
+            return
+        done = 0
+        while done < steps:
+            perm = torch.randperm(n, generator=self.generator)
+            for i in range(0, n, bs):
+                if done == steps:
+                    return
+                yield perm[i : i + bs]
+                done += 1
+
+    def train(self) -> float:
+        """Run one round of local training; return the mean per-sample training loss."""
+        self.model.train()
+        total, count = 0.0, 0
+        for idx in self._batches():
+            xb, yb = self.x[idx], self.y[idx]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        self.rounds += 1
+        return total / count
+
+    @torch.no_grad()
+    def evaluate(
+        self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
+    ) -> tuple[float, float]:
+        """(mean cross-entropy loss, accuracy) of the current model on (x, y)."""
+        xt, yt = _as_tensor(x, torch.float32), _as_tensor(y, torch.int64)
+        if len(xt) != len(yt) or len(yt) == 0:
+            raise ValueError(f"evaluate needs matching non-empty x and y, got {len(xt)} and {len(yt)}")
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum, correct = 0.0, 0
+        try:
+            for i in range(0, len(yt), EVAL_CHUNK):
+                logits = self.model(xt[i : i + EVAL_CHUNK])
+                yb = yt[i : i + EVAL_CHUNK]
+                loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+                correct += int((logits.argmax(dim=1) == yb).sum())
+        finally:
+            self.model.train(was_training)
+        return loss_sum / len(yt), correct / len(yt)
+
+    def get_flat(self) -> np.ndarray:
+        """All parameters (model.parameters() order) as a new float32 1-D array."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).to(torch.float32) for p in self._params])
+        return flat.numpy().copy()
+
+    def set_flat(self, vec: np.ndarray) -> None:
+        """Load a flat float32 vector (as from `get_flat`) into the parameters."""
+        if not isinstance(vec, np.ndarray):
+            raise ValueError(f"set_flat expects a numpy array, got {type(vec).__name__}")
+        if vec.dtype != np.float32:
+            raise ValueError(f"set_flat expects dtype float32, got {vec.dtype}")
+        if vec.ndim != 1 or vec.shape[0] != self.num_params:
+            raise ValueError(
+                f"set_flat expects a 1-D vector of length {self.num_params}, got shape {vec.shape}"
+            )
+        src = torch.from_numpy(np.ascontiguousarray(vec))
+        offset = 0
+        with torch.no_grad():
+            for p, size in zip(self._params, self._sizes):
+                p.copy_(src[offset : offset + size].view_as(p))
+                offset += size
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and shuffling state as tensors and plain Python values."""
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        missing = {"model", "optimizer", "generator", "rounds"} - set(state)
+        if missing:
+            raise ValueError(f"trainer state is missing {sorted(missing)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.rounds = int(state["rounds"])
