@@ -1,0 +1,218 @@
+"""The `p2pfl` command line: parse, build a validated config, call the module that does the work.
+
+Owns option names, help texts and turning errors into clear messages with a non-zero exit.
+It holds no protocol or training logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from p2pfl.config import ConfigError, ExperimentConfig
+
+console = Console(stderr=True)
+
+
+def _experiment_options(f: Any) -> Any:
+    """Options shared by simulate, compare and node; each overrides the config file."""
+    opts = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment TOML file."),
+        click.option("--task", help="digits-mlp (default), digits-cnn, or package.module:function."),
+        click.option("--nodes", "-n", type=int, help="Number of nodes (default 8)."),
+        click.option("--rounds", "-r", type=int, help="Training rounds (default 40)."),
+        click.option("--local-epochs", type=int, help="Local epochs per round (default 1)."),
+        click.option("--local-steps", type=int, help="Local SGD steps per round (overrides epochs)."),
+        click.option("--lr", type=float, help="Learning rate (0 = pure averaging)."),
+        click.option("--batch-size", type=int),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet"])),
+        click.option("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet."),
+        click.option("--seed", type=int),
+        click.option("--secure/--no-secure", "secure_agg", default=None, help="Secure aggregation with secret-shared masks."),
+        click.option("--round-timeout", type=float, help="Seconds per protocol phase before missing peers are skipped."),
+        click.option("--eval-every", type=int),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _config(config_file: str | None, **overrides: Any) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.load(config_file, overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="-v for info logs, -vv for debug.")
+def main(verbose: int) -> None:
+    """p2pfl: peer-to-peer decentralized learning with encrypted gossip and secure aggregation."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@main.command()
+@_experiment_options
+@click.option("--topology", "-t", help="Name (ring, torus, complete, star, regular:d=4, ...) or graph file.")
+@click.option("--aggregation", type=click.Choice(["gossip", "fedavg"]), help="fedavg = star baseline through a hub.")
+@click.option("--processes", type=int, help="OS processes to spread the nodes over (0 = automatic).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
+def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:
+    """Run every node of a topology on this host: real processes, sockets and crypto."""
+    from p2pfl.simulate import run_simulation
+
+    cfg = _config(config_file, **overrides)
+    _check_graph(cfg)
+    run_dir = Path(out or f"runs/simulate-{_stamp()}")
+    result = run_simulation(cfg, run_dir, console)
+    s = result.summary
+    console.print(f"[bold]{s['label']}[/]: final accuracy {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} "
+                  f"over {s['nodes']} nodes, {s['rounds']} rounds in {s['wall_time']:.1f}s, "
+                  f"peak memory {s['peak_rss_mb']:.0f} MiB")
+    console.print(f"run directory: {run_dir}")
+
+
+@main.command()
+@_experiment_options
+@click.option("--topologies", default=None, help="Comma-separated names/files; star-fedavg is the baseline.")
+@click.option("--secure-mode", type=click.Choice(["off", "on", "both"]), default="off", help="Run plain, secure, or both side by side.")
+@click.option("--processes", type=int)
+@click.option("--target", type=float, default=0.9, show_default=True, help="Target accuracy for the table.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
+def compare(config_file: str | None, topologies: str | None, secure_mode: str, target: float, out: str | None, **overrides: Any) -> None:
+    """Same task, seed and partition on several topologies plus the star-FedAvg baseline."""
+    from p2pfl import report
+    from p2pfl.simulate import DEFAULT_COMPARE, compare_configs, run_dir_name, run_simulation
+
+    base = _config(config_file, **overrides)
+    specs = [s.strip() for s in topologies.split(",")] if topologies else list(DEFAULT_COMPARE)
+    try:
+        configs = compare_configs(base, specs, secure_mode)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    out_dir = Path(out or f"runs/compare-{_stamp()}")
+    for cfg in configs:
+        run_simulation(cfg, out_dir / run_dir_name(cfg), console)
+    report.main([str(out_dir)], str(out_dir), target, console)
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Where to write the table and plots.")
+@click.option("--target", type=float, default=0.9, show_default=True)
+def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> None:
+    """Re-render the table and plots of finished runs (or a compare directory)."""
+    from p2pfl import report
+
+    try:
+        report.main(list(run_dirs), out, target, console)
+    except report.ReportError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@main.command()
+@click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False), help="Cluster TOML file.")
+@click.option("--id", "node_id", required=True, type=int, help="This node's id in the cluster.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key (default: key_file of the cluster entry).")
+@click.option("--metrics", type=click.Path(dir_okay=False), help="Append this node's per-round metrics (JSON Lines).")
+@_experiment_options
+def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, metrics: str | None, **overrides: Any) -> None:
+    """Run one node of a cluster until its rounds are done (one per machine, or several)."""
+    import json
+
+    import torch
+
+    from p2pfl.config import Cluster
+    from p2pfl.crypto import KeyFileError, load_private_key
+    from p2pfl.data import partition, shard
+    from p2pfl.node import Node, NodeSpec
+    from p2pfl.training import load_task
+
+    cfg = _config(config_file, **overrides)
+    try:
+        cluster = Cluster.load(cluster_file, seed=cfg.seed)
+        entry = cluster.require(node_id)
+        if len(cluster.nodes) != cfg.nodes:
+            raise ConfigError("nodes", f"the experiment says {cfg.nodes} nodes, the cluster file has {len(cluster.nodes)}")
+        path = Path(key_file) if key_file else entry.key_file
+        if path is None:
+            raise ConfigError("key", f"no --key given and the cluster entry of node {node_id} has no key_file")
+        private_key = load_private_key(path)
+    except (ConfigError, KeyFileError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    task = load_task(cfg.task, cfg.seed)
+    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    sink = open(metrics, "a") if metrics else None
+
+    def on_round(record: Any) -> None:
+        if sink is not None:
+            sink.write(json.dumps(record.to_json()) + "\n")
+            sink.flush()
+
+    try:
+        records = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round).run()
+    finally:
+        if sink is not None:
+            sink.close()
+    last = records[-1]
+    console.print(f"node {node_id}: {len(records)} rounds, final accuracy {last.test_acc:.3f}, dropped {last.dropped}")
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the key files.")
+@click.option("--id", "node_ids", required=True, multiple=True, type=int, help="Node id (repeat for several).")
+def keygen(out_dir: str, node_ids: tuple[int, ...]) -> None:
+    """Write X25519 key pairs: nodeK.key (mode 0600) and nodeK.pub; print the public keys."""
+    from p2pfl.crypto import KeyFileError, write_keypair
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for node_id in node_ids:
+        try:
+            private_path, public = write_keypair(Path(out_dir), node_id)
+        except (KeyFileError, FileExistsError) as exc:
+            raise click.UsageError(str(exc)) from exc
+        click.echo(f"node {node_id}: private key {private_path}  public_key = \"{public}\"")
+
+
+@main.group("topology")
+def topology_group() -> None:
+    """Inspect topologies."""
+
+
+@topology_group.command("show")
+@click.argument("spec")
+@click.option("--nodes", "-n", type=int, help="Node count for a generated topology.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def topology_show(spec: str, nodes: int | None, seed: int) -> None:
+    """Print degrees, diameter and spectral gap of a topology file or generator name."""
+    from p2pfl import topology
+
+    try:
+        g = topology.resolve(spec, nodes, seed)
+        topology.validate(g)
+    except topology.TopologyError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(topology.describe(g, spec))
+
+
+def _check_graph(cfg: ExperimentConfig) -> None:
+    try:
+        cfg.graph()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
