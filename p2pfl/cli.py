@@ -189,14 +189,15 @@ def topology_group() -> None:
 
 @topology_group.command("show")
 @click.argument("spec")
-@click.option("--nodes", "-n", type=int, help="Node count for a generated topology.")
+@click.option("--nodes", "-n", type=int, help="Node count for a generated topology (default 8).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def topology_show(spec: str, nodes: int | None, seed: int) -> None:
     """Print degrees, diameter and spectral gap of a topology file or generator name."""
     from p2pfl import topology
 
     try:
-        g = topology.resolve(spec, nodes, seed)
+        is_file = Path(spec).suffix in topology.FILE_EXTENSIONS or Path(spec).exists()
+        g = topology.resolve(spec, nodes if is_file else (nodes or 8), seed)
         topology.validate(g)
     except topology.TopologyError as exc:
         raise click.UsageError(str(exc)) from exc

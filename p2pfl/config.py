@@ -286,4 +286,4 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...], source: str |
 
 
 def _is_file(spec: str) -> bool:
-    return Path(spec).suffix in (".graphml", ".json", ".edgelist", ".txt") or Path(spec).exists()
+    return Path(spec).suffix in topology.FILE_EXTENSIONS or Path(spec).exists()
