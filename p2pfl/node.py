@@ -134,10 +134,8 @@ class Node:
             msg = self.transport.recv(remaining)
             if msg is None:
                 continue
-            if msg.kind == Kind.HEARTBEAT:
-                heard.add(msg.sender)
-            else:
-                self._admit(msg, 0)
+            heard.add(msg.sender)  # any authenticated message proves the neighbour is up
+            self._admit(msg, 0)
         if heard != set(self.neighbours):
             log.warning("node %d: neighbours %s did not come up within %.0fs; starting without them",
                         self.id, sorted(set(self.neighbours) - heard), self.config.startup_timeout)
@@ -202,7 +200,7 @@ class Node:
             return False  # a late hello from a neighbour that started after us: nothing to do
         if msg.round == r:
             return True
-        if msg.round == r + 1 and len(self._buffer) < MAX_BUFFERED:
+        if msg.round == r + 1 and len(self._buffer) < MAX_BUFFERED:  # a neighbour slightly ahead
             self._buffer.append(msg)
             return False
         reason = "stale_round" if msg.round < r else "wrong_round"

@@ -72,7 +72,8 @@ def mix(own: np.ndarray, contributions: dict[int, tuple[float, np.ndarray]]) -> 
     stochastic (the re-normalisation the protocol documents).
     """
     out = own.astype(np.float32, copy=True)
-    for weight, vec in contributions.values():
+    for sender in sorted(contributions):  # a fixed order: same inputs, bit-identical result
+        weight, vec = contributions[sender]
         out += np.float32(weight) * (vec - own)
     return out
 
