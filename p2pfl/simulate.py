@@ -102,6 +102,8 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     task = load_task(cfg.task, cfg.seed)
     parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     context = zmq.Context()
+    models = Path(cluster_path).parent / "models"
+    models.mkdir(exist_ok=True)
 
     def report(record: Any) -> None:
         events.put(("round", record.to_json(), record.delta.tobytes()))
@@ -112,6 +114,8 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
             key = load_private_key(entry.key_file)
             node = Node(NodeSpec(node_id, cfg, cluster, key), task, shard(task.dataset, parts[node_id]), context, report)
             node.run()
+            # The trained model, flat float32 (LocalTrainer.set_flat loads it back); no pickle.
+            np.save(models / f"node-{node_id}.npy", node.trainer.get_flat(), allow_pickle=False)
             events.put(("done", node_id, None))
         except BaseException:  # report and let the launcher decide; never die silently
             events.put(("error", node_id, traceback.format_exc()))
