@@ -1,0 +1,459 @@
+"""Tests for p2pfl.checkpoint: format round trip, exact resume, corruption detection, the store."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+import math
+import os
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+import p2pfl.checkpoint as ckpt
+from p2pfl.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    NodeState,
+    decode,
+    encode,
+    read_checkpoint,
+)
+from p2pfl.data import partition, shard
+from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model, load_task
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return load_task("digits-mlp", 0)
+
+
+def _trainer(task: Task, cfg: TrainConfig, model_seed: int = 0, gen_seed: int = 3) -> LocalTrainer:
+    parts = partition(task.dataset.y_train, 4, "iid", seed=0)
+    return LocalTrainer(init_model(task, model_seed), shard(task.dataset, parts[1]), cfg, gen_seed)
+
+
+def _small_state() -> NodeState:
+    return NodeState(
+        trainer={
+            "step": torch.tensor(12345678901, dtype=torch.int64),
+            "scalar": torch.tensor(-0.0),
+            "w": torch.arange(6, dtype=torch.float32).reshape(2, 3) / 7,
+            "mask": torch.tensor([True, False, True]),
+            "empty": torch.zeros(0, 4),
+            "groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0, 1], "fused": None}],
+            "state": {0: {"buf": torch.ones(2, dtype=torch.float64)}, 1: {}},
+        },
+        reference=np.linspace(-1, 1, 5, dtype=np.float32),
+        metrics={"round": 3, "acc": [0.5, 0.75], "name": "n0"},
+        meta={"node": 2},
+    )
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.reshape(-1).numpy().tobytes()
+
+
+def _assert_same(a: object, b: object, path: str = "") -> None:
+    """Deep equality: same Python types, tensors bit-exact with same dtype and shape."""
+    assert type(a) is type(b), f"{path}: {type(a)} vs {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        assert _bits(a) == _bits(b), path
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        assert a.tobytes() == b.tobytes(), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert struct.pack("<d", a) == struct.pack("<d", b), path
+    else:
+        assert a == b, path
+
+
+def _reseal(header: dict, data: bytes, version: int = ckpt.FORMAT_VERSION) -> bytes:
+    """A file with a valid checksum around an arbitrary header (to test structure checks)."""
+    raw = msgpack.packb(header, use_bin_type=True)
+    head = struct.pack("<8sII", ckpt.MAGIC, version, len(raw)) + raw
+    head += bytes(-len(head) % ckpt.ALIGN)
+    body = head + data + ckpt.END_MARKER
+    return body + hashlib.blake2b(body, digest_size=32).digest()
+
+
+def _split(blob: bytes) -> tuple[dict, bytes]:
+    hlen = struct.unpack_from("<I", blob, 12)[0]
+    header = msgpack.unpackb(blob[16 : 16 + hlen], raw=False)
+    start = -(-(16 + hlen) // ckpt.ALIGN) * ckpt.ALIGN
+    return header, blob[start : len(blob) - ckpt.TRAILER_SIZE]
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_from_checkpoint_is_exact(task: Task, tmp_path: Path, optimizer: str) -> None:
+    cfg = TrainConfig(optimizer=optimizer, local_steps=15)
+    a = _trainer(task, cfg)
+    a.train()
+    ref = a.get_flat()
+    store = CheckpointStore(tmp_path)
+    store.save(1, NodeState(trainer=a.state_dict(), reference=ref, metrics={"train_loss": [1.5]}))
+
+    # A fresh trainer built with different seeds, restored from disk.
+    got = store.load_latest()
+    assert got is not None
+    rnd, state = got
+    assert rnd == 1
+    _assert_same(state.trainer, a.state_dict())
+    _assert_same(state.reference, ref)
+    assert state.metrics == {"train_loss": [1.5]}
+    b = _trainer(task, cfg, model_seed=99, gen_seed=42)
+    assert not np.array_equal(b.get_flat(), ref)
+    b.load_state_dict(state.trainer)
+    assert b.rounds == 1
+    assert np.array_equal(b.get_flat(), ref)
+
+    loss_a, loss_b = a.train(), b.train()
+    assert loss_a == loss_b
+    assert a.get_flat().tobytes() == b.get_flat().tobytes()
+    _assert_same(a.state_dict(), b.state_dict())
+
+
+def test_round_trip_values_and_dtypes() -> None:
+    trainer = {
+        "i64_step": torch.tensor(7, dtype=torch.int64),
+        "f32_0d": torch.tensor(3.25),
+        "bool": torch.tensor([[True], [False]]),
+        "u8": torch.arange(256, dtype=torch.uint8),
+        "bf16": torch.tensor([1.5, -2.0, float("nan")], dtype=torch.bfloat16),
+        "f16": torch.tensor([65504.0, -0.0], dtype=torch.float16),
+        "f64": torch.tensor([math.pi, float("inf"), -float("inf"), 5e-324], dtype=torch.float64),
+        "i8": torch.tensor([-128, 127], dtype=torch.int8),
+        "i16": torch.tensor([-32768], dtype=torch.int16),
+        "i32": torch.tensor([2**31 - 1], dtype=torch.int32),
+        "noncontig": torch.arange(12.0).reshape(3, 4).t(),
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "empty": torch.zeros(3, 0, 2),
+        "np_u64": np.array([2**64 - 1], dtype=np.uint64),
+        "np_be": np.array([1.0, 2.0], dtype=">f4"),
+        "np_0d": np.array(4, dtype=np.int32),
+        "plain": [None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 0.1, -0.0,
+                  float("nan"), "héllo", b"\x00\xff", (), [], {}],
+        "keys": {1: "int key", "1": "str key", -5: None},
+        "nested": ((1, (2, [3, {"x": (4,)}])),),
+    }
+    state = NodeState(trainer=trainer, reference={"delta": torch.randn(4)}, metrics={"a": 1.0})
+    rnd, out = decode(encode(42, state))
+    assert rnd == 42
+    expected = dict(trainer)
+    expected["noncontig"] = trainer["noncontig"].contiguous()
+    expected["param"] = trainer["param"].detach().clone()
+    expected["np_be"] = trainer["np_be"].astype("<f4")
+    _assert_same(out.trainer, expected)
+    _assert_same(out.reference, state.reference)
+    assert out.metrics == {"a": 1.0} and out.meta == {}
+    assert out.trainer["noncontig"].is_contiguous()
+    assert not out.trainer["param"].requires_grad
+
+
+def test_reference_may_be_absent_or_flat_vector() -> None:
+    for ref in (None, np.zeros(10, dtype=np.float32)):
+        _, out = decode(encode(0, NodeState(trainer={}, reference=ref)))
+        _assert_same(out.reference, ref)
+
+
+@pytest.mark.parametrize(
+    "state, exc",
+    [
+        (NodeState(trainer={"x": {1, 2}}), TypeError),
+        (NodeState(trainer={"x": np.float32(1.0)}), TypeError),
+        (NodeState(trainer={(1, 2): 3}), TypeError),
+        (NodeState(trainer={True: 3}), TypeError),
+        (NodeState(trainer={"x": 2**64}), ValueError),
+        (NodeState(trainer={"c": torch.zeros(2, dtype=torch.complex64)}), TypeError),
+        (NodeState(trainer={"o": np.array(["a"], dtype=object)}), TypeError),
+        (NodeState(trainer={}, metrics={"t": torch.zeros(1)}), TypeError),
+        (NodeState(trainer={}, metrics=[1]), TypeError),  # type: ignore[arg-type]
+    ],
+)
+def test_unstorable_values_are_refused_on_save(state: NodeState, exc: type, tmp_path: Path) -> None:
+    with pytest.raises(exc):
+        encode(1, state)
+    with pytest.raises(exc):
+        CheckpointStore(tmp_path).save(1, state)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cycles_are_refused() -> None:
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="deeper"):
+        encode(0, NodeState(trainer=loop))
+
+
+# ----------------------------------------------------------------------------- corruption
+
+
+def _positions(blob: bytes) -> list[int]:
+    hlen = struct.unpack_from("<I", blob, 12)[0]
+    start = -(-(16 + hlen) // ckpt.ALIGN) * ckpt.ALIGN
+    n = len(blob)
+    header = range(0, start)
+    data = range(start, n - ckpt.TRAILER_SIZE, 101)
+    trailer = range(n - ckpt.TRAILER_SIZE, n)
+    return sorted({*header, *data, *trailer})
+
+
+def test_every_single_byte_flip_is_detected_small() -> None:
+    blob = encode(5, _small_state())
+    assert decode(blob)[0] == 5
+    for i in range(len(blob)):
+        bad = bytearray(blob)
+        bad[i] ^= 0x01
+        with pytest.raises(CheckpointError):
+            decode(bytes(bad))
+
+
+def test_byte_flips_detected_in_trainer_checkpoint(task: Task) -> None:
+    tr = _trainer(task, TrainConfig(local_steps=3))
+    tr.train()
+    blob = encode(1, NodeState(trainer=tr.state_dict(), reference=tr.get_flat()))
+    positions = _positions(blob)
+    assert len(positions) > 500
+    for i in positions:
+        bad = bytearray(blob)
+        bad[i] ^= 0x80
+        with pytest.raises(CheckpointError):
+            decode(bytes(bad))
+
+
+def test_truncation_is_detected() -> None:
+    blob = encode(5, _small_state())
+    hlen = struct.unpack_from("<I", blob, 12)[0]
+    n = len(blob)
+    for length in {0, 1, 8, 15, 16, 17, 16 + hlen // 2, 16 + hlen, n // 2, n - 41, n - 40,
+                   n - 33, n - 32, n - 1}:
+        with pytest.raises(CheckpointError, match="truncated|corrupted|checksum"):
+            decode(blob[:length])
+    with pytest.raises(CheckpointError):
+        decode(blob + b"\x00")
+
+
+def test_wrong_magic_and_version() -> None:
+    blob = bytearray(encode(1, _small_state()))
+    with pytest.raises(CheckpointError, match="not a p2pfl checkpoint"):
+        decode(b"XXXXXXXX" + blob[8:])
+    header, data = _split(bytes(blob))
+    with pytest.raises(CheckpointError, match="version 2"):
+        decode(_reseal(header, data, version=2))
+
+
+def _valid_parts() -> tuple[dict, bytes]:
+    state = NodeState(trainer={"w": torch.arange(4, dtype=torch.float32), "b": torch.ones(2)})
+    return _split(encode(3, state))
+
+
+def _leaf(header: dict, name: str) -> dict:
+    for key, node in header["tree"]["dict"][0][1]["dict"]:
+        if key == name:
+            return node["tensor"]
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda h, d: _leaf(h, "w").update(dtype="object"), "disallowed dtype"),
+        (lambda h, d: _leaf(h, "w").update(dtype="complex64"), "disallowed dtype"),
+        (lambda h, d: _leaf(h, "w").update(shape=[5]), "needs 20 bytes"),
+        (lambda h, d: _leaf(h, "w").update(shape=[-4]), "invalid shape"),
+        (lambda h, d: _leaf(h, "w").update(offset=10_000), "outside the data section"),
+        (lambda h, d: _leaf(h, "b").update(offset=_leaf(h, "w")["offset"]), "overlap"),
+        (lambda h, d: _leaf(h, "w").pop("nbytes"), "exactly dtype"),
+        (lambda h, d: h["tree"]["dict"][0].__setitem__(1, {"pickle": b"..."}), "unknown tag"),
+        (lambda h, d: h["tree"]["dict"][0].__setitem__(1, [1, 2]), "not a tagged node"),
+        (lambda h, d: h["tree"]["dict"][0][1]["dict"].append(["w", 1]), "duplicate key"),
+        (lambda h, d: h["tree"]["dict"][0][1]["dict"].append([1.5, 1]), "dict key"),
+        (lambda h, d: h["tree"]["dict"].pop(), "tree root"),
+        (lambda h, d: h["tree"]["dict"][2].__setitem__(1, {"tensor": _leaf(h, "w")}), "plain values"),
+        (lambda h, d: h.__setitem__("round", -1), "round"),
+        (lambda h, d: h.__setitem__("data_nbytes", h["data_nbytes"] + 64), "file has"),
+        (lambda h, d: h.__setitem__("extra", 1), "expected keys"),
+        (lambda h, d: h.pop("writer"), "expected keys"),
+    ],
+)
+def test_bad_structure_with_valid_checksum(mutate, reason: str) -> None:
+    header, data = _valid_parts()
+    assert decode(_reseal(header, data))[0] == 3  # the helper itself makes valid files
+    mutate(header, data)
+    with pytest.raises(CheckpointError, match=reason):
+        decode(_reseal(header, data))
+
+
+def test_bad_bool_bytes_and_undecodable_header() -> None:
+    header, data = _split(encode(0, NodeState(trainer={"m": torch.tensor([True, False])})))
+    bad = bytearray(data)
+    bad[0] = 2
+    with pytest.raises(CheckpointError, match="0/1"):
+        decode(_reseal(header, bytes(bad)))
+    raw = b"\xc1"  # never-used msgpack byte
+    head = struct.pack("<8sII", ckpt.MAGIC, 1, 1) + raw
+    body = head + bytes(-len(head) % 64) + ckpt.END_MARKER
+    with pytest.raises(CheckpointError, match="msgpack"):
+        decode(body + hashlib.blake2b(body, digest_size=32).digest())
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def _state(i: int) -> NodeState:
+    return NodeState(trainer={"w": torch.full((3,), float(i))}, metrics={"round": i})
+
+
+def test_store_save_names_and_load_latest(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "ck", keep=3)
+    assert store.load_latest() is None  # directory does not even exist yet
+    p = store.save(7, _state(7))
+    assert p == tmp_path / "ck" / "ckpt-00000007.p2c" and p.is_file()
+    store.save(8, _state(8))
+    rnd, st = store.load_latest()
+    assert rnd == 8 and st.metrics == {"round": 8}
+    assert read_checkpoint(p)[0] == 7
+
+
+def test_load_latest_empty_dir(tmp_path: Path) -> None:
+    assert CheckpointStore(tmp_path).load_latest() is None
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_load_latest_falls_back_to_previous_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    store = CheckpointStore(tmp_path, keep=3)
+    for r in (1, 2, 3):
+        store.save(r, _state(r))
+    newest = store.path_for(3)
+    blob = newest.read_bytes()
+    if damage == "flip":
+        bad = bytearray(blob)
+        bad[len(bad) // 2] ^= 0xFF
+        newest.write_bytes(bytes(bad))
+    elif damage == "truncate":
+        newest.write_bytes(blob[: len(blob) - 100])
+    else:
+        newest.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="p2pfl.checkpoint"):
+        rnd, st = store.load_latest()
+    assert rnd == 2 and st.metrics == {"round": 2}
+    assert any("ckpt-00000003" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert not newest.exists()
+    assert (tmp_path / "ckpt-00000003.p2c.corrupt").exists()
+    assert store.load_latest()[0] == 2
+
+
+def test_load_latest_none_when_all_corrupted(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(1, _state(1))
+    store.path_for(1).write_bytes(b"garbage")
+    assert store.load_latest() is None
+
+
+def test_file_name_must_match_header_round(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=5)
+    store.save(1, _state(1))
+    os.replace(store.path_for(1), store.path_for(9))  # wrongly named copy
+    assert store.load_latest() is None
+
+
+def test_keep_pruning(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, keep=2)
+    for r in range(1, 6):
+        store.save(r, _state(r))
+    assert [r for r, _ in store.checkpoints()] == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004.p2c", "ckpt-00000005.p2c"]
+    one = CheckpointStore(tmp_path / "one", keep=1)
+    for r in (10, 11, 100_000_000):  # rounds beyond 8 digits still sort numerically
+        one.save(r, _state(r))
+    assert [r for r, _ in one.checkpoints()] == [100_000_000]
+    one.save(3, _state(3))  # an older round: the file just written is never pruned
+    assert [r for r, _ in one.checkpoints()] == [3, 100_000_000]
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError):
+            CheckpointStore(tmp_path, keep=bad)  # type: ignore[arg-type]
+
+
+def test_saving_same_round_replaces(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(4, _state(1))
+    store.save(4, _state(2))
+    assert store.load_latest()[1].metrics == {"round": 2}
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_leftover_temp_file_is_ignored_and_cleaned(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(1, _state(1))
+    blob = encode(2, _state(2))
+    leftover = tmp_path / ".ckpt-00000002.p2c.tmp-0123456789ab"
+    leftover.write_bytes(blob[: len(blob) // 2])  # a crash mid-write
+    assert store.load_latest()[0] == 1
+    assert not leftover.exists()
+    leftover.write_bytes(b"partial")
+    store.save(3, _state(3))
+    assert not leftover.exists()
+    assert [r for r, _ in store.checkpoints()] == [1, 3]
+
+
+def test_save_is_atomic_when_rename_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(1, _state(1))
+    before = store.path_for(1).read_bytes()
+
+    def boom(src, dst):  # noqa: ANN001
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(ckpt.os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        store.save(1, _state(99))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000001.p2c"]  # no temp left behind
+    assert store.path_for(1).read_bytes() == before
+
+
+def test_save_fsyncs_file_and_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    CheckpointStore(tmp_path).save(1, _state(1))
+    assert len(calls) == 2  # the temp file, then the directory
+
+
+def test_module_never_uses_pickle() -> None:
+    source = Path(ckpt.__file__).read_text()
+    tree = ast.parse(source)
+    banned = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & banned
+        elif isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] not in banned
+        elif isinstance(node, ast.Attribute):
+            assert node.attr not in {"load", "loads", "Unpickler"} or not (
+                isinstance(node.value, ast.Name) and node.value.id in {"torch", *banned}
+            )
+    assert "import pickle" not in source
+    assert "torch.load(" not in source
