@@ -1,0 +1,250 @@
+"""Cryptography of one node: identities, pairwise keys, and AEAD with bound nonces.
+
+Owns the long-term X25519 identity of a node (key files), the derivation of pairwise symmetric
+keys between two nodes (one key per purpose, the `context`), the layout of the 24-byte
+XChaCha20-Poly1305 nonce, and sealing/opening of byte buffers. It does not know the byte layout
+of messages (that is `wire`) nor sockets (that is `transport`), and it never logs key material.
+
+Everything goes through libsodium (pynacl). For the AEAD itself we call libsodium through
+pynacl's cffi module so that we can encrypt straight from a numpy buffer and decrypt straight
+into the destination array: the public `nacl.bindings` functions only take `bytes` and return a
+fresh copy, which costs two extra passes over every byte (measured in BENCHMARKS.md). When that
+module is not there (a future pynacl), the public bindings are used, with the copies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings as sodium
+import nacl.exceptions
+import numpy as np
+
+try:  # pynacl's own cffi binding of libsodium; see the module docstring for why
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - depends on the installed pynacl
+    _ffi = _lib = None
+
+KEY_BYTES = 32  # X25519 private and public keys, and every derived symmetric key
+NONCE_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+TAG_BYTES = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
+
+# Nonce layout, big-endian: purpose u8 | kind u8 | sender u32 | round u32 | counter u64 | chunk u32 | 0 u16.
+_NONCE = struct.Struct(">BBIIQIH")
+NONCE_PURPOSE_FRAME = 1  # the only purpose so far; a new one must never reuse a value
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+_KDF_PERSON = b"p2pfl-pairwise"  # BLAKE2b personalisation: keys of this KDF are ours alone
+
+
+class CryptoError(Exception):
+    """A seal/open or key agreement failed (tampered data, wrong key or nonce, bad public key)."""
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed or readable by others; the message names the path."""
+
+
+# -- identities ----------------------------------------------------------------------------------
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair: (private, public), 32 bytes each."""
+    public, private = sodium.crypto_box_keypair()
+    return private, public
+
+
+def public_from_private(private: bytes) -> bytes:
+    """The X25519 public key that belongs to `private`."""
+    _check_len(private, KEY_BYTES, "private key")
+    return sodium.crypto_scalarmult_base(private)
+
+
+def encode_public(public: bytes) -> str:
+    """Base64 text of a 32-byte public key (the form cluster files carry)."""
+    _check_len(public, KEY_BYTES, "public key")
+    return base64.b64encode(public).decode("ascii")
+
+
+def decode_public(text: str) -> bytes:
+    """The 32-byte public key in base64 `text`; ValueError if it is not exactly that."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError, AttributeError) as exc:
+        raise ValueError(f"public key is not valid base64: {exc}") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"public key must be {KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+def key_paths(directory: Path | str, node_id: int) -> tuple[Path, Path]:
+    """Where the key pair of `node_id` lives in `directory`: (nodeK.key, nodeK.pub)."""
+    directory = Path(directory)
+    return directory / f"node{node_id}.key", directory / f"node{node_id}.pub"
+
+
+def write_keypair(directory: Path | str, node_id: int) -> tuple[Path, str]:
+    """Generate and write a key pair for `node_id`; returns (private key path, public key base64).
+
+    The private key file is created with mode 0600 in the same system call that creates it, so
+    it is never readable by others, not even for a moment; an existing file is never overwritten
+    (KeyFileError), because losing an identity silently is worse than failing loudly.
+    """
+    private_path, public_path = key_paths(directory, node_id)
+    private, public = generate_keypair()
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{private_path}: key file already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise KeyFileError(f"{private_path}: cannot create key file: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(private).decode("ascii") + "\n")
+    public_b64 = encode_public(public)
+    public_path.write_text(public_b64 + "\n")
+    return private_path, public_b64
+
+
+def load_private_key(path: Path | str) -> bytes:
+    """The 32-byte private key in `path`; KeyFileError if missing, malformed or not private."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise KeyFileError(f"{path}: not a regular file")
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{path}: key file is readable or writable by group/others (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        raw = base64.b64decode(path.read_text().strip(), validate=True)
+    except (binascii.Error, ValueError, OSError):
+        raise KeyFileError(f"{path}: not a base64 private key") from None  # no detail: it is key material
+    if len(raw) != KEY_BYTES:
+        raise KeyFileError(f"{path}: private key must be {KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+# -- pairwise keys -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _x25519(my_private: bytes, peer_public: bytes) -> bytes:
+    """Raw X25519 shared secret; cached because every context of a peer starts from it."""
+    try:
+        return sodium.crypto_scalarmult(my_private, peer_public)
+    except nacl.exceptions.CryptoError:
+        # libsodium refuses low-order public keys (the shared secret would be all zeros)
+        raise CryptoError("public key rejected by X25519 (low-order point)") from None
+
+
+def pairwise_key(my_private: bytes, my_id: int, peer_public: bytes, peer_id: int, context: bytes) -> bytes:
+    """The 32-byte key that `my_id` and `peer_id` share for purpose `context`.
+
+    X25519, then keyed BLAKE2b over context, both ids and both public keys in id order: both
+    ends compute the same key, a key is bound to the identities it was made for, and different
+    contexts (b"wire", b"mask", b"e2e") give independent keys.
+    """
+    _check_len(my_private, KEY_BYTES, "private key")
+    _check_len(peer_public, KEY_BYTES, "public key")
+    if my_id == peer_id:
+        raise CryptoError(f"no pairwise key of node {my_id} with itself")
+    if not context or len(context) > 255:
+        raise CryptoError("context must be 1 to 255 bytes")
+    my_public = public_from_private(my_private)
+    (lo_id, lo_pub), (hi_id, hi_pub) = sorted([(my_id, my_public), (peer_id, peer_public)])
+    # the context is length-prefixed so no (context, ids) pair can be read as another
+    data = bytes([len(context)]) + context + struct.pack(">QQ", lo_id, hi_id) + lo_pub + hi_pub
+    secret = _x25519(my_private, peer_public)
+    return hashlib.blake2b(data, digest_size=KEY_BYTES, key=secret, person=_KDF_PERSON).digest()
+
+
+# -- AEAD ----------------------------------------------------------------------------------------
+
+
+def frame_nonce(sender: int, kind: int, round: int, counter: int, chunk: int) -> bytes:
+    """The 24-byte nonce of one sealed part of one message.
+
+    A sender's counter never repeats (it starts at the clock in ns and only grows), so the
+    (sender, counter, chunk) triple is unique under any key the sender holds; kind and round are
+    in it too so a part cannot be opened as another kind or round even if a header were forged.
+    """
+    if not (0 <= sender <= U32_MAX and 0 <= kind <= 255 and 0 <= round <= U32_MAX
+            and 0 <= counter <= U64_MAX and 0 <= chunk <= U32_MAX):
+        raise CryptoError("nonce field out of range")
+    return _NONCE.pack(NONCE_PURPOSE_FRAME, kind, sender, round, counter, chunk, 0)
+
+
+def seal(key: bytes, nonce: bytes, plaintext: Any, aad: bytes) -> Any:
+    """Encrypt and authenticate `plaintext` (any contiguous buffer); returns a buffer of len+16.
+
+    The result is a numpy uint8 array (no zero-fill, no copy-out) on the fast path, `bytes`
+    otherwise; both are buffers that zmq and `unseal` accept.
+    """
+    _check_key_nonce(key, nonce)
+    if _lib is None:
+        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), aad, nonce, key)
+    src = _ffi.from_buffer(plaintext)
+    out = np.empty(len(src) + TAG_BYTES, np.uint8)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        _ffi.from_buffer(out), _ffi.NULL, src, len(src), aad, len(aad), _ffi.NULL, nonce, key)
+    if rc != 0:
+        raise CryptoError("encryption failed")
+    return out
+
+
+def unseal(key: bytes, nonce: bytes, ciphertext: Any, aad: bytes, out: Any = None) -> Any:
+    """Check and decrypt `ciphertext`; CryptoError if anything (data, aad, nonce, key) differs.
+
+    With `out` (a writable buffer of exactly len(ciphertext) - 16 bytes) the plaintext is written
+    there and `out` is returned; libsodium checks the tag before it writes any plaintext.
+    """
+    _check_key_nonce(key, nonce)
+    size = memoryview(ciphertext).nbytes - TAG_BYTES
+    if size < 0:
+        raise CryptoError("ciphertext shorter than its tag")
+    if out is not None and memoryview(out).nbytes != size:
+        raise CryptoError(f"output buffer holds {memoryview(out).nbytes} bytes, plaintext is {size}")
+    if _lib is None:
+        try:
+            plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(bytes(ciphertext), aad, nonce, key)
+        except nacl.exceptions.CryptoError:
+            raise CryptoError("authentication failed") from None
+        if out is None:
+            return plain
+        memoryview(out).cast("B")[:] = plain
+        return out
+    if out is None:
+        out = np.empty(size, np.uint8)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        _ffi.from_buffer(out, require_writable=True), _ffi.NULL, _ffi.NULL,
+        _ffi.from_buffer(ciphertext), size + TAG_BYTES, aad, len(aad), nonce, key)
+    if rc != 0:
+        raise CryptoError("authentication failed")
+    return out
+
+
+def _check_key_nonce(key: bytes, nonce: bytes) -> None:
+    # cffi would read past a short key or nonce: check lengths before calling C
+    _check_len(key, KEY_BYTES, "key")
+    _check_len(nonce, NONCE_BYTES, "nonce")
+
+
+def _check_len(value: bytes, size: int, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise CryptoError(f"{what} must be {size} bytes")

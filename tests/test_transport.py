@@ -1,0 +1,314 @@
+"""transport: real ZeroMQ sockets on 127.0.0.1 and real crypto; no mocks, no timing luck.
+
+Attack frames are sent from a raw DEALER that holds node 0's private key, so the test can
+seal exactly what it wants; a good message sent after them on the same connection arrives
+after them (ZeroMQ keeps the order of one connection), so one `recv` call must skip the bad
+frames and return the good one.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from p2pfl import crypto, wire
+from p2pfl.messages import Kind, Message
+from p2pfl.transport import KEY_CONTEXT, QUEUE_DEPTH, Peer, Transport
+
+LIMITS = wire.Limits.for_model(100_000)
+WAIT = 10.0  # generous: only a broken transport ever waits this long
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Ids, keys and addresses of n nodes; transports made on demand, all closed at the end."""
+
+    def __init__(self, n: int, context: zmq.Context) -> None:
+        self.context = context
+        self.keys = {i: crypto.generate_keypair() for i in range(n)}
+        self.peers = {i: Peer(f"tcp://127.0.0.1:{free_port()}", self.keys[i][1]) for i in range(n)}
+        self.opened: list[Transport] = []
+        self.sockets: list[zmq.Socket] = []
+
+    def transport(self, i: int, neighbours=None, peers=None, start: bool = True) -> Transport:
+        neighbours = [j for j in self.peers if j != i] if neighbours is None else neighbours
+        t = Transport(i, self.keys[i][0], peers or self.peers, neighbours, LIMITS, self.context)
+        self.opened.append(t)
+        if start:
+            t.start()
+        return t
+
+    def key(self, a: int, b: int, private: bytes | None = None) -> bytes:
+        return crypto.pairwise_key(private or self.keys[a][0], a, self.peers[b].public_key, b, KEY_CONTEXT)
+
+    def raw(self, kind: int, address: str) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.ROUTER:
+            sock.bind(address)
+        else:
+            sock.connect(address)
+        self.sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for t in self.opened:
+            t.close()
+        for s in self.sockets:
+            s.close(linger=0)
+
+
+@pytest.fixture
+def make_cluster():
+    context = zmq.Context()
+    clusters: list[Cluster] = []
+
+    def make(n: int) -> Cluster:
+        clusters.append(Cluster(n, context))
+        return clusters[-1]
+
+    yield make
+    for c in clusters:
+        c.close()
+    # LINGER 0 everywhere: terminating the context must not wait for queued messages
+    done = threading.Thread(target=context.term, daemon=True)
+    done.start()
+    done.join(WAIT)
+    assert not done.is_alive(), "context.term() hung: a socket was left open or lingering"
+
+
+def model_msg(sender: int, round_: int = 1, seed: int = 0, n: int = 100_000) -> Message:
+    data = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    return Message(Kind.MODEL, sender, round_, {"samples": 7}, {"delta": data})
+
+
+def assert_same(got: Message | None, sent: Message) -> None:
+    assert got is not None, "no message arrived"
+    assert (got.kind, got.sender, got.round, got.meta) == (sent.kind, sent.sender, sent.round, sent.meta)
+    assert got.tensors.keys() == sent.tensors.keys()
+    for name in sent.tensors:
+        assert got.tensors[name].dtype == sent.tensors[name].dtype
+        assert np.array_equal(got.tensors[name], sent.tensors[name])
+
+
+def sealed(cluster: Cluster, msg: Message, to: int, counter: int | None = None, key: bytes | None = None,
+           recipient: int | None = None) -> list:
+    """Frames exactly as a transport of `msg.sender` would send them (or with the given fields)."""
+    return wire.seal(msg, to if recipient is None else recipient, counter or time.time_ns(),
+                     key or cluster.key(msg.sender, to), LIMITS)
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+def test_two_transports_exchange_messages_intact(make_cluster):
+    c = make_cluster(2)
+    a, b = c.transport(0), c.transport(1)
+    to_b, to_a = model_msg(0, seed=1), model_msg(1, seed=2)
+    assert a.send(1, to_b) and b.send(0, to_a)
+    assert_same(b.recv(WAIT), to_b)
+    assert_same(a.recv(WAIT), to_a)
+    assert a.stats.messages_sent == 1 and b.stats.messages_received == 1
+    assert b.stats.bytes_received == a.stats.bytes_sent
+    overhead = a.stats.bytes_sent - to_b.payload_bytes()
+    assert 0 < overhead < 0.01 * to_b.payload_bytes()
+    assert a.stats.dropped == b.stats.dropped == {}
+
+
+def test_three_transports_all_to_all(make_cluster):
+    c = make_cluster(3)
+    ts = [c.transport(i) for i in range(3)]
+    sent = {}
+    for i, t in enumerate(ts):
+        for j in range(3):
+            if j != i:
+                sent[(i, j)] = model_msg(i, round_=i + 1, seed=10 * i + j)
+                assert t.send(j, sent[(i, j)])
+    for j, t in enumerate(ts):
+        got = [t.recv(WAIT) for _ in range(2)]
+        assert sorted(m.sender for m in got) == sorted(i for i in range(3) if i != j)
+        for m in got:
+            assert_same(m, sent[(m.sender, j)])
+        assert t.recv(0) is None
+
+
+def test_recv_times_out_with_none(make_cluster):
+    c = make_cluster(2)
+    a = c.transport(0)
+    assert a.recv(0.05) is None
+    assert a.recv(0) is None
+
+
+def test_messages_sent_before_the_neighbour_starts_are_delivered(make_cluster):
+    c = make_cluster(2)
+    a = c.transport(0)
+    hello = Message(Kind.HEARTBEAT, 0, 0)
+    assert a.send(1, hello)
+    b = c.transport(1)  # starts later, like a node still importing torch
+    assert_same(b.recv(WAIT), hello)
+
+
+def test_a_restarted_sender_is_not_taken_for_a_replay(make_cluster):
+    c = make_cluster(2)
+    b = c.transport(1)
+    first = c.transport(0)
+    assert first.send(1, model_msg(0, seed=1))
+    assert b.recv(WAIT) is not None
+    first.close()
+    again = c.transport(0, start=False)  # same id, key and address: counters start from the clock again
+    deadline = time.monotonic() + WAIT
+    while True:  # libzmq releases the closed listener asynchronously: wait until the port is free
+        try:
+            again.start()
+            break
+        except zmq.ZMQError:
+            assert time.monotonic() < deadline, "the old socket never released its port"
+            time.sleep(0.01)
+    msg = model_msg(0, round_=2, seed=2)
+    assert again.send(1, msg)
+    assert_same(b.recv(WAIT), msg)
+    assert b.stats.dropped == {}
+
+
+# -- drops: each counted with its reason, the good message after it still delivered --------
+
+
+def inject_then_good(c: Cluster, victim: Transport, bad: list[list]) -> Message:
+    """Send `bad` frame sets then a good message from node 0 on one raw connection to `victim`."""
+    raw = c.raw(zmq.DEALER, c.peers[victim.node_id].address)
+    for frames in bad:
+        raw.send_multipart(frames)
+    good = model_msg(0, round_=3, seed=5)
+    raw.send_multipart(sealed(c, good, victim.node_id))
+    got = victim.recv(WAIT)
+    assert_same(got, good)
+    return good
+
+
+def test_tampered_frame_dropped_counted_and_logged(make_cluster, caplog):
+    c = make_cluster(2)
+    b = c.transport(1)
+    frames = [bytes(f) for f in sealed(c, model_msg(0), 1)]
+    frames[2] = frames[2][:100] + bytes([frames[2][100] ^ 1]) + frames[2][101:]
+    with caplog.at_level("WARNING", logger="p2pfl.transport"):
+        inject_then_good(c, b, [frames])
+    assert b.stats.dropped == {"tampered": 1}
+    assert any("tampered" in r.message and "from node 0" in r.message for r in caplog.records)
+
+
+def test_forged_sender_with_a_key_not_in_the_cluster_dropped(make_cluster):
+    c = make_cluster(3)
+    b = c.transport(1, neighbours=[0])  # node 2 is in the cluster but not a neighbour
+    outsider_private, _ = crypto.generate_keypair()
+    stranger = sealed(c, model_msg(7), 1, key=c.key(0, 1, private=outsider_private))  # id 7: nobody
+    not_neighbour = sealed(c, model_msg(2), 1, key=c.key(2, 1))
+    impostor = sealed(c, model_msg(0), 1, key=c.key(0, 1, private=outsider_private))  # claims to be 0
+    inject_then_good(c, b, [stranger, not_neighbour, impostor])
+    assert b.stats.dropped == {"unknown_peer": 2, "tampered": 1}
+
+
+def test_frame_addressed_to_someone_else_dropped(make_cluster):
+    c = make_cluster(3)
+    b = c.transport(1)
+    inject_then_good(c, b, [sealed(c, model_msg(0), 1, recipient=2)])
+    assert b.stats.dropped == {"wrong_recipient": 1}
+
+
+def test_garbage_frames_dropped_and_counted_in_bytes(make_cluster):
+    c = make_cluster(2)
+    b = c.transport(1)
+    garbage = [[b"garbage"], [b"\xc1" * 50, b"x"], [b"\x92\x01", b"", b""]]
+    inject_then_good(c, b, garbage)
+    assert b.stats.dropped == {"bad_header": 2, "truncated": 1}
+    assert b.stats.messages_received == 1
+    assert b.stats.bytes_received > sum(len(f) for fs in garbage for f in fs) + 400_000
+
+
+def test_replayed_frames_dropped(make_cluster):
+    c = make_cluster(2)
+    spy_address = f"tcp://127.0.0.1:{free_port()}"
+    spy = c.raw(zmq.ROUTER, spy_address)
+    # node 0 believes node 1 listens at the spy: the spy captures exactly what node 0 sends
+    a = c.transport(0, peers={**c.peers, 1: Peer(spy_address, c.peers[1].public_key)})
+    b = c.transport(1)
+    sent = [model_msg(0, seed=i) for i in range(3)]
+    assert all(a.send(1, m) for m in sent)
+    captured = []
+    while len(captured) < 3:
+        assert spy.poll(int(WAIT * 1000))
+        captured.append(spy.recv_multipart()[1:])  # drop the routing id
+    raw = c.raw(zmq.DEALER, c.peers[1].address)
+    raw.send_multipart(captured[0])
+    assert_same(b.recv(WAIT), sent[0])  # captured frames are genuine: accepted once
+    raw.send_multipart(captured[0])  # the same again
+    raw.send_multipart(captured[1])
+    assert_same(b.recv(WAIT), sent[1])
+    raw.send_multipart(captured[0])  # older ones after a newer one
+    raw.send_multipart(captured[1])
+    raw.send_multipart(captured[2])  # same connection: arrives after the replays
+    assert_same(b.recv(WAIT), sent[2])
+    assert b.stats.dropped == {"replay": 3}
+
+
+def test_oversized_frame_refused_by_libzmq_then_service_goes_on(make_cluster):
+    c = make_cluster(2)
+    b = c.transport(1)
+    raw = c.raw(zmq.DEALER, c.peers[1].address)
+    raw.send_multipart([b"x" * (LIMITS.max_frame_bytes + 1)])  # libzmq closes that connection
+    a = c.transport(0)
+    good = model_msg(0)
+    assert a.send(1, good)
+    assert_same(b.recv(WAIT), good)
+    assert b.stats.bytes_received < LIMITS.max_frame_bytes  # never reached the application
+
+
+def test_node_counts_its_own_drops_in_the_same_table(make_cluster):
+    c = make_cluster(2)
+    a = c.transport(0)
+    a.count_drop("stale_round")
+    a.count_drop("stale_round")
+    snapshot = a.stats
+    a.count_drop("wrong_round")
+    assert snapshot.dropped == {"stale_round": 2}
+    assert a.stats.dropped == {"stale_round": 2, "wrong_round": 1}
+
+
+# -- sending never blocks --------------------------------------------------------------------
+
+
+def test_send_to_a_neighbour_that_is_not_running_never_blocks(make_cluster):
+    c = make_cluster(2)
+    a = c.transport(0)  # node 1 never starts
+    results = [a.send(1, model_msg(0, n=1000)) for _ in range(10 * QUEUE_DEPTH)]
+    assert results[0] and not results[-1]
+    refused = results.count(False)
+    assert results == [True] * (len(results) - refused) + [False] * refused  # full stays full
+    assert a.stats.dropped == {"send_queue_full": refused}
+    assert a.stats.messages_sent == len(results) - refused
+
+
+def test_programming_errors_raise(make_cluster):
+    c = make_cluster(3)
+    a = c.transport(0, neighbours=[1])
+    with pytest.raises(ValueError, match="not a neighbour"):
+        a.send(2, model_msg(0))
+    with pytest.raises(ValueError, match="message from node 1"):
+        a.send(1, model_msg(1))
+    with pytest.raises(ValueError, match="does not belong"):
+        Transport(0, c.keys[1][0], c.peers, [1], LIMITS, c.context)
+    with pytest.raises(ValueError, match="not in the peer table"):
+        Transport(0, c.keys[0][0], c.peers, [5], LIMITS, c.context)
+    a.close()
+    a.close()  # twice is fine
+    with pytest.raises(RuntimeError):
+        a.recv(0)

@@ -1,0 +1,323 @@
+"""wire: round trips (plaintext and sealed) and one typed error for every kind of malformed frame."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from p2pfl import wire
+from p2pfl.messages import Kind, Message
+from p2pfl.wire import Limits, WireError
+
+LIMITS = Limits.for_model(200_000)
+KEY = bytes(range(32))
+CHUNK = wire.MIN_CHUNK_BYTES  # small chunks so modest tensors span several
+
+
+def _msg(**changes) -> Message:
+    fields = dict(kind=Kind.MODEL, sender=2, round=5, meta={"samples": 10},
+                  tensors={"delta": np.arange(3000, dtype=np.float32)})
+    return Message(**{**fields, **changes})
+
+
+def _frames(msg: Message | None = None, chunk: int = CHUNK) -> list[bytes]:
+    return [bytes(f) for f in wire.encode(msg or _msg(), 4, 99, LIMITS, chunk)]
+
+
+def _with_header(frames: list[bytes], index: int, value) -> list[bytes]:
+    fields = msgpack.unpackb(frames[0])
+    fields[index] = value
+    return [msgpack.packb(fields), *frames[1:]]
+
+
+def _reason(frames, limits: Limits = LIMITS) -> str:
+    with pytest.raises(WireError) as info:
+        wire.decode(frames, limits)
+    return info.value.reason
+
+
+def _assert_same(got: Message, sent: Message) -> None:
+    assert (got.kind, got.sender, got.round) == (sent.kind, sent.sender, sent.round)
+    assert got.meta == sent.meta
+    assert list(got.tensors) == list(sent.tensors)
+    for name, array in sent.tensors.items():
+        out = got.tensors[name]
+        assert out.dtype == array.dtype.newbyteorder("<") and out.shape == array.shape
+        np.testing.assert_array_equal(out, array)
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+meta_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+tensors = st.dictionaries(
+    st.text(min_size=1, max_size=12),
+    st.sampled_from(sorted(wire.DTYPES)).flatmap(
+        lambda d: hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40))),
+    max_size=4,
+)
+messages = st.builds(
+    Message, kind=st.sampled_from(list(Kind)), sender=st.integers(0, 2**32 - 1),
+    round=st.integers(0, 2**32 - 1), meta=st.dictionaries(st.text(max_size=8), meta_values, max_size=5),
+    tensors=tensors,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msg=messages, recipient=st.integers(0, 2**32 - 1), counter=st.integers(1, 2**64 - 1))
+def test_plaintext_round_trip(msg, recipient, counter):
+    header, got = wire.decode(wire.encode(msg, recipient, counter, LIMITS, CHUNK), LIMITS)
+    assert (header.recipient, header.counter) == (recipient, counter)
+    _assert_same(got, msg)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msg=messages, counter=st.integers(1, 2**64 - 1))
+def test_sealed_round_trip(msg, counter):
+    frames = [bytes(f) for f in wire.seal(msg, 9, counter, KEY, LIMITS, CHUNK)]
+    header = wire.read_header(frames, LIMITS)
+    meta = wire.open_meta(header, frames, KEY, LIMITS)
+    _assert_same(wire.to_message(header, meta, wire.open_tensors(header, frames, KEY)), msg)
+
+
+def test_large_tensor_spans_chunks_and_stays_intact():
+    data = np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)
+    limits = Limits.for_model(data.size)
+    frames = wire.seal(_msg(tensors={"delta": data}), 4, 1, KEY, limits)  # default 1 MiB chunks
+    assert len(frames) == 2 + math.ceil(data.nbytes / wire.CHUNK_BYTES)
+    header = wire.read_header(frames, limits)
+    wire.open_meta(header, frames, KEY, limits)
+    out = wire.open_tensors(header, frames, KEY)["delta"]
+    assert np.array_equal(out, data) and out.flags.writeable and out.flags.c_contiguous
+    overhead = sum(memoryview(f).nbytes for f in frames) - data.nbytes
+    assert overhead / data.nbytes < 0.001
+
+
+def test_big_endian_and_non_contiguous_arrays_go_out_little_endian():
+    base = np.arange(24, dtype=">f8").reshape(4, 6)
+    msg = _msg(tensors={"be": base, "strided": base[:, ::2], "fortran": np.asfortranarray(base)})
+    _, got = wire.decode(_frames(msg), LIMITS)
+    for name, array in msg.tensors.items():
+        assert got.tensors[name].dtype == np.dtype("<f8")
+        assert np.array_equal(got.tensors[name], array)
+
+
+def test_encoding_does_not_copy_a_contiguous_little_endian_tensor():
+    data = np.arange(100, dtype=np.float32)
+    frames = wire.encode(_msg(tensors={"d": data}), 4, 1, LIMITS)
+    assert np.shares_memory(frames[2], data)
+
+
+# -- malformed frames: one reason each -------------------------------------------------------
+
+
+def test_truncated_header():
+    frames = _frames()
+    assert _reason([frames[0][:-3], *frames[1:]]) == "truncated"
+    assert _reason([]) == "truncated"
+
+
+@pytest.mark.parametrize("garbage", [b"hello world", b"\xc1\xc1\xc1", bytes(range(256)), b"\x01"])
+def test_garbage_header(garbage):
+    assert _reason([garbage, b"\x80"]) == "bad_header"
+
+
+def test_bad_version():
+    assert _reason(_with_header(_frames(), 0, 2)) == "bad_version"
+    assert _reason(_with_header(_frames(), 0, True)) == "bad_version"
+
+
+def test_unknown_kind():
+    assert _reason(_with_header(_frames(), 1, 99)) == "bad_kind"
+    with pytest.raises(WireError) as info:
+        wire.encode(_msg(kind=42), 4, 1, LIMITS)
+    assert info.value.reason == "bad_kind"
+
+
+@pytest.mark.parametrize("index,value", [(2, -1), (3, 2**32), (4, "7"), (5, 0), (5, True), (6, 100), (7, 5)])
+def test_header_field_out_of_range(index, value):
+    # sender, recipient, round, counter (>= 1, no bools), chunk size, chunk count
+    assert _reason(_with_header(_frames(), index, value)) == "bad_header"
+
+
+def test_bad_dtype():
+    frames = _frames()
+    for dtype in ("complex128", "object", "<f4", ["float32"]):
+        assert _reason(_with_header(frames, 8, [["delta", dtype, [3000]]])) == "bad_dtype"
+    with pytest.raises(WireError) as info:
+        wire.encode(_msg(tensors={"c": np.zeros(3, np.complex64)}), 4, 1, LIMITS)
+    assert info.value.reason == "bad_dtype"
+
+
+def test_shape_bytes_mismatch():
+    frames = _frames(_msg(tensors={"delta": np.zeros(1000, np.float32)}))
+    assert _reason(_with_header(frames, 8, [["delta", "float32", [999]]])) == "bad_shape"
+    assert _reason(_with_header(frames, 8, [["delta", "float32", [-1000]]])) == "bad_shape"
+    assert _reason(_with_header(frames, 8, [["delta", "float32", "1000"]])) == "bad_shape"
+    assert _reason([*frames[:2], frames[2][:-1]]) == "bad_shape"
+
+
+def test_too_many_tensors():
+    limits = Limits(max_tensors=2)
+    many = _msg(tensors={f"t{i}": np.zeros(1, np.int8) for i in range(3)})
+    assert _reason(_frames(many), limits) == "too_large"
+    with pytest.raises(WireError) as info:
+        wire.encode(many, 4, 1, limits)
+    assert info.value.reason == "too_large"
+
+
+def test_oversized_tensor_refused_from_the_header_alone():
+    limits = Limits(max_tensor_elements=1000)
+    huge = [["delta", "float32", [10**12]]]  # 4 TB claimed: must not be allocated
+    assert _reason(_with_header(_frames(), 8, huge), limits) == "too_large"
+    assert _reason(_frames(_msg(tensors={"d": np.zeros(1001, np.int8)})), limits) == "too_large"
+    total = Limits(max_total_bytes=1000)
+    assert _reason(_frames(_msg(tensors={"d": np.zeros(1001, np.int8)})), total) == "too_large"
+
+
+def test_oversized_header_or_meta():
+    limits = Limits(max_meta_bytes=100)
+    frames = _frames()
+    assert _reason([frames[0] + b"\x00" * limits.max_header_bytes, *frames[1:]], limits) == "too_large"
+    assert _reason([frames[0], msgpack.packb({"x": b"y" * 200}), *frames[2:]], limits) == "too_large"
+    with pytest.raises(WireError) as info:
+        wire.encode(_msg(meta={"x": b"y" * 200}), 4, 1, limits)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("meta", [
+    msgpack.packb({"x": msgpack.ExtType(5, b"abc")}),
+    msgpack.packb({"t": msgpack.Timestamp(1)}, datetime=False),
+    msgpack.packb({1: "int key"}),
+    msgpack.packb(["not", "a", "map"]),
+    msgpack.packb({"x": b"\xff"}, use_bin_type=False),  # raw str that is not utf-8
+    b"\x81\xa1x" + b"\x91" * 40 + b"\xc0",  # nested 40 deep
+    b"\x80\x01",  # extra bytes
+])
+def test_bad_meta(meta):
+    frames = _frames()
+    assert _reason([frames[0], meta, *frames[2:]]) == "bad_meta"
+
+
+@pytest.mark.parametrize("meta", [
+    {"x": np.float32(1)}, {"x": (1, 2)}, {"x": {1, 2}}, {1: "int key"}, {"x": Kind.MODEL},
+    {"x": 2**64}, {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}, ["not a dict"],
+])
+def test_non_primitive_meta_refused_on_encode(meta):
+    with pytest.raises(WireError) as info:
+        wire.encode(_msg(meta=meta), 4, 1, LIMITS)
+    assert info.value.reason == "bad_meta"
+
+
+def test_wrong_frame_count():
+    frames = _frames()
+    assert len(frames) > 3
+    assert _reason(frames[:-1]) == "bad_frames"
+    assert _reason([*frames, b"extra"]) == "bad_frames"
+    assert _reason(frames[:1]) == "bad_frames"
+
+
+def test_duplicate_or_bad_tensor_names():
+    frames = _frames(_msg(tensors={"a": np.zeros(1, np.int8), "b": np.zeros(1, np.int8)}))
+    assert _reason(_with_header(frames, 8, [["a", "int8", [1]], ["a", "int8", [1]]])) == "bad_header"
+    assert _reason(_with_header(frames, 8, [["a", "int8", [1]], [7, "int8", [1]]])) == "bad_header"
+    assert _reason(_with_header(frames, 8, [["a", "int8", [1]], ["", "int8", [1]]])) == "bad_header"
+
+
+def test_bool_bytes_other_than_0_and_1():
+    frames = _frames(_msg(tensors={"m": np.array([True, False])}))
+    assert _reason([*frames[:2], b"\x01\x02"]) == "bad_value"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=5))
+def test_arbitrary_bytes_only_ever_raise_wire_error(frames):
+    try:
+        wire.decode(frames, LIMITS)
+    except WireError as exc:
+        assert exc.reason in {"truncated", "bad_header", "bad_version", "bad_kind", "bad_dtype", "bad_shape",
+                              "bad_frames", "bad_meta", "bad_value", "too_large"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_single_byte_flip_in_a_valid_frame_set_only_raises_wire_error(data):
+    frames = [bytearray(f) for f in _frames(_msg(tensors={"d": np.arange(10, dtype=np.int32)}))]
+    i = data.draw(st.integers(0, len(frames) - 1))
+    j = data.draw(st.integers(0, len(frames[i]) - 1))
+    frames[i][j] ^= data.draw(st.integers(1, 255))
+    try:
+        wire.decode([bytes(f) for f in frames], LIMITS)
+    except WireError:
+        pass
+
+
+# -- sealed layer ----------------------------------------------------------------------------
+
+
+def _sealed() -> list[bytes]:
+    return [bytes(f) for f in wire.seal(_msg(), 4, 99, KEY, LIMITS, CHUNK)]
+
+
+def _open(frames, key=KEY) -> Message:
+    header = wire.read_header(frames, LIMITS)
+    meta = wire.open_meta(header, frames, key, LIMITS)
+    return wire.to_message(header, meta, wire.open_tensors(header, frames, key))
+
+
+def test_sealed_parts_are_not_plaintext():
+    frames = _sealed()
+    assert np.arange(3000, dtype=np.float32).tobytes()[:CHUNK] not in frames[2]
+
+
+@pytest.mark.parametrize("frame", [1, 2, -1])
+def test_sealed_tampered_part(frame):
+    frames = _sealed()
+    bad = bytearray(frames[frame])
+    bad[len(bad) // 2] ^= 0x10
+    frames[frame] = bytes(bad)
+    with pytest.raises(WireError) as info:
+        _open(frames)
+    assert info.value.reason == "tampered"
+
+
+@pytest.mark.parametrize("index,value", [(2, 3), (3, 5), (4, 6), (5, 100), (1, int(Kind.GLOBAL))])
+def test_sealed_header_change_is_detected(index, value):
+    # sender, recipient, round, counter, kind: a part cannot be moved to another message
+    with pytest.raises(WireError) as info:
+        _open(_with_header(_sealed(), index, value))
+    assert info.value.reason == "tampered"
+
+
+def test_sealed_swapped_chunks_and_wrong_key():
+    frames = _sealed()
+    swapped = [frames[0], frames[1], frames[3], frames[2], *frames[4:]]
+    for bad, key in ((swapped, KEY), (frames, bytes(32))):
+        with pytest.raises(WireError) as info:
+            _open(bad, key)
+        assert info.value.reason == "tampered"
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def test_limits_for_model_fit_the_largest_message_and_not_much_more():
+    n = 100_000
+    limits = Limits.for_model(n)
+    secagg = Message(Kind.SECAGG, 1, 1, {"step": "masked", "body": b"x" * (1 << 20)},
+                     {"masked": np.zeros(n, np.uint32), "extra": np.zeros(n, np.float32)})
+    frames = wire.seal(secagg, 2, 1, KEY, limits)
+    assert max(memoryview(f).nbytes for f in frames) <= limits.max_frame_bytes
+    assert wire.read_header(frames, limits).sender == 1
+    with pytest.raises(WireError, match="too_large"):
+        wire.encode(_msg(tensors={"d": np.zeros(3 * n, np.float32)}), 2, 1, limits)
