@@ -29,6 +29,7 @@ from p2pfl.wire import Limits
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 256  # messages of the next round kept while this one finishes
+FINAL_LINGER = 2.0  # seconds the last round's messages get to leave after the node is done
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Node:
             for r in range(1, self.config.rounds + 1):
                 records.append(self._round(r))
         finally:
-            self.transport.close()
+            self.transport.close(linger=FINAL_LINGER)
         return records
 
     def _await_neighbours(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -91,9 +92,16 @@ def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
     )
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def init_model(task: Task, seed: int) -> nn.Module:
-    """The task's model initialised from `seed`, identical on every node; global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
+    """The task's model initialised from `seed`, identical on every node; global RNG untouched.
+
+    Layer constructors draw from torch's process-wide generator, so nodes that share a process
+    (one thread each) take turns: otherwise their seeds interleave and "identical" models differ.
+    """
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return task.make_model()
 
@@ -114,8 +122,8 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lr >= 0:  # 0 = no local learning: pure averaging studies
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.batch_size < 1:

@@ -129,11 +129,18 @@ class Transport:
             dealer.connect(peer.address)
             self._dealers[j] = dealer
 
-    def close(self) -> None:
-        """Close every socket at once, dropping what is still queued. Safe to call twice."""
+    def close(self, linger: float = 0.0) -> None:
+        """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
+
+        A node that finishes its last round passes a short linger so its final messages (a
+        hub's last FedAvg answer, say) still reach live neighbours; a dead neighbour costs at
+        most `linger` at the context's termination, never more.
+        """
         self._closed = True
-        for sock in [*self._dealers.values(), *([self._router] if self._router is not None else [])]:
-            sock.close(linger=0)
+        for sock in self._dealers.values():
+            sock.close(linger=int(linger * 1000))
+        if self._router is not None:
+            self._router.close(linger=0)
         self._dealers.clear()
         self._router = None
 

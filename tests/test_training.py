@@ -195,7 +195,7 @@ def test_empty_shard_rejected(task: Task) -> None:
 @pytest.mark.parametrize(
     "kwargs,word",
     [
-        ({"lr": 0.0}, "lr"),
+        ({"lr": -0.01}, "lr"),
         ({"momentum": 1.0}, "momentum"),
         ({"batch_size": 0}, "batch_size"),
         ({"local_epochs": 0}, "local_epochs"),
@@ -274,3 +274,24 @@ def test_plugin_errors_name_the_spec(plugin_dir: Path, spec: str, word: str) -> 
     with pytest.raises(ValueError, match=word) as exc:
         load_task(spec, seed=0)
     assert repr(spec) in str(exc.value)
+
+
+def test_init_model_is_identical_when_nodes_share_a_process() -> None:
+    """Nodes of one simulation process build their models in parallel threads."""
+    import threading
+
+    task = load_task("digits-mlp", 0)
+    flats: list[np.ndarray] = []
+
+    def build() -> None:
+        for _ in range(20):
+            model = init_model(task, 123)
+            flats.append(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy())
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(flats) == 80
+    assert all(np.array_equal(flats[0], f) for f in flats[1:])
