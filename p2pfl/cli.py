@@ -122,6 +122,8 @@ def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> Non
 @click.option("--id", "node_id", required=True, type=int, help="This node's id in the cluster.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key (default: key_file of the cluster entry).")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="Append this node's per-round metrics (JSON Lines).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Checkpoint every round here; resume from it on restart.")
+@click.option("--down-after", type=int, help="Rounds a neighbour may stay silent before it is no longer waited for.")
 @_experiment_options
 def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, metrics: str | None, **overrides: Any) -> None:
     """Run one node of a cluster until its rounds are done (one per machine, or several)."""

@@ -60,13 +60,17 @@ class ExperimentConfig:
     secure_agg: bool = False
     secagg_threshold: float = 0.5  # Shamir threshold as a fraction of the group (majority)
     min_contributors: int = 2  # privacy floor: never unmask fewer contributors than this
+    down_after: int = 3  # rounds a neighbour may miss before we stop waiting for it
+    checkpoint_dir: str = ""  # node: persist state here every `checkpoint_every` rounds; resume from it
+    checkpoint_every: int = 1
     processes: int = 0  # simulate: OS processes to spread nodes over (0 = automatic)
     label: str = ""  # name of the run in reports (default: derived from topology and options)
 
     def validate(self, source: str | None = None) -> "ExperimentConfig":
         """Check every field; raise `ConfigError` naming the first bad one."""
         _check_types(self, source)
-        positive = ("nodes", "rounds", "local_epochs", "batch_size", "eval_every", "min_contributors")
+        positive = ("nodes", "rounds", "local_epochs", "batch_size", "eval_every", "min_contributors",
+                "down_after", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}", source)

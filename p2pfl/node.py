@@ -13,15 +13,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from p2pfl import topology
+from p2pfl.checkpoint import CheckpointStore, NodeState
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
-from p2pfl.protocols import FedAvgRound, GossipRound, Rejected, RoundProtocol
+from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, check_vector
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, Transport
 from p2pfl.wire import Limits
@@ -98,7 +100,14 @@ class Node:
         self.own_address = spec.cluster.nodes[self.id].address
         self.weights = topology.mh_weights(self.graph, self.id)
         self.hub = hub_of(self.graph) if self.config.aggregation == "fedavg" else None
-        self._buffer: list[Message] = []
+        self._buffer: list[Message] = []  # authenticated messages of rounds after the current one
+        self._ahead = 0  # highest round a neighbour has been seen in
+        self._heard: set[int] = set()  # neighbours heard from during the current round
+        self._missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
+        self._syncs: dict[int, tuple[int, np.ndarray]] = {}  # hello answers: (round, delta)
+        self._delta = self.trainer.get_flat() - self.reference
+        directory = self.config.checkpoint_dir
+        self._store = CheckpointStore(Path(directory) / f"node-{self.id}") if directory else None
         self._t0 = 0.0
 
     def _train_config(self) -> TrainConfig:
@@ -109,47 +118,100 @@ class Node:
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> list[RoundRecord]:
-        """Run every round; returns the records. Always closes the transport."""
+        """Run every round (resuming from a checkpoint if there is one); returns the records."""
         records = []
+        r = self._restore() + 1
         self.transport.start()
         try:
             self._t0 = time.monotonic()
-            self._await_neighbours()
-            for r in range(1, self.config.rounds + 1):
+            r = self._await_neighbours(r)
+            while r <= self.config.rounds:
                 records.append(self._round(r))
+                self._checkpoint(r)
+                r = self._next_round(r)
         finally:
             self.transport.close(linger=FINAL_LINGER)
         return records
 
-    def _await_neighbours(self) -> None:
-        """Say hello and wait (bounded) until every neighbour has said hello too.
+    def _await_neighbours(self, start: int) -> int:
+        """Say hello and wait (bounded) until every neighbour is heard; returns the round to run.
 
         Nodes start at different moments (importing torch takes seconds); without this, the
         first round's deadline would be spent waiting for processes that are still starting.
+        Neighbours already running answer a hello with their round and model (a sync): a node
+        that restarts behind them adopts their average and their round instead of dragging
+        stale weights into the next averages.
         """
-        hello = Message(Kind.HEARTBEAT, self.id, 0)
+        hello = Message(Kind.HEARTBEAT, self.id, 0, meta={"hello": True, "round": start})
         self._send_all([(j, hello) for j in self.neighbours])
         heard: set[int] = set()
         deadline = time.monotonic() + self.config.startup_timeout
         while heard != set(self.neighbours) and (remaining := deadline - time.monotonic()) > 0:
             msg = self.transport.recv(remaining)
-            if msg is None:
-                continue
-            heard.add(msg.sender)  # any authenticated message proves the neighbour is up
-            self._admit(msg, 0)
+            if msg is not None:
+                heard.add(msg.sender)  # any authenticated message proves the neighbour is up
+                self._admit(msg, start - 1)
         if heard != set(self.neighbours):
             log.warning("node %d: neighbours %s did not come up within %.0fs; starting without them",
                         self.id, sorted(set(self.neighbours) - heard), self.config.startup_timeout)
+        return self._catch_up(start)
+
+    def _catch_up(self, start: int) -> int:
+        ahead = {j: (rnd, d) for j, (rnd, d) in self._syncs.items() if rnd > start}
+        if not ahead:
+            return start
+        target = max(rnd for rnd, _ in ahead.values())
+        delta = np.mean([d for _, d in ahead.values()], axis=0).astype(np.float32)
+        self.trainer.set_flat(self.reference + delta)
+        log.warning("node %d: neighbours are at round %d, we were at %d; adopting their average model",
+                    self.id, target, start)
+        self._drop_buffered_before(target)
+        return target
+
+    def _restore(self) -> int:
+        """Load the newest good checkpoint, if any; returns the last completed round (0 if none)."""
+        if self._store is None:
+            return 0
+        found = self._store.load_latest()
+        if found is None:
+            return 0
+        r, state = found
+        if state.meta.get("node") != self.id or state.meta.get("num_params") != self.trainer.num_params:
+            raise ValueError(f"checkpoint in {self._store.directory} belongs to another node or model: {state.meta}")
+        self.trainer.load_state_dict(state.trainer)
+        log.warning("node %d: resumed from the checkpoint of round %d", self.id, r)
+        return r
+
+    def _checkpoint(self, r: int) -> None:
+        if self._store is not None and (r % self.config.checkpoint_every == 0 or r == self.config.rounds):
+            meta = {"node": self.id, "num_params": self.trainer.num_params, "seed": self.config.seed}
+            self._store.save(r, NodeState(trainer=self.trainer.state_dict(), meta=meta))
+
+    def _next_round(self, r: int) -> int:
+        """r + 1, or further if neighbours have moved ahead of us (after a partition heals, say)."""
+        if self._ahead <= r + 1:
+            return r + 1
+        log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, self._ahead, r + 1)
+        self._drop_buffered_before(self._ahead)
+        return self._ahead
+
+    def _drop_buffered_before(self, r: int) -> None:
+        for msg in [m for m in self._buffer if m.round < r]:
+            self._drop("skipped_round", f"{msg.kind.name} from {msg.sender} for skipped round {msg.round}")
+        self._buffer = [m for m in self._buffer if m.round >= r]
 
     # -- one round ----------------------------------------------------------------------------
 
     def _round(self, r: int) -> RoundRecord:
         started = time.monotonic()
+        self._heard.clear()
         train_loss = self.trainer.train()
         delta = self.trainer.get_flat() - self.reference
         protocol = self._protocol(r, delta)
         new_delta = self._exchange(protocol, r)
         self.trainer.set_flat(self.reference + new_delta)
+        self._delta = new_delta
+        self._update_liveness(r)
         test_loss = test_acc = None
         if r % self.config.eval_every == 0 or r == self.config.rounds:
             data = self.task.dataset
@@ -167,18 +229,34 @@ class Node:
             self.on_round(record)
         return record
 
+    def _update_liveness(self, r: int) -> None:
+        """Count rounds each neighbour stayed silent; at `down_after` we stop waiting for it."""
+        for j in self.neighbours:
+            was_down = self._is_down(j)
+            self._missed[j] = 0 if j in self._heard else self._missed[j] + 1
+            if self._is_down(j) and not was_down:
+                log.warning("node %d: neighbour %d silent for %d rounds, marked down (round %d)",
+                            self.id, j, self._missed[j], r)
+
+    def _is_down(self, j: int) -> bool:
+        return self._missed[j] >= self.config.down_after
+
+    def _expected(self) -> set[int]:
+        return {j for j in self.neighbours if not self._is_down(j)}
+
     def _protocol(self, r: int, delta: np.ndarray) -> RoundProtocol:
         if self.config.aggregation == "fedavg":
             assert self.hub is not None
             leaves = [v for v in sorted(self.graph.nodes) if v != self.hub]
-            return FedAvgRound(self.id, r, self.hub, leaves, delta, self.samples)
-        return GossipRound(self.id, r, self.weights, delta)
+            return FedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, expected=self._expected())
+        return GossipRound(self.id, r, self.weights, delta, expected=self._expected())
 
     def _exchange(self, protocol: RoundProtocol, r: int) -> np.ndarray:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
         self._send_all(protocol.start())
         early, self._buffer = [m for m in self._buffer if m.round == r], [m for m in self._buffer if m.round != r]
         for msg in early:
+            self._heard.add(msg.sender)
             self._feed(protocol, msg)
         phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         while not protocol.finished():
@@ -196,17 +274,37 @@ class Node:
         return protocol.result()
 
     def _admit(self, msg: Message, r: int) -> bool:
-        """True if `msg` belongs to round `r`; keep next-round messages, drop the rest (counted)."""
+        """True if `msg` belongs to round `r`; keep later rounds' messages, drop the rest (counted).
+
+        Any authenticated message proves its sender alive. A neighbour ahead of us (after a
+        partition, say) is remembered so we can catch up at the end of this round; a round
+        beyond the run's budget cannot be honest and is dropped.
+        """
+        self._heard.add(msg.sender)
+        self._missed[msg.sender] = 0
         if msg.kind == Kind.HEARTBEAT:
-            return False  # a late hello from a neighbour that started after us: nothing to do
+            self._on_heartbeat(msg, r)
+            return False
         if msg.round == r:
             return True
-        if msg.round == r + 1 and len(self._buffer) < MAX_BUFFERED:  # a neighbour slightly ahead
+        if r < msg.round <= self.config.rounds and len(self._buffer) < MAX_BUFFERED:
             self._buffer.append(msg)
+            self._ahead = max(self._ahead, msg.round)
             return False
         reason = "stale_round" if msg.round < r else "wrong_round"
         self._drop(reason, f"{msg.kind.name} from {msg.sender} for round {msg.round} during round {r}")
         return False
+
+    def _on_heartbeat(self, msg: Message, r: int) -> None:
+        """Answer a hello with our round and model; remember the sync answers we get."""
+        if msg.meta.get("hello") is True:
+            sync = Message(Kind.HEARTBEAT, self.id, max(r, 0), meta={"sync": True}, tensors={DELTA: self._delta})
+            self.transport.send(msg.sender, sync)
+        elif msg.meta.get("sync") is True:
+            try:
+                self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
+            except Rejected as exc:
+                self._drop(exc.reason, str(exc))
 
     def _feed(self, protocol: RoundProtocol, msg: Message) -> None:
         try:

@@ -93,13 +93,16 @@ def check_vector(msg: Message, name: str, length: int) -> np.ndarray:
 class GossipRound(RoundProtocol):
     """D-PSGD averaging with Metropolis-Hastings weights: send to all neighbours, mix what arrives."""
 
-    def __init__(self, node_id: int, round_: int, weights: dict[int, float], own: np.ndarray) -> None:
+    def __init__(self, node_id: int, round_: int, weights: dict[int, float], own: np.ndarray,
+                 expected: set[int] | None = None) -> None:
         self.node_id = node_id
         self.round = round_
         self.weights = {j: w for j, w in weights.items() if j != node_id}
+        # Neighbours we wait for; one marked down may still contribute if it turns up in time.
+        self.expected = set(self.weights) if expected is None else set(expected) & set(self.weights)
         self.own = own
         self.received: dict[int, tuple[float, np.ndarray]] = {}
-        self._done = not self.weights
+        self._done = not self.expected
 
     def start(self) -> list[Outbound]:
         msg = Message(Kind.MODEL, self.node_id, self.round, tensors={DELTA: self.own})
@@ -114,7 +117,7 @@ class GossipRound(RoundProtocol):
             raise Rejected("duplicate", f"second MODEL from {msg.sender} in round {self.round}")
         vec = check_vector(msg, DELTA, self.own.shape[0])
         self.received[msg.sender] = (self.weights[msg.sender], vec)
-        self._done = len(self.received) == len(self.weights)
+        self._done = self.expected <= set(self.received)
         return []
 
     def on_deadline(self) -> list[Outbound]:
@@ -139,18 +142,20 @@ class FedAvgRound(RoundProtocol):
     the leaves), then keeps its own model for this round.
     """
 
-    def __init__(self, node_id: int, round_: int, hub: int, leaves: list[int], own: np.ndarray, samples: int) -> None:
+    def __init__(self, node_id: int, round_: int, hub: int, leaves: list[int], own: np.ndarray, samples: int,
+                 expected: set[int] | None = None) -> None:
         self.node_id = node_id
         self.round = round_
         self.hub = hub
         self.leaves = [j for j in leaves if j != hub]
+        # Leaves the hub waits for (the others may still count if they arrive in time).
+        self.expected = set(self.leaves) if expected is None else set(expected) & set(self.leaves)
         self.own = own
         self.samples = samples
         self.received: dict[int, tuple[int, np.ndarray]] = {}
         self._result: np.ndarray | None = None
         self._phase = 0
-        if self.is_hub and not self.leaves:
-            self._result = own
+        self._pending_broadcast = self.is_hub and not self.expected
 
     @property
     def is_hub(self) -> bool:
@@ -161,6 +166,8 @@ class FedAvgRound(RoundProtocol):
         return self._phase
 
     def start(self) -> list[Outbound]:
+        if self._pending_broadcast:  # nobody to wait for: answer whoever is there right away
+            return self._broadcast()
         if self.is_hub:
             return []
         msg = Message(Kind.MODEL, self.node_id, self.round, meta={"samples": self.samples}, tensors={DELTA: self.own})
@@ -180,7 +187,7 @@ class FedAvgRound(RoundProtocol):
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
             raise Rejected("bad_meta", f"samples={samples!r} from {msg.sender}")
         self.received[msg.sender] = (samples, check_vector(msg, DELTA, self.own.shape[0]))
-        if len(self.received) == len(self.leaves):
+        if self.expected <= set(self.received):
             return self._broadcast()
         return []
 
