@@ -18,6 +18,8 @@ from rich.console import Console
 from p2pfl.config import ConfigError, ExperimentConfig
 
 console = Console(stderr=True)
+if not console.is_terminal:
+    console.width = 160  # logs and CI: do not squeeze the comparison table into 80 columns
 
 
 def _experiment_options(f: Any) -> Any:
@@ -87,10 +89,15 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
 @click.option("--target", type=float, default=0.9, show_default=True, help="Target accuracy for the table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
 def compare(config_file: str | None, topologies: str | None, secure_mode: str, target: float, out: str | None, **overrides: Any) -> None:
-    """Same task, seed and partition on several topologies plus the star-FedAvg baseline."""
+    """Same task, seed and partition on several topologies plus the star-FedAvg baseline.
+
+    Default: ring, torus, random 4-regular, complete and star-FedAvg on 16 nodes.
+    """
     from p2pfl import report
     from p2pfl.simulate import DEFAULT_COMPARE, compare_configs, run_dir_name, run_simulation
 
+    if overrides.get("nodes") is None and config_file is None:
+        overrides["nodes"] = 16  # the default set includes a 2-D torus (4 x 4)
     base = _config(config_file, **overrides)
     specs = [s.strip() for s in topologies.split(",")] if topologies else list(DEFAULT_COMPARE)
     try:
