@@ -1,0 +1,208 @@
+"""Masks for secure aggregation: a chunked ChaCha20 PRG, fused encode+mask, sparse masking graphs.
+
+PRG. A mask is the keystream of libsodium's `randombytes_buf_deterministic` (ChaCha20 keyed by
+a 32-byte seed), read as little-endian uint32 words. That call takes no nonce or offset, so a
+long vector is cut into chunks of `CHUNK_WORDS` words and chunk c uses the seed
+
+    BLAKE2b-256(key = mask key, person = "p2pfl-mask-chnk", data = round || group || c)
+
+(round, group and c as little-endian u64). Chunks let a 10M-parameter vector stream through
+the cache (256 KiB at a time) instead of allocating one 40 MB buffer per mask, and bind every
+mask to the round and the aggregator's group, so a key reused by mistake across rounds or
+groups still gives unrelated masks. `CHUNK_WORDS` is part of the protocol: every party must
+use the same value or the masks do not cancel.
+
+Signs. For a pair u < v with shared mask key s_uv, u adds PRG(s_uv) and v subtracts it; with a
+self mask PRG(b_u) added by every contributor, the sum over a group of
+
+    y_u = enc_u + PRG(b_u) + sum_{v in M(u)} sign(u, v) * PRG(s_uv)   (mod 2^32)
+
+is sum_u enc_u + sum_u PRG(b_u): the pairwise masks cancel exactly in uint32 wraparound.
+
+Sparse masking (SecAgg+). In a large group each member masks with only `degree` others (M(u)),
+the neighbours of u in a circulant graph C_n(1..degree/2) laid over a pseudorandom ordering of
+the members derived from a public group seed. The graph is `degree`-regular and
+`degree`-connected (it stays connected after any degree-1 removals), and everyone computes it
+from public data with no message.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from nacl.bindings import crypto_generichash_blake2b_salt_personal as _blake2b
+from nacl.bindings import randombytes_buf_deterministic as _chacha20
+
+from p2pfl.fixedpoint import FixedPoint
+
+CHUNK_WORDS = 1 << 16  # 256 KiB of uint32 per chunk (protocol constant)
+KEY_BYTES = 32
+_LE_U32 = np.dtype("<u4")
+
+Mask = tuple[bytes, int]
+"""A mask to apply: (32-byte key, +1 to add its PRG stream or -1 to subtract it)."""
+
+
+def blake2b(data: bytes, person: bytes, key: bytes = b"", size: int = 32) -> bytes:
+    """Keyed, personalised BLAKE2b (libsodium)."""
+    return _blake2b(data, digest_size=size, key=key, person=person)
+
+
+def chunk_seed(key: bytes, round_: int, group: int, index: int) -> bytes:
+    """The ChaCha20 seed of chunk `index` of the mask stream of `key` in (round, group)."""
+    return _blake2b(struct.pack("<QQQ", round_, group, index), digest_size=32, key=key, person=b"p2pfl-mask-chnk")
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise ValueError(f"a mask key is {KEY_BYTES} bytes")
+
+
+def prg_words(key: bytes, round_: int, group: int, length: int) -> np.ndarray:
+    """The first `length` uint32 words of the mask stream of `key` (a fresh array)."""
+    _check_key(key)
+    out = np.zeros(length, dtype=np.uint32)
+    mask_vector(out, [(key, 1)], round_, group)
+    return out
+
+
+def mask_vector(vec: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
+    """Add (sign +1) or subtract (sign -1) each mask's PRG stream to the uint32 `vec`, in place."""
+    if vec.dtype != np.uint32 or vec.ndim != 1:
+        raise ValueError("mask_vector works on a 1-D uint32 vector")
+    for key, sign in masks:
+        _check_key(key)
+        if sign not in (1, -1):
+            raise ValueError(f"mask sign must be +1 or -1, not {sign}")
+    n = vec.shape[0]
+    for c, start in enumerate(range(0, n, CHUNK_WORDS)):
+        part = vec[start : start + CHUNK_WORDS]
+        nbytes = 4 * part.shape[0]
+        for key, sign in masks:
+            stream = np.frombuffer(_chacha20(nbytes, chunk_seed(key, round_, group, c)), dtype=_LE_U32)
+            if sign > 0:
+                np.add(part, stream, out=part)
+            else:
+                np.subtract(part, stream, out=part)
+
+
+def encode_and_mask(
+    x: np.ndarray,
+    enc: FixedPoint,
+    weight: float,
+    masks: Sequence[Mask],
+    round_: int,
+    group: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """`enc.encode(x, weight)` plus all `masks`, fused chunk by chunk (uint32, fresh unless `out`).
+
+    `x` must be finite (the protocols sanitise their input once); values beyond the clip bound
+    are clipped exactly as `FixedPoint.encode` does. Encoding runs in float64 on one cache-sized
+    chunk at a time, so the error bound of `FixedPoint` holds.
+    """
+    if enc.bits != 32:
+        raise ValueError("the masked wire format is uint32 (bits=32)")
+    if not (0.0 <= weight <= enc.total_weight):
+        raise ValueError(f"weight {weight} outside [0, {enc.total_weight}]")
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError("encode_and_mask takes a flat vector")
+    for key, sign in masks:
+        _check_key(key)
+        if sign not in (1, -1):
+            raise ValueError(f"mask sign must be +1 or -1, not {sign}")
+    n = x.shape[0]
+    if out is None:
+        out = np.empty(n, dtype=np.uint32)
+    factor = np.float64(weight * enc.scale)  # exact: weight times a power of two
+    limit = np.float64(weight * enc.clip * enc.scale)
+    scratch = np.empty(min(n, CHUNK_WORDS), dtype=np.float64)
+    for c, start in enumerate(range(0, n, CHUNK_WORDS)):
+        xs = x[start : start + CHUNK_WORDS]
+        k = xs.shape[0]
+        buf = scratch[:k]
+        part = out[start : start + k]
+        np.multiply(xs, factor, out=buf)  # float64 loop (factor is a float64 scalar)
+        np.clip(buf, -limit, limit, out=buf)
+        np.rint(buf, out=buf)
+        np.copyto(part.view(np.int32), buf, casting="unsafe")
+        nbytes = 4 * k
+        for key, sign in masks:
+            stream = np.frombuffer(_chacha20(nbytes, chunk_seed(key, round_, group, c)), dtype=_LE_U32)
+            if sign > 0:
+                np.add(part, stream, out=part)
+            else:
+                np.subtract(part, stream, out=part)
+    return out
+
+
+def pair_seed(shared: bytes, round_: int, group: int, a: int, b: int) -> bytes:
+    """Mask key of the pair {a, b} in (round, group) from their X25519 shared secret."""
+    lo, hi = min(a, b), max(a, b)
+    return blake2b(shared + struct.pack("<QQQQ", round_, group, lo, hi), person=b"p2pfl-mask-pair")
+
+
+def pairwise_sign(me: int, peer: int) -> int:
+    """+1 for the lower id of a pair, -1 for the higher."""
+    if me == peer:
+        raise ValueError("no pairwise mask with oneself")
+    return 1 if me < peer else -1
+
+
+def auto_degree(n: int) -> int:
+    """Sparse masking degree for a group of n: the even number 2*ceil((log2 n + 2) / 2) (O(log n))."""
+    return 2 * math.ceil((math.log2(max(n, 2)) + 2) / 2)
+
+
+def graph_seed(round_: int, group: int, members: Sequence[int]) -> bytes:
+    """Public seed of the sparse masking graph: a hash of the round, the aggregator and the members."""
+    data = struct.pack(f"<QQ{len(members)}Q", round_, group, *members)
+    return blake2b(data, person=b"p2pfl-mask-grph")
+
+
+def mask_graph(members: Sequence[int], degree: int | None, seed: bytes) -> dict[int, frozenset[int]]:
+    """Each member's masking partners: everyone (dense) or a circulant of `degree` over a seeded order.
+
+    `degree=None` or `degree >= len(members) - 1` gives the complete graph. An odd degree is
+    rounded up to the next even number.
+    """
+    members = sorted(members)
+    n = len(members)
+    if degree is None or degree >= n - 1:
+        full = frozenset(members)
+        return {u: full - {u} for u in members}
+    if degree < 2:
+        raise ValueError(f"sparse masking degree must be >= 2, not {degree}")
+    half = (degree + 1) // 2
+    if 2 * half >= n - 1:
+        full = frozenset(members)
+        return {u: full - {u} for u in members}
+    order = sorted(members, key=lambda u: blake2b(struct.pack("<Q", u), person=b"p2pfl-mask-perm", key=seed))
+    out: dict[int, set[int]] = {u: set() for u in members}
+    for i, u in enumerate(order):
+        for off in range(1, half + 1):
+            v = order[(i + off) % n]
+            out[u].add(v)
+            out[v].add(u)
+    return {u: frozenset(vs) for u, vs in out.items()}
+
+
+def induced_connected(graph: Mapping[int, Iterable[int]], nodes: Iterable[int]) -> bool:
+    """Whether the subgraph of `graph` induced on `nodes` is connected (True for 0 or 1 node)."""
+    nodes = set(nodes)
+    if len(nodes) <= 1:
+        return True
+    start = next(iter(nodes))
+    seen = {start}
+    stack = [start]
+    while stack:
+        u = stack.pop()
+        for v in graph[u]:
+            if v in nodes and v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen == nodes

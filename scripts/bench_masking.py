@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Per-node masking throughput of secure aggregation, against the raw libsodium PRG in the same run.
+
+A node of a gossip topology is a member of one group per neighbour. For each group it encodes
+W * x to fixed point and adds its self mask and one pairwise mask per co-member (what
+`SecureGossipRound` does on receiving a bundle, via `masking.encode_and_mask`). We time all
+groups of one node and report:
+
+  model MB/s   groups * 4 * params / time   (float32 bytes masked per second, per group)
+  mask MB/s    streams * 4 * params / time  (PRG bytes generated and applied per second)
+  vs PRG       mask MB/s / raw PRG MB/s     (raw: randombytes_buf_deterministic, same chunks)
+
+Goal: model MB/s >= 300 and vs PRG >= 0.5. Usage:
+
+    .venv/bin/python scripts/bench_masking.py [--params 1000000 10000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+from nacl.bindings import randombytes_buf_deterministic
+
+from p2pfl.fixedpoint import FixedPoint
+from p2pfl.masking import CHUNK_WORDS, chunk_seed, encode_and_mask, mask_vector
+
+TOPOLOGIES = {
+    # name: (groups the node is in, members per group) for a regular graph of that degree
+    "ring (degree 2)": (2, 2),
+    "degree 4": (4, 4),
+}
+
+
+def best_of(repeats: int, fn) -> float:
+    fn()  # warm-up: page faults, caches
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def raw_prg_seconds(params: int, streams: int, repeats: int) -> float:
+    key = os.urandom(32)
+    n_chunks = -(-params // CHUNK_WORDS)
+    seeds = [chunk_seed(key, 1, 2, c) for c in range(n_chunks)]
+    sizes = [4 * min(CHUNK_WORDS, params - c * CHUNK_WORDS) for c in range(n_chunks)]
+
+    def run() -> None:
+        for _ in range(streams):
+            for seed, size in zip(seeds, sizes):
+                randombytes_buf_deterministic(size, seed)
+
+    return best_of(repeats, run)
+
+
+def node_masking_seconds(x: np.ndarray, groups: int, members: int, repeats: int) -> float:
+    enc = FixedPoint(16.0, 1.0, members)
+    weight = 1.0 / (1 + members)
+    masks = [[(os.urandom(32), 1)] + [(os.urandom(32), 1 if k % 2 else -1) for k in range(members - 1)] for _ in range(groups)]
+    outs = [np.empty(x.shape[0], np.uint32) for _ in range(groups)]
+
+    def run() -> None:
+        for g in range(groups):
+            encode_and_mask(x, enc, weight, masks[g], 1, g, out=outs[g])
+
+    return best_of(repeats, run)
+
+
+def aggregator_seconds(params: int, members: int, repeats: int) -> float:
+    """Unmasking at the aggregator: sum `members` inputs and remove their self masks."""
+    inputs = [np.random.default_rng(i).integers(0, 2**32, params, dtype=np.uint32) for i in range(members)]
+    keys = [(os.urandom(32), -1) for _ in range(members)]
+    total = np.empty(params, np.uint32)
+
+    def run() -> None:
+        total[:] = 0
+        for v in inputs:
+            np.add(total, v, out=total)
+        mask_vector(total, keys, 1, 0)
+
+    return best_of(repeats, run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, chunk {CHUNK_WORDS} words")
+    print("| params | node in | groups x streams | node time (ms) | model MB/s | mask MB/s | raw PRG MB/s | vs PRG |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for params in args.params:
+        x = (np.random.default_rng(0).standard_normal(params) * 0.5).astype(np.float32)
+        mb = 4 * params / 1e6
+        for name, (groups, members) in TOPOLOGIES.items():
+            streams = groups * members  # per group: self mask + (members - 1) pairwise masks
+            t_node = node_masking_seconds(x, groups, members, args.repeats)
+            t_prg = raw_prg_seconds(params, streams, args.repeats)
+            prg_rate = streams * mb / t_prg
+            mask_rate = streams * mb / t_node
+            print(
+                f"| {params:,} | {name} | {groups} x {members} | {1e3 * t_node:.1f} | {groups * mb / t_node:.0f} "
+                f"| {mask_rate:.0f} | {prg_rate:.0f} | {mask_rate / prg_rate:.2f} |"
+            )
+    print()
+    print("| params | aggregator of | unmask time (ms) | MB/s per input |")
+    print("|---:|---|---:|---:|")
+    for params in args.params:
+        for name, (_, members) in TOPOLOGIES.items():
+            t = aggregator_seconds(params, members, args.repeats)
+            print(f"| {params:,} | {name}: {members} inputs | {1e3 * t:.1f} | {members * 4 * params / 1e6 / t:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Masks: exact cancellation, chunked PRG, sparse graphs, and masked vectors that look uniform."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pfl.fixedpoint import FixedPoint
+from p2pfl.masking import (
+    CHUNK_WORDS,
+    auto_degree,
+    chunk_seed,
+    encode_and_mask,
+    graph_seed,
+    induced_connected,
+    mask_graph,
+    mask_vector,
+    pairwise_sign,
+    prg_words,
+)
+
+
+def _keys(seed: int):
+    r = random.Random(seed)
+    return lambda: r.randbytes(32)
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 9),
+    length=st.one_of(st.integers(1, 300), st.just(CHUNK_WORDS + 3)),
+    sparse=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    round_=st.integers(0, 2**40),
+    group=st.integers(0, 10_000),
+)
+def test_pairwise_and_self_masks_cancel_exactly(n: int, length: int, sparse: bool, seed: int, round_: int, group: int) -> None:
+    rng = np.random.default_rng(seed)
+    key = _keys(seed)
+    members = sorted(rng.choice(10_000, size=n, replace=False).tolist())
+    graph = mask_graph(members, 2 if sparse else None, graph_seed(round_, group, members))
+    pair = {}
+    for u in members:
+        for v in graph[u]:
+            pair.setdefault(frozenset((u, v)), key())
+    enc = FixedPoint(4.0, 1.0, n)
+    weights = rng.dirichlet(np.ones(n + 1))[:n]
+    xs = {u: (rng.standard_normal(length) * 3).astype(np.float32) for u in members}
+    selfs = {u: key() for u in members}
+    total = np.zeros(length, dtype=np.uint32)
+    plain = np.zeros(length, dtype=np.uint32)
+    for u, w in zip(members, weights):
+        masks = [(selfs[u], 1)] + [(pair[frozenset((u, v))], pairwise_sign(u, v)) for v in sorted(graph[u])]
+        y = encode_and_mask(xs[u], enc, float(w), masks, round_, group)
+        total += y
+        plain += enc.encode(xs[u], float(w))[0]
+    mask_vector(total, [(selfs[u], -1) for u in members], round_, group)
+    assert np.array_equal(total, plain)  # exact, modulo 2^32
+    exact = sum(float(w) * np.clip(xs[u].astype(np.float64), -4, 4) for u, w in zip(members, weights))
+    assert np.abs(enc.decode(total) - exact).max() <= enc.sum_error_bound(n)
+
+
+def test_fused_encode_and_mask_equals_encode_then_mask() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(2 * CHUNK_WORDS + 11) * 5).astype(np.float32)
+    enc = FixedPoint(4.0, 1.0, 3)
+    masks = [(bytes(range(32)), 1), (bytes(32), -1)]
+    fused = encode_and_mask(x, enc, 0.3, masks, 7, 2)
+    separate, _ = enc.encode(x, 0.3)
+    mask_vector(separate, masks, 7, 2)
+    assert np.array_equal(fused, separate)
+
+
+def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
+    k = bytes(range(32))
+    long = prg_words(k, 1, 2, 2 * CHUNK_WORDS + 5)
+    assert np.array_equal(long[:CHUNK_WORDS], prg_words(k, 1, 2, CHUNK_WORDS))
+    assert np.array_equal(long[:10], prg_words(k, 1, 2, 10))
+    assert not np.array_equal(long[:CHUNK_WORDS], long[CHUNK_WORDS : 2 * CHUNK_WORDS])
+    assert not np.array_equal(prg_words(k, 1, 2, 64), prg_words(k, 2, 2, 64))
+    assert not np.array_equal(prg_words(k, 1, 2, 64), prg_words(k, 1, 3, 64))
+    assert len({chunk_seed(k, 1, 2, c) for c in range(100)}) == 100
+    with pytest.raises(ValueError):
+        prg_words(b"short", 1, 2, 4)
+
+
+# --------------------------------------------------------------------------- sparse graphs
+
+
+@pytest.mark.parametrize("n", [13, 20, 50, 200])
+def test_sparse_graph_is_regular_symmetric_deterministic_and_robust(n: int) -> None:
+    members = list(range(100, 100 + 3 * n, 3))
+    k = auto_degree(n)
+    assert k % 2 == 0 and k <= 2 * math.ceil((math.log2(n) + 2) / 2)
+    seed = graph_seed(5, 1, members)
+    g = mask_graph(members, k, seed)
+    assert g == mask_graph(list(reversed(members)), k, seed)
+    assert g != mask_graph(members, k, graph_seed(6, 1, members))
+    for u in members:
+        assert len(g[u]) == k and u not in g[u]
+        assert all(u in g[v] for v in g[u])
+    # k-connected: removing any k-1 members leaves it connected (spot-check random removals)
+    r = random.Random(n)
+    for _ in range(50):
+        gone = set(r.sample(members, k - 1))
+        assert induced_connected(g, set(members) - gone)
+
+
+def test_dense_graph_when_degree_is_large() -> None:
+    members = [1, 2, 3, 4]
+    for g in (mask_graph(members, None, b""), mask_graph(members, 3, b"s"), mask_graph(members + [5], 4, b"s")):
+        assert g == {u: frozenset(g) - {u} for u in g}
+    cycle = mask_graph(members, 2, b"s")  # a 4-cycle: sparse even at this size
+    assert all(len(vs) == 2 for vs in cycle.values())
+
+
+def test_leaf_cost_grows_logarithmically() -> None:
+    assert auto_degree(20) == 8 and auto_degree(100) == 10 and auto_degree(1000) == 12 and auto_degree(10_000) == 16
+
+
+# --------------------------------------------------------------------------- statistical uniformity
+
+
+def _chi2_critical(df: int, z: float = 4.265) -> float:
+    """Upper critical value of chi-square (Wilson-Hilferty); z=4.265 is a 1e-5 tail."""
+    a = 2.0 / (9.0 * df)
+    return df * (1 - a + z * math.sqrt(a)) ** 3
+
+
+def _looks_uniform(words: np.ndarray) -> bool:
+    """Byte frequencies at each of the 4 byte positions and 16-bit half-word frequencies."""
+    b = words.astype("<u4").view(np.uint8).reshape(-1, 4)
+    for pos in range(4):
+        counts = np.bincount(b[:, pos], minlength=256)
+        exp = b.shape[0] / 256
+        if ((counts - exp) ** 2 / exp).sum() > _chi2_critical(255):
+            return False
+    halves = words.astype("<u4").view(np.uint16)
+    counts = np.bincount(halves, minlength=65536)
+    exp = halves.size / 65536
+    return ((counts - exp) ** 2 / exp).sum() <= _chi2_critical(65535)
+
+
+def _masked_sample(structured: bool, mask_filter=None) -> np.ndarray:
+    n = 1 << 18
+    x = np.zeros(n, np.float32) if not structured else np.tile(np.linspace(-1, 1, 256, dtype=np.float32), n // 256)
+    enc = FixedPoint(16.0, 1.0, 4)
+    masks = [(bytes(range(32)), 1), (bytes(range(1, 33)), -1), (bytes(range(2, 34)), 1)]
+    if mask_filter is None:
+        return encode_and_mask(x, enc, 0.25, masks, 9, 4)
+    m = np.zeros(n, np.uint32)
+    mask_vector(m, masks, 9, 4)
+    return enc.encode(x, 0.25)[0] + mask_filter(m)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_masked_vector_is_indistinguishable_from_uniform(structured: bool) -> None:
+    assert _looks_uniform(_masked_sample(structured))
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        lambda m: np.zeros_like(m),  # no mask at all
+        lambda m: m & np.uint32(0x00FFFFFF),  # top byte left unmasked
+        lambda m: m & np.uint32(0x0000FFFF),  # 16-bit mask
+        lambda m: (m >> np.uint32(24)) * np.uint32(0x01010101),  # 8 bits of entropy spread over a word
+    ],
+    ids=["zero", "24bit", "16bit", "8bit-spread"],
+)
+@pytest.mark.parametrize("structured", [False, True])
+def test_uniformity_check_detects_weak_masks(structured: bool, weak) -> None:
+    assert not _looks_uniform(_masked_sample(structured, weak))
