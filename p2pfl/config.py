@@ -84,8 +84,8 @@ class ExperimentConfig:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}", source)
         if not 0 <= self.momentum < 1:
             raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}", source)
-        if not 0 < self.secagg_threshold <= 1:
-            raise ConfigError("secagg_threshold", f"must be in (0, 1], got {self.secagg_threshold}", source)
+        if not 0.5 <= self.secagg_threshold < 1:
+            raise ConfigError("secagg_threshold", f"must be in [0.5, 1) (see docs/secagg.md), got {self.secagg_threshold}", source)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS, source)
         _check_choice("partition", self.partition, PARTITIONS, source)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS, source)

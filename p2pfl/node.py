@@ -20,10 +20,12 @@ import zmq
 
 from p2pfl import topology
 from p2pfl.checkpoint import CheckpointStore, NodeState
+from p2pfl.crypto import pairwise_key
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, check_vector
+from p2pfl.secagg import SecAggParams, SecureFedAvgRound, SecureGossipRound
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, Transport
 from p2pfl.wire import Limits
@@ -47,8 +49,10 @@ class RoundRecord:
     bytes_received: int
     wall_time: float
     round_time: float
+    train_time: float  # seconds of local training within round_time
     arrived: int
     dropped: dict[str, int]
+    aggregation: str  # "ok", or why this node's aggregate failed safely (secure aggregation)
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus
 
     def to_json(self) -> dict:
@@ -108,6 +112,11 @@ class Node:
         self._delta = self.trainer.get_flat() - self.reference
         directory = self.config.checkpoint_dir
         self._store = CheckpointStore(Path(directory) / f"node-{self.id}") if directory else None
+        self._private_key = spec.private_key
+        self._public_keys = {j: e.public_key for j, e in spec.cluster.nodes.items()}
+        self._secrets: dict[tuple[int, bytes], bytes] = {}
+        self._secagg_params = SecAggParams(threshold=self.config.secagg_threshold,
+                                           min_contributors=self.config.min_contributors)
         self._t0 = 0.0
 
     def _train_config(self) -> TrainConfig:
@@ -206,6 +215,7 @@ class Node:
         started = time.monotonic()
         self._heard.clear()
         train_loss = self.trainer.train()
+        train_time = time.monotonic() - started
         delta = self.trainer.get_flat() - self.reference
         protocol = self._protocol(r, delta)
         new_delta = self._exchange(protocol, r)
@@ -220,14 +230,24 @@ class Node:
         record = RoundRecord(
             round=r, node=self.id, train_loss=float(train_loss), test_loss=test_loss, test_acc=test_acc,
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
-            wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started,
+            wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started, train_time=train_time,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
+            aggregation=self._outcome(protocol),
         )
         log.info("node %d round %d: loss %.4f acc %s arrived %d/%d", self.id, r, train_loss,
                  "-" if test_acc is None else f"{test_acc:.3f}", record.arrived, len(self.neighbours))
         if self.on_round is not None:
             self.on_round(record)
         return record
+
+    def _outcome(self, protocol: RoundProtocol) -> str:
+        reason = getattr(protocol, "failure_reason", None)
+        if reason:
+            log.warning("node %d round %d: secure aggregation failed safely (%s); keeping our own model",
+                        self.id, protocol.round, reason)
+            self.transport.count_drop(f"secagg_{reason}")
+            return str(reason)
+        return "ok"
 
     def _update_liveness(self, r: int) -> None:
         """Count rounds each neighbour stayed silent; at `down_after` we stop waiting for it."""
@@ -245,11 +265,26 @@ class Node:
         return {j for j in self.neighbours if not self._is_down(j)}
 
     def _protocol(self, r: int, delta: np.ndarray) -> RoundProtocol:
+        secure, expected = self.config.secure_agg, self._expected()
         if self.config.aggregation == "fedavg":
             assert self.hub is not None
             leaves = [v for v in sorted(self.graph.nodes) if v != self.hub]
-            return FedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, expected=self._expected())
-        return GossipRound(self.id, r, self.weights, delta, expected=self._expected())
+            if secure:
+                return SecureFedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, self._secagg_params,
+                                         self._secret, expected=expected)
+            return FedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, expected=expected)
+        if secure:
+            adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}
+            return SecureGossipRound(self.id, r, adjacency, self.weights, delta, self._secagg_params,
+                                     self._secret, expected=expected)
+        return GossipRound(self.id, r, self.weights, delta, expected=expected)
+
+    def _secret(self, peer: int, context: bytes) -> bytes:
+        """End-to-end key shared with `peer` (up to two hops away), from the cluster's static keys."""
+        key = (peer, context)
+        if key not in self._secrets:
+            self._secrets[key] = pairwise_key(self._private_key, self.id, self._public_keys[peer], peer, context)
+        return self._secrets[key]
 
     def _exchange(self, protocol: RoundProtocol, r: int) -> np.ndarray:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""

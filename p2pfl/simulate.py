@@ -88,6 +88,9 @@ def assign_processes(nodes: int, processes: int) -> list[list[int]]:
 
 def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue) -> None:
     """Host `node_ids` in this process, one thread each, reporting every round to `events`."""
+    # One compute thread per node thread: OpenMP's thread count is per thread, and N processes x
+    # M node threads x the default pool would thrash 2 cores (set before torch is imported).
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     import zmq
 
@@ -109,6 +112,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
         events.put(("round", record.to_json(), record.delta.tobytes()))
 
     def run_one(node_id: int) -> None:
+        torch.set_num_threads(1)
         try:
             entry = cluster.require(node_id)
             key = load_private_key(entry.key_file)

@@ -1,0 +1,94 @@
+"""Wall time per round of a whole simulation, against the compute floor measured in the same run.
+
+Runs `p2pfl simulate` configurations (16 digits nodes by default, evaluating every round) and
+reports, per configuration: the median wall time per round (slowest node, startup excluded), the
+compute floor (every node's local training and evaluation for one round, run back to back in
+this process, divided by the cores), their ratio, and bytes sent per node per round. With --secure both, plain and secure aggregation run side by side and their
+ratios are printed too (round time and bytes on the wire, secure / plain).
+
+    .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from p2pfl.config import ExperimentConfig
+from p2pfl.simulate import run_simulation
+
+
+def compute_floor(cfg: ExperimentConfig, repeats: int = 5) -> float:
+    """Seconds one round of every node's local training and evaluation takes on all cores, no network.
+
+    Measured here, in this process, one node after the other on one thread, then divided by the
+    cores: the time a perfect simulator with free communication would need per round.
+    """
+    import time
+
+    import torch
+
+    from p2pfl.data import partition, shard
+    from p2pfl.training import LocalTrainer, TrainConfig, init_model, load_task
+
+    torch.set_num_threads(1)
+    task = load_task(cfg.task, cfg.seed)
+    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    trainers = [LocalTrainer(init_model(task, cfg.seed), shard(task.dataset, p), TrainConfig(lr=cfg.lr), i)
+                for i, p in enumerate(parts)]
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for t in trainers:
+            t.train()
+            t.evaluate(task.dataset.x_test, task.dataset.y_test)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) / (os.cpu_count() or 1)
+
+
+def measure(cfg: ExperimentConfig, workdir: Path) -> dict[str, float]:
+    run_dir = workdir / f"{cfg.display_label().replace(':', '_')}"
+    run_simulation(cfg, run_dir, Console(file=open(os.devnull, "w")))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = sorted({r["round"] for r in records})
+    end = {k: max(r["wall_time"] for r in records if r["round"] == k) for k in rounds}
+    per_round = [end[k] - end[k - 1] for k in rounds[1:]]  # round 1 includes start-up skew
+    sent = max(r["bytes_sent"] for r in records) / len(rounds)
+    return {"round_s": statistics.median(per_round), "floor_s": compute_floor(cfg), "bytes_per_round": sent}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--topologies", default="ring")
+    parser.add_argument("--secure", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--processes", type=int, default=0)
+    args = parser.parse_args()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
+    print(f"| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.topologies.split(","):
+            results = {}
+            for secure in modes:
+                cfg = ExperimentConfig(nodes=args.nodes, topology=spec, rounds=args.rounds, secure_agg=secure,
+                                       processes=args.processes).validate()
+                m = results[secure] = measure(cfg, Path(tmp))
+                print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
+                      f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB |")
+            if len(results) == 2:
+                plain, sec = results[False], results[True]
+                print(f"| {spec} | secure / plain | | {sec['round_s'] / plain['round_s']:.2f}x | | | "
+                      f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
