@@ -1,0 +1,1 @@
+"""Test helpers: a scripted (possibly hostile) neighbour and a deterministic frame fuzzer."""
