@@ -32,7 +32,7 @@ from p2pfl.wire import Limits
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFERED = 256  # messages of the next round kept while this one finishes
+MAX_BUFFERED_PER_PEER = 64  # messages of later rounds kept per neighbour while this one finishes
 FINAL_LINGER = 2.0  # seconds the last round's messages get to leave after the node is done
 
 
@@ -322,7 +322,10 @@ class Node:
             return False
         if msg.round == r:
             return True
-        if r < msg.round <= self.config.rounds and len(self._buffer) < MAX_BUFFERED:
+        if r < msg.round <= self.config.rounds:
+            if sum(m.sender == msg.sender for m in self._buffer) >= MAX_BUFFERED_PER_PEER:
+                self._drop("buffer_full", f"{msg.kind.name} from {msg.sender} for round {msg.round}")
+                return False
             self._buffer.append(msg)
             self._ahead = max(self._ahead, msg.round)
             return False
@@ -336,6 +339,9 @@ class Node:
             sync = Message(Kind.HEARTBEAT, self.id, max(r, 0), meta={"sync": True}, tensors={DELTA: self._delta})
             self.transport.send(msg.sender, sync)
         elif msg.meta.get("sync") is True:
+            if msg.round > self.config.rounds:
+                self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
+                return
             try:
                 self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
             except Rejected as exc:
@@ -354,5 +360,4 @@ class Node:
             self.transport.send(to, msg)
 
     def _drop(self, reason: str, detail: str) -> None:
-        self.transport.count_drop(reason)
-        log.warning("node %d dropped a message (%s): %s", self.id, reason, detail)
+        self.transport.drop(reason, detail)

@@ -245,6 +245,11 @@ class Transport:
         self._log_drop(reason, f"from node {sender} ({origin}): {detail}")
         return None
 
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a message the node refused after the transport delivered it, and log it (rate-limited)."""
+        self.count_drop(reason)
+        self._log_drop(reason, detail)
+
     def _log_drop(self, reason: str, detail: str) -> None:
         # A flood of bad frames must not become a flood of log lines: one per reason per second.
         now = time.monotonic()

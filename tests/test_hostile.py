@@ -16,7 +16,7 @@ every honest message arrives: the runs are deterministic, not lucky.
   bit-identical to the control's, and every attack counted under its reason and logged.
 - fuzz: >= 10,000 random and mutated frames while the node trains; every one counted, memory
   and log volume bounded, the model again bit-identical.
-- known bug (xfail, strict): a sync claiming a round beyond the run is adopted at start-up.
+- a sync (hello answer) claiming a round beyond the run is dropped, not adopted.
 """
 
 from __future__ import annotations
@@ -372,11 +372,9 @@ def test_fuzzed_frames_are_all_counted_while_the_node_trains(task: Task, control
           f"  mutations {dict(sorted(Counter(fuzzers[0].used).items()))}")
 
 
-# -- known bug ---------------------------------------------------------------------------------
+# -- a sync from beyond the run ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="p2pfl bug: Node._catch_up adopts a sync claiming a round beyond "
-                   "config.rounds (the bound that _admit enforces), so the node skips every round")
 def test_a_sync_from_beyond_the_run_is_dropped_not_adopted(task: Task, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """An authenticated sync (the answer to a hello) for round 10^6 of a 5-round run.
