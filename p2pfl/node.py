@@ -107,6 +107,8 @@ class Node:
         self._buffer: list[Message] = []  # authenticated messages of rounds after the current one
         self._ahead = 0  # highest round a neighbour has been seen in
         self._heard: set[int] = set()  # neighbours heard from during the current round
+        self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
+        self._running = False  # past start-up
         self._missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
         self._syncs: dict[int, tuple[int, np.ndarray]] = {}  # hello answers: (round, delta)
         self._delta = self.trainer.get_flat() - self.reference
@@ -143,26 +145,32 @@ class Node:
         return records
 
     def _await_neighbours(self, start: int) -> int:
-        """Say hello and wait (bounded) until every neighbour is heard; returns the round to run.
+        """Meet the neighbours (bounded by `startup_timeout`); returns the round to run.
 
-        Nodes start at different moments (importing torch takes seconds); without this, the
-        first round's deadline would be spent waiting for processes that are still starting.
+        Two steps: a hello ("I am up") and, once every neighbour is heard, a ready ("all my
+        neighbours are up"). A node starts when every neighbour is ready, so its whole two-hop
+        neighbourhood (the co-members of secure aggregation groups) is up: without this, nodes
+        that start seconds apart (importing torch takes a while) burn their first deadlines.
         Neighbours already running answer a hello with their round and model (a sync): a node
-        that restarts behind them adopts their average and their round instead of dragging
-        stale weights into the next averages.
+        that restarts behind them adopts their average and round instead of dragging stale
+        weights into the next averages.
         """
         hello = Message(Kind.HEARTBEAT, self.id, 0, meta={"hello": True, "round": start})
         self._send_all([(j, hello) for j in self.neighbours])
-        heard: set[int] = set()
+        everyone, said_ready = set(self.neighbours), False
         deadline = time.monotonic() + self.config.startup_timeout
-        while heard != set(self.neighbours) and (remaining := deadline - time.monotonic()) > 0:
+        while not everyone <= self._ready and (remaining := deadline - time.monotonic()) > 0:
+            if not said_ready and everyone <= self._heard:
+                ready = Message(Kind.HEARTBEAT, self.id, 0, meta={"ready": True})
+                self._send_all([(j, ready) for j in self.neighbours])
+                said_ready = True
             msg = self.transport.recv(remaining)
             if msg is not None:
-                heard.add(msg.sender)  # any authenticated message proves the neighbour is up
                 self._admit(msg, start - 1)
-        if heard != set(self.neighbours):
-            log.warning("node %d: neighbours %s did not come up within %.0fs; starting without them",
-                        self.id, sorted(set(self.neighbours) - heard), self.config.startup_timeout)
+        if not everyone <= self._ready:
+            log.warning("node %d: neighbours %s were not ready within %.0fs; starting without them",
+                        self.id, sorted(everyone - self._ready), self.config.startup_timeout)
+        self._running = True
         return self._catch_up(start)
 
     def _catch_up(self, start: int) -> int:
@@ -336,9 +344,14 @@ class Node:
     def _on_heartbeat(self, msg: Message, r: int) -> None:
         """Answer a hello with our round and model; remember the sync answers we get."""
         if msg.meta.get("hello") is True:
-            sync = Message(Kind.HEARTBEAT, self.id, max(r, 0), meta={"sync": True}, tensors={DELTA: self._delta})
+            meta = {"sync": True, "running": self._running}
+            sync = Message(Kind.HEARTBEAT, self.id, max(r, 0), meta=meta, tensors={DELTA: self._delta})
             self.transport.send(msg.sender, sync)
+        elif msg.meta.get("ready") is True:
+            self._ready.add(msg.sender)
         elif msg.meta.get("sync") is True:
+            if msg.meta.get("running") is True:
+                self._ready.add(msg.sender)  # it is past its own start-up: as good as ready
             if msg.round > self.config.rounds:
                 self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
                 return
