@@ -39,6 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from helpers.fuzz import FrameFuzzer
 from helpers.scripted import ScriptedNeighbour, flip, honest_delta
+from faultlog import record_fault
 
 from p2pfl import wire
 from p2pfl.config import Cluster, ExperimentConfig
@@ -275,6 +276,11 @@ def test_attacks_are_dropped_counted_logged_and_change_nothing(task: Task, contr
 
 
 # -- fuzz ------------------------------------------------------------------------------------
+    record_fault("scripted attacks on a live node, each round: replay, tampered meta/data/header, impostor key, unknown "
+                 "sender, wrong recipient, oversize tensor, wrong/stale round, wrong shape/dtype, NaN/Inf, missing tensor, "
+                 "unexpected kind", sum(victim.dropped.values()),
+                 "held: every frame dropped and counted under its reason, a warning per reason; both real nodes' final "
+                 "models bit-identical to the unattacked run", unit="frames")
 
 
 def vm_rss_mb() -> float:
@@ -370,6 +376,10 @@ def test_fuzzed_frames_are_all_counted_while_the_node_trains(task: Task, control
     print(f"\nfuzz run: {sent} messages in {run.wall:.1f}s, RSS {rss_growth:+.1f} MB, "
           f"{len(warnings)} warning lines\n  dropped {dict(sorted(victim.dropped.items()))}\n"
           f"  mutations {dict(sorted(Counter(fuzzers[0].used).items()))}")
+    record_fault("fuzzed frames (random bytes and mutated sealed frames) at a training node", sent,
+                 f"held: every one dropped and counted, nothing past the transport; model bit-identical to the "
+                 f"control run; RSS growth under {RSS_BOUND_MB} MB; warnings rate-limited to one per reason per second",
+                 unit="frames")
 
 
 # -- a sync from beyond the run ------------------------------------------------------------------
@@ -397,3 +407,5 @@ def test_a_sync_from_beyond_the_run_is_dropped_not_adopted(task: Task, tmp_path:
         run = run_cluster(tmp_path, task, on_start=on_start, config=cfg, scripted_timeout=10.0, strict=False)
     assert len(run.records[VICTIM]) == ROUNDS, f"node 0 ran {len(run.records[VICTIM])} of {ROUNDS} rounds"
     assert sum(run.nodes[VICTIM].transport.stats.dropped.values()) == 1
+    record_fault("authenticated sync claiming round 10^6 of a 5-round run", 1,
+                 "held: dropped and counted as wrong_round, not adopted; node 0 ran all 5 rounds", unit="message")
