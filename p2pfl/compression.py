@@ -254,3 +254,37 @@ class PublicCopy:
             raise ValueError(f"message has length {q.length}, public copy holds {len(self.value)}")
         self.value += dequantize(q)
         return self.value
+
+
+class SharedVectorCodec:
+    """What a node sends each round, quantized with sender-side error feedback (robust to loss).
+
+    The node quantizes the vector it shares itself (its model delta, or the hub's average),
+    not an increment against a copy the receivers hold: a receiver that misses a message has
+    no state to fall out of step with, and the next message it gets is complete on its own.
+    The sender keeps what quantization lost (`ErrorFeedback`) and adds it to the next vector,
+    so what its neighbours receive tracks its vectors over time instead of drifting with the
+    rounding. `pack` returns the message parts and the dequantized vector the receivers will
+    decode (the hub adopts that one, so every node of a star holds the same model).
+    """
+
+    PREFIX = "q"
+
+    def __init__(self, bits: int, length: int, seed: int | list[int] = 0, chunk: int = DEFAULT_CHUNK) -> None:
+        self.feedback = ErrorFeedback(Quantizer(bits, chunk), length)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def bits(self) -> int:
+        return self.feedback.quantizer.bits
+
+    def pack(self, vec: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+        """(meta, tensors, decoded float32 vector) of `vec` plus the carried residual."""
+        q = self.feedback.compress(vec, self.rng)
+        meta, tensors = q.to_message(self.PREFIX)
+        return meta, tensors, dequantize(q)
+
+
+def has_quantized(tensors: dict[str, np.ndarray], prefix: str = SharedVectorCodec.PREFIX) -> bool:
+    """True if a message's tensors carry a quantized vector (as `SharedVectorCodec.pack` writes)."""
+    return prefix in tensors

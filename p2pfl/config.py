@@ -21,8 +21,12 @@ import networkx as nx
 from p2pfl import topology
 
 AGGREGATIONS = ("gossip", "fedavg")
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "personas")
 OPTIMIZERS = ("sgd", "adam")
+DP_MODES = ("off", "local", "central", "distributed")
+DP_UNITS = ("record", "node")
+COMPRESSIONS = ("none", "q8", "q16")
+GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (partition = "personas")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -65,6 +69,18 @@ class ExperimentConfig:
     checkpoint_every: int = 1
     processes: int = 0  # simulate: OS processes to spread nodes over (0 = automatic)
     label: str = ""  # name of the run in reports (default: derived from topology and options)
+    # differential privacy (docs/privacy.md): clip each round update to dp_clip, noise sigma * clip
+    dp: str = "off"  # "local" | "central" (FedAvg hub) | "distributed" (secure FedAvg)
+    dp_clip: float = 1.0  # C: L2 bound of a node's round update
+    dp_noise: float = 1.0  # sigma: noise std / C (the noise multiplier)
+    dp_delta: float = 1e-5
+    dp_budget: float = 0.0  # epsilon a node may spend (0 = no limit); then it stops sharing
+    dp_unit: str = "record"  # unit of privacy: "record" (one record of a node) or "node" (all of it)
+    dp_test_seed: int = -1  # TEST ONLY: >= 0 makes the DP noise a seeded stream (no privacy at all)
+    fedprox_mu: float = 0.0  # FedProx proximal term mu/2 ||w - w_round_start||^2 (0 = plain)
+    participation: float = 1.0  # probability that a node trains and shares in a round
+    fedavg_sample: int = 0  # star FedAvg: leaves the hub samples per round (0 = all)
+    compression: str = "none"  # plain gossip / FedAvg: "q8" | "q16" quantized vectors with error feedback
 
     def validate(self, source: str | None = None) -> "ExperimentConfig":
         """Check every field; raise `ConfigError` naming the first bad one."""
@@ -91,7 +107,65 @@ class ExperimentConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS, source)
         if self.nodes < 2:
             raise ConfigError("nodes", "a decentralized run needs at least 2 nodes", source)
+        if self.partition == "personas" and self.task in ("digits-mlp", "digits-cnn"):
+            raise ConfigError("partition", f"personas splits users by persona: it needs a task with user groups "
+                              f"({', '.join(GROUPED_TASKS)}), not {self.task}", source)
+        self._validate_knobs(source)
         return self
+
+    def _validate_knobs(self, source: str | None) -> None:
+        """DP, FedProx, participation and compression: values, then combinations."""
+        _check_choice("dp", self.dp, DP_MODES, source)
+        _check_choice("dp_unit", self.dp_unit, DP_UNITS, source)
+        _check_choice("compression", self.compression, COMPRESSIONS, source)
+        for name in ("dp_clip", "dp_noise"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(name, f"must be > 0 and finite, got {getattr(self, name)}", source)
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError("dp_delta", f"must be in (0, 1), got {self.dp_delta}", source)
+        for name in ("dp_budget", "fedprox_mu"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(name, f"must be >= 0 and finite, got {getattr(self, name)}", source)
+        if self.dp_test_seed < -1:
+            raise ConfigError("dp_test_seed", f"must be -1 (off: cryptographic noise) or a seed >= 0, got {self.dp_test_seed}", source)
+        if not 0 < self.participation <= 1:
+            raise ConfigError("participation", f"must be a probability in (0, 1], got {self.participation}", source)
+        if self.fedavg_sample < 0:
+            raise ConfigError("fedavg_sample", f"must be >= 0 (0 = every leaf), got {self.fedavg_sample}", source)
+        if self.dp == "off" and self.dp_budget > 0:
+            raise ConfigError("dp_budget", "a privacy budget needs differential privacy: set dp to local, central or distributed", source)
+        if self.dp == "central" and self.aggregation != "fedavg":
+            raise ConfigError("dp", "central DP needs a trusted aggregator, which only aggregation = fedavg has "
+                              "(the star hub); use dp = local for gossip", source)
+        if self.dp == "central" and self.secure_agg:
+            raise ConfigError("dp", "central DP trusts the hub with every un-noised update, which secure_agg is there "
+                              "to avoid; with secure_agg use dp = distributed (each leaf adds a share of the noise)", source)
+        if self.dp == "distributed" and not self.secure_agg:
+            raise ConfigError("dp", "distributed DP needs secure_agg: without it every message would carry only "
+                              "1/sqrt(m) of the noise; use dp = local", source)
+        if self.dp == "distributed" and self.aggregation != "fedavg":
+            raise ConfigError("dp", "distributed DP is implemented for the secure FedAvg star only: in secure gossip "
+                              "it costs degree + 1 releases of each update per round, so dp = local (with secure_agg) "
+                              "protects as well for less noise (docs/privacy.md)", source)
+        if self.compression != "none" and self.secure_agg:
+            raise ConfigError("compression", "quantized vectors do not compose with secure aggregation's masked "
+                              "integers; secure aggregation already sends fixed-point uint32", source)
+        if self.compression != "none" and self.dp == "central":
+            raise ConfigError("compression", "with central DP the leaves send un-noised updates, and error feedback "
+                              "would carry them into later rounds (quantize only after noise: use dp = local)", source)
+        if self.fedavg_sample:
+            if self.aggregation != "fedavg":
+                raise ConfigError("fedavg_sample", "sampling leaves needs aggregation = fedavg (a star hub)", source)
+            if self.fedavg_sample > self.nodes - 1:
+                raise ConfigError("fedavg_sample", f"must be at most the {self.nodes - 1} leaves of {self.nodes} nodes, "
+                                  f"got {self.fedavg_sample}", source)
+            if self.secure_agg and self.fedavg_sample < self.min_contributors:
+                raise ConfigError("fedavg_sample", f"secure aggregation never unmasks fewer than min_contributors = "
+                                  f"{self.min_contributors} inputs; sample at least that many, got {self.fedavg_sample}", source)
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp != "off"
 
     def graph(self) -> nx.Graph:
         """The topology, resolved and validated for `nodes` nodes."""
@@ -108,7 +182,22 @@ class ExperimentConfig:
         if self.label:
             return self.label
         base = "star-fedavg" if self.aggregation == "fedavg" else Path(self.topology).stem if _is_file(self.topology) else self.topology
-        return base + ("+secagg" if self.secure_agg else "")
+        return base + ("+secagg" if self.secure_agg else "") + self.knob_suffix()
+
+    def knob_suffix(self) -> str:
+        """Label suffix naming the knobs that differ from a plain run ("" for a plain run)."""
+        out = ""
+        if self.dp_enabled:
+            out += f"+dp-{self.dp}"
+        if self.compression != "none":
+            out += f"+{self.compression}"
+        if self.fedprox_mu > 0:
+            out += f"+prox{self.fedprox_mu:g}"
+        if self.participation < 1:
+            out += f"+p{self.participation:g}"
+        if self.fedavg_sample:
+            out += f"+K{self.fedavg_sample}"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

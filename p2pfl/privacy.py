@@ -31,6 +31,8 @@ __all__ = [
     "PrivacyAccountant",
     "clip",
     "privatize",
+    "add_noise",
+    "grid_for",
     "noise_std",
     "releases_per_round",
     "validate_placement",
@@ -335,18 +337,33 @@ def privatize(
     grid=g: the clipped update is rounded to multiples of g and g * N_Z(0, (std/g)^2) is added,
     so the output lies exactly on the grid and carries no floating-point artefacts of the noise
     (Mironov 2012); the rounding adds at most sqrt(d) * g / 2 to the L2 sensitivity. Pick g a
-    power of two well below std (e.g. 2^-20 for std around 1): the result is exact in float32
-    while |values| < 2^24 * g.
+    power of two well below std (e.g. 2^-20 for std around 1, or `grid_for(std)`): the result
+    is exact in float32 while |values| < 2^24 * g.
     """
     clipped, norm = clip(update, clip_norm)
+    return add_noise(clipped, std, noise, grid), norm
+
+
+def add_noise(x: np.ndarray, std: float, noise: SecureNoise, grid: float | None = None) -> np.ndarray:
+    """x + Gaussian noise of std `std`, as float32; on a grid of step `grid` if given (see `privatize`)."""
+    x = np.asarray(x)
     if grid is None:
-        noisy = clipped.astype(np.float64) + noise.gaussian(clipped.shape, std)
-        return noisy.astype(np.float32), norm
+        return (x.astype(np.float64) + noise.gaussian(x.shape, std)).astype(np.float32)
     if not (isinstance(grid, (int, float)) and math.isfinite(grid) and grid > 0):
         raise ValueError(f"grid must be a positive finite number, got {grid!r}")
-    units = np.rint(clipped.astype(np.float64) / grid).astype(np.int64)
-    units += noise.discrete_gaussian(clipped.shape, std / grid)
-    return (units.astype(np.float64) * grid).astype(np.float32), norm
+    units = np.rint(x.astype(np.float64) / grid).astype(np.int64)
+    units += noise.discrete_gaussian(x.shape, std / grid)
+    return (units.astype(np.float64) * grid).astype(np.float32)
+
+
+def grid_for(std: float, bits: int = 20) -> float:
+    """A power-of-two grid about 2^-bits times `std`: std/grid is 2^bits to 2^(bits+1) integer
+    units, so the discrete Gaussian is a fine stand-in for the continuous one, and values below
+    2^24 grid steps (at least 2^(24 - bits - 1) std: 8 std for bits = 20) stay exact in float32."""
+    std = _check_sigma(std, "std")
+    if std == 0:
+        raise ValueError("std must be > 0")
+    return 2.0 ** (math.floor(math.log2(std)) - bits)
 
 
 # --------------------------------------------------------------------------- accounting

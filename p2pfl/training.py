@@ -1,9 +1,10 @@
 """Tasks, local training, evaluation and flat parameter vectors.
 
-Owns: resolving a task spec (`digits-mlp`, `digits-cnn`, or a user plug-in
-`package.module:function`), building the identical initial model on every node,
-one node's local training round on its shard, evaluation, and converting the
-model to/from a flat float32 vector (the only thing aggregation ever sees).
+Owns: resolving a task spec (`digits-mlp`, `digits-cnn`, `apps`, or a user plug-in
+`package.module:function`), splitting a task's training set over nodes (`partition_task`),
+building the identical initial model on every node, one node's local training round on its
+shard (optionally with FedProx's proximal term), evaluation, and converting the model to/from a
+flat float32 vector (the only thing aggregation ever sees).
 
 Must not touch: sockets, messages, aggregation/averaging, thread settings
 (the process launcher calls torch.set_num_threads).
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from p2pfl import models
-from p2pfl.data import Dataset, Shard, load_digits
+from p2pfl.data import Dataset, Shard, load_digits, partition
 
 OPTIMIZERS = ("sgd", "adam")
 EVAL_CHUNK = 4096
@@ -47,9 +48,17 @@ def _digits_cnn(seed: int) -> Task:
     return Task("digits-cnn", lambda: models.small_cnn(ds.num_classes), ds)
 
 
+def _apps(seed: int) -> Task:
+    from p2pfl import apps
+
+    task = apps.app_task(seed)
+    return Task("apps", task.make_model, task.dataset)
+
+
 BUILTIN_TASKS: dict[str, Callable[[int], Task]] = {
     "digits-mlp": _digits_mlp,
     "digits-cnn": _digits_cnn,
+    "apps": _apps,  # next-app recommendation on synthetic per-user data (p2pfl/apps.py)
 }
 DEFAULT_TASK = "digits-mlp"
 
@@ -92,6 +101,22 @@ def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
     )
 
 
+def partition_task(task: Task, nodes: int, kind: str = "iid", alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """Split the task's training set over `nodes`: "iid", "dirichlet" (label skew) or "personas".
+
+    "personas" is the app task's per-node preference skew: a Dirichlet(alpha) split over user
+    groups, so each node's users come mostly from a few personas (`apps.partition_by_group`).
+    It needs a dataset that carries user groups (`apps.AppDataset`).
+    """
+    if kind == "personas":
+        from p2pfl import apps
+
+        if not isinstance(task.dataset, apps.AppDataset):
+            raise ValueError(f"partition 'personas' needs a dataset with user groups (task 'apps'), not {task.name}")
+        return apps.partition_by_group(task.dataset, nodes, alpha, seed)
+    return partition(task.dataset.y_train, nodes, kind, alpha, seed)
+
+
 _INIT_LOCK = threading.Lock()
 
 
@@ -110,7 +135,9 @@ def init_model(task: Task, seed: int) -> nn.Module:
 class TrainConfig:
     """Local optimisation settings. `local_steps`, when set, overrides `local_epochs`.
 
-    `momentum` applies to SGD only (Adam uses its default betas).
+    `momentum` applies to SGD only (Adam uses its default betas). `prox_mu` > 0 adds FedProx's
+    proximal term mu/2 ||w - w_start||^2 (w_start: the model at the start of the round) to
+    every step's objective; 0 runs exactly the plain code path.
     """
 
     lr: float = 0.05
@@ -120,6 +147,7 @@ class TrainConfig:
     local_steps: int | None = None
     optimizer: str = "sgd"
     weight_decay: float = 0.0
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.lr >= 0:  # 0 = no local learning: pure averaging studies
@@ -136,6 +164,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.prox_mu >= 0:
+            raise ValueError(f"prox_mu must be >= 0, got {self.prox_mu}")
 
 
 def _make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -196,19 +226,31 @@ class LocalTrainer:
                 done += 1
 
     def train(self) -> float:
-        """Run one round of local training; return the mean per-sample training loss."""
+        """Run one round of local training; return the mean per-sample training loss.
+
+        The loss reported is the data loss only (without FedProx's proximal term).
+        """
         self.model.train()
         total, count = 0.0, 0
+        mu = self.config.prox_mu
+        anchor = [p.detach().clone() for p in self._params] if mu > 0 else None
         for idx in self._batches():
             xb, yb = self.x[idx], self.y[idx]
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(xb), yb)
-            loss.backward()
+            if anchor is None:
+                loss.backward()
+            else:
+                (loss + 0.5 * mu * self._proximal(anchor)).backward()
             self.optimizer.step()
             total += loss.item() * len(idx)
             count += len(idx)
         self.rounds += 1
         return total / count
+
+    def _proximal(self, anchor: list[torch.Tensor]) -> torch.Tensor:
+        """||w - anchor||^2 over all parameters (FedProx)."""
+        return torch.stack([((p - a) ** 2).sum() for p, a in zip(self._params, anchor)]).sum()
 
     @torch.no_grad()
     def evaluate(

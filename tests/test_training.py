@@ -210,11 +210,13 @@ def test_train_config_validation(kwargs: dict, word: str) -> None:
 
 
 def test_builtin_tasks() -> None:
+    classes = {"digits-mlp": 10, "digits-cnn": 10, "apps": 20}
+    assert set(BUILTIN_TASKS) == set(classes)
     for name in BUILTIN_TASKS:
         t = load_task(name, seed=1)
-        assert t.name == name and t.dataset.num_classes == 10
+        assert t.name == name and t.dataset.num_classes == classes[name]
         out = init_model(t, 0)(torch.from_numpy(t.dataset.x_test[:4]))
-        assert out.shape == (4, 10)
+        assert out.shape == (4, classes[name])
 
 
 def test_unknown_task_lists_builtins() -> None:
