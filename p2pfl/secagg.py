@@ -11,7 +11,8 @@ aggregator learns one of the two secrets, never both. The node adds its own mode
 `SecureGossipRound` is one node's part in one round: aggregator of its own group and member of
 each neighbour's group. `SecureFedAvgRound` is the star: the hub securely sums
 (n_u / max_samples) * [x_u, 1] over the leaves and sends the plain weighted average back as
-`Kind.GLOBAL`.
+`Kind.GLOBAL`. With `DistributedNoise` every leaf adds its share of a discrete Gaussian to its
+fixed-point integers, so the unmasked sum carries the full DP noise (docs/privacy.md).
 
 Messages: `Message(Kind.SECAGG, sender, round, meta={"step": str, "body": bytes})`, bodies in
 msgpack (never pickle) decoded with limits, plus the tensor "masked" (uint32) in step "masked".
@@ -57,6 +58,7 @@ from p2pfl.masking import (
     pairwise_sign,
 )
 from p2pfl.messages import Kind, Message, Outbound
+from p2pfl.privacy import add_wrapped
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, check_vector
 
 MASKED = "masked"  # tensor name of a masked input
@@ -72,6 +74,28 @@ _CT_MIN, _CT_MAX = 24 + 16 + 1, 1024  # a sealed share bundle: nonce + tag + pla
 _AAD_PREFIX = b"p2pfl-secagg-v1/share"
 SecretFn = Callable[[int, bytes], bytes]
 RandomFn = Callable[[int], bytes]
+NoiseFn = Callable[[], np.ndarray]  # int64 noise for one encoded input, added mod 2^bits
+HEADROOM_STDS = 12.0  # fixed-point room for the noise: P(wrap) < d * 4e-33 per round (docs/privacy.md)
+
+
+@dataclass(frozen=True)
+class DistributedNoise:
+    """Distributed DP for `SecureFedAvgRound`: each contributing leaf noises its own input.
+
+    std: what one contributor adds, per coordinate, in the float domain of its weighted
+        contribution (`privacy.noise_std("distributed", sigma, C, floor, w_max)`), so any sum
+        that secure aggregation unmasks (at least the privacy floor of inputs) carries sigma*C*w_max.
+    sample: (n, sigma_int) -> int64 array of n discrete Gaussian samples with std sigma_int
+        (`privacy.SecureNoise.discrete_gaussian`); the noise goes on the fixed-point integers,
+        so masking and noise compose exactly.
+    """
+
+    std: float
+    sample: Callable[[int, float], np.ndarray]
+
+    def headroom(self, contributors: int) -> float:
+        """Extra fixed-point clip bound for the noise of a sum of `contributors` inputs."""
+        return HEADROOM_STDS * self.std * math.sqrt(max(contributors, 1))
 
 
 # --------------------------------------------------------------------------- parameters
@@ -304,9 +328,11 @@ def _x25519(sk: bytes, pk: bytes) -> bytes:
 class _Member:
     """This node's part in another node's group: share, mask, confirm the view, reveal."""
 
-    def __init__(self, spec: GroupSpec, me: int, weight: float, x: np.ndarray, secret: SecretFn, rng: RandomFn) -> None:
+    def __init__(self, spec: GroupSpec, me: int, weight: float, x: np.ndarray, secret: SecretFn, rng: RandomFn,
+                 noise: NoiseFn | None = None) -> None:
         self.spec, self.me, self.weight, self.x = spec, me, weight, x
         self._secret, self._rng = secret, rng
+        self._noise = noise
         self.stage = "new"  # new -> shared -> masked -> confirmed -> done
         self.outcome = ""  # why it is done: revealed | aborted:<reason> | timeout
         self.idle = 0
@@ -379,6 +405,8 @@ class _Member:
             shared = _x25519(self._c_sk, pks[w])
             masks.append((pair_seed(shared, spec.round, spec.aggregator, me, w), pairwise_sign(me, w)))
         vec = encode_and_mask(self.x, spec.enc, self.weight, masks, spec.round, spec.aggregator)
+        if self._noise is not None:  # integers add mod 2^32: noise then masks = masks then noise
+            vec = add_wrapped(vec, self._noise())
         # attest to every co-member which member list this input was masked for
         u1_digest = members_digest(spec.round, spec.aggregator, u1)
         attest = {v: _view_mac(self._mac_key(v), u1_digest, spec.round, spec.aggregator, me, v) for v in u1 if v != me}
@@ -1004,9 +1032,16 @@ class SecureFedAvgRound(_SecAggBase):
     Same constructor as `FedAvgRound` plus params, secret, rng and `expected` (leaves the hub's
     share phase waits for; default all). The hub adds its own model
     in plain, divides by the total weight and sends the average to every leaf as
-    `Kind.GLOBAL` with tensor "delta"; on failure it sends "abort" and everyone keeps its own
-    model this round. A leaf's phase advances on every message from the hub and on every
-    deadline; it gives up (keeps its own model) after `params.patience` silent deadlines.
+    `Kind.GLOBAL` with tensor "delta"; on failure it sends "abort" and everyone keeps `fallback`
+    (default: its own model) this round. A leaf's phase advances on every message from the hub and on every
+    deadline; it gives up (keeps `fallback`) after `params.patience` silent deadlines.
+
+    active: the leaves that contribute this round (`protocols.Schedule`; default all): only they
+        form the secure-aggregation group; the others just wait for the average (or the abort).
+    samples: the hub may pass 0 (its own data sits this round out).
+    dp: distributed DP noise every contributing leaf adds to its encoded input (not to the
+        weight coordinate); the fixed-point range gets `dp.headroom` more room so the noisy
+        sum never wraps. Every party computes the same encoding from public facts.
     """
 
     def __init__(
@@ -1021,46 +1056,66 @@ class SecureFedAvgRound(_SecAggBase):
         secret: SecretFn | None = None,
         rng: RandomFn = os.urandom,
         expected: Iterable[int] | None = None,
+        active: Iterable[int] | None = None,
+        fallback: np.ndarray | None = None,
+        dp: DistributedNoise | None = None,
     ) -> None:
         params = params or SecAggParams()
         if secret is None:
             raise ValueError("secure aggregation needs the pairwise secret callable")
         super().__init__(node_id, round_, params, secret, rng)
         self.own = _validate_common(node_id, round_, own)
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise ValueError(f"samples must be a positive integer, not {samples!r}")
         self.hub = hub
+        least = 0 if self.is_hub else 1
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < least:
+            raise ValueError(f"samples must be an integer >= {least}, not {samples!r}")
         self.leaves = sorted(set(leaves) - {hub})
+        self.active = self.leaves if active is None else sorted(set(active) & set(self.leaves))
+        self.fallback = self.own if fallback is None else fallback
         self.samples = samples
         self.weight = min(samples, params.max_samples) / params.max_samples
         self.clipped = 0
         self._result: np.ndarray | None = None
         self._events = 0
         self._idle = 0
-        m = len(self.leaves)
+        m = len(self.active)
         length = self.own.shape[0] + 1
-        self.enc = FixedPoint(max(params.clip, 1.0), float(max(m, 1)), max(m, 1), params.bits)
+        self.dp = dp
+        room = dp.headroom(m) if dp is not None else 0.0
+        self.enc = FixedPoint(max(params.clip, 1.0) + room, float(max(m, 1)), max(m, 1), params.bits)
         if self.is_hub:
             if m == 0:
-                self._result = self.own
+                self._result = self._hub_alone()
             elif m < params.min_contributors:
                 self.failures.append(Failure(hub, "aggregator", "privacy_floor", f"{m} leaf/leaves, floor {params.min_contributors}"))
-                self._result = self.own
+                self._result = self.fallback
             else:
-                self.agg = _Aggregator(GroupSpec(round_, hub, self.leaves, length, self.enc, params), expected)
+                self.agg = _Aggregator(GroupSpec(round_, hub, self.active, length, self.enc, params), expected)
         else:
             if node_id not in self.leaves:
                 raise ValueError(f"node {node_id} is neither the hub nor a leaf")
-            x, self.clipped = _sanitize(self.own, params.clip)
-            ext = np.empty(length, dtype=np.float32)
-            np.clip(x, -params.clip, params.clip, out=ext[:-1])
-            ext[-1] = 1.0
-            if m >= params.min_contributors:
-                spec = GroupSpec(round_, hub, self.leaves, length, self.enc, params)
-                self.members[hub] = _Member(spec, node_id, self.weight, ext, secret, rng)
-            else:
+            if 0 < m < params.min_contributors:
                 self._fail_member(hub, "privacy_floor", f"{m} leaf/leaves, floor {params.min_contributors}")
-                self._result = self.own
+                self._result = self.fallback
+            elif node_id in self.active:
+                x, self.clipped = _sanitize(self.own, params.clip)
+                ext = np.empty(length, dtype=np.float32)
+                np.clip(x, -params.clip, params.clip, out=ext[:-1])
+                ext[-1] = 1.0
+                noise = None
+                if dp is not None:
+                    sigma_int = dp.std * self.enc.scale
+
+                    def noise() -> np.ndarray:  # the weight coordinate stays exact
+                        return np.append(dp.sample(length - 1, sigma_int), np.int64(0))
+
+                spec = GroupSpec(round_, hub, self.active, length, self.enc, params)
+                self.members[hub] = _Member(spec, node_id, self.weight, ext, secret, rng, noise)
+
+    def _hub_alone(self) -> np.ndarray:
+        """No leaf takes part: the hub's own model, or `fallback` if its data sits out too or if
+        publishing it would bypass DP (its term is protected only by the leaves' noise)."""
+        return self.own if self.weight > 0 and self.dp is None else self.fallback
 
     @property
     def is_hub(self) -> bool:
@@ -1069,6 +1124,9 @@ class SecureFedAvgRound(_SecAggBase):
     def start(self) -> list[Outbound]:
         if self.agg is not None:
             return self._after_hub(False, self.agg.start())
+        if self.is_hub and not self.active and self._result is not None:  # no leaf takes part: say so
+            msg = Message(Kind.GLOBAL, self.node_id, self.round, tensors={DELTA: self._result})
+            return [(j, msg) for j in self.leaves]
         return [m.start() for m in self.members.values()]
 
     def on_message(self, msg: Message) -> list[Outbound]:
@@ -1101,6 +1159,11 @@ class SecureFedAvgRound(_SecAggBase):
         if step not in MEMBER_STEPS:
             raise Rejected("out_of_order", f"{step} sent to a leaf")
         m = self.members.get(self.hub)
+        if m is None and step == STEP_ABORT:  # a leaf that sits out hears the round failed
+            d = _unpack(body, {"reason"})
+            self._fail_member(self.hub, "aborted", d["reason"][:64] if isinstance(d["reason"], str) else "?")
+            self._result = self.fallback
+            return []
         if m is None:
             raise Rejected("no_group", "this leaf takes no part this round")
         if step == STEP_ABORT:
@@ -1113,7 +1176,7 @@ class SecureFedAvgRound(_SecAggBase):
             self._events += 1
             self._idle = 0
             if reason != "excluded":  # excluded: no input from us, but the average still comes
-                self._result = self.own
+                self._result = self.fallback
             return []
         out = self._member_step(step, msg, body)
         self._events += 1
@@ -1126,7 +1189,7 @@ class SecureFedAvgRound(_SecAggBase):
             return out
         if agg.failure is not None:
             self.failures.append(Failure(self.node_id, "aggregator", *agg.failure))
-            self._result = self.own
+            self._result = self.fallback
             # every leaf waits for a final word; the aggregator role told only those still in a step
             told = {to for to, m in out if m.meta.get("step") == STEP_ABORT and m.meta.get("body") != _pack({"reason": "excluded"})}
             msg = _secagg_msg(self.node_id, self.round, STEP_ABORT, {"reason": agg.failure[0]})
@@ -1155,7 +1218,7 @@ class SecureFedAvgRound(_SecAggBase):
                 if not m.done:
                     m.give_up()
             self._fail_member(self.hub, "member_timeout", f"no message from the hub for {self._idle} deadlines")
-            self._result = self.own
+            self._result = self.fallback
         return []
 
     @property
@@ -1174,7 +1237,7 @@ class SecureFedAvgRound(_SecAggBase):
     def arrived(self) -> int:
         if self.is_hub:
             return len(self.agg.u2) if self.agg is not None and self.agg.ok else 0
-        return 1 if self._result is not None and self._result is not self.own else 0
+        return 1 if self._result is not None and self._result is not self.fallback else 0
 
     @property
     def status(self) -> str:
