@@ -26,19 +26,35 @@ def _experiment_options(f: Any) -> Any:
     """Options shared by simulate, compare and node; each overrides the config file."""
     opts = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment TOML file."),
-        click.option("--task", help="digits-mlp (default), digits-cnn, or package.module:function."),
+        click.option("--task", help="digits-mlp (default), digits-cnn, apps (next-app recommendation), or package.module:function."),
         click.option("--nodes", "-n", type=int, help="Number of nodes (default 8)."),
         click.option("--rounds", "-r", type=int, help="Training rounds (default 40)."),
         click.option("--local-epochs", type=int, help="Local epochs per round (default 1)."),
         click.option("--local-steps", type=int, help="Local SGD steps per round (overrides epochs)."),
         click.option("--lr", type=float, help="Learning rate (0 = pure averaging)."),
         click.option("--batch-size", type=int),
-        click.option("--partition", type=click.Choice(["iid", "dirichlet"])),
-        click.option("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet."),
+        click.option("--partition", type=click.Choice(["iid", "dirichlet", "personas"]),
+                     help="iid, dirichlet (label skew) or personas (apps task: users of a few personas per node)."),
+        click.option("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet or personas."),
         click.option("--seed", type=int),
         click.option("--secure/--no-secure", "secure_agg", default=None, help="Secure aggregation with secret-shared masks."),
         click.option("--round-timeout", type=float, help="Seconds per protocol phase before missing peers are skipped."),
         click.option("--eval-every", type=int),
+        click.option("--dp", type=click.Choice(["off", "local", "central", "distributed"]),
+                     help="Differential privacy: local (each node noises what it sends), central (the FedAvg hub "
+                          "noises the average), distributed (secure FedAvg: each leaf adds a share). See docs/privacy.md."),
+        click.option("--dp-clip", type=float, help="C: L2 bound of a node's round update (default 1.0)."),
+        click.option("--dp-noise", type=float, help="sigma: noise std divided by C (default 1.0)."),
+        click.option("--dp-delta", type=float, help="delta of the reported (epsilon, delta) (default 1e-5)."),
+        click.option("--dp-budget", type=float, help="Epsilon a node may spend; then it stops sharing (0 = no limit)."),
+        click.option("--dp-unit", type=click.Choice(["record", "node"]), help="Unit of privacy (default record)."),
+        click.option("--dp-test-seed", type=int, hidden=True,
+                     help="TEST ONLY: seed the DP noise (>= 0). A seeded stream protects nothing."),
+        click.option("--fedprox-mu", type=float, help="FedProx proximal term mu (0 = plain local training)."),
+        click.option("--participation", type=float, help="Probability that a node trains and shares in a round (default 1)."),
+        click.option("--fedavg-sample", type=int, help="Star FedAvg: leaves the hub samples per round (0 = all)."),
+        click.option("--compression", type=click.Choice(["none", "q8", "q16"]),
+                     help="Plain gossip/FedAvg: 8- or 16-bit quantized vectors with error feedback."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -78,6 +94,8 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
     console.print(f"[bold]{s['label']}[/]: final accuracy {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} "
                   f"over {s['nodes']} nodes, {s['rounds']} rounds in {s['wall_time']:.1f}s, "
                   f"peak memory {s['peak_rss_mb']:.0f} MiB")
+    if s.get("epsilon_max") is not None:
+        console.print(f"privacy: epsilon {s['epsilon_max']:.3f} at delta {s['dp_delta']:g} (largest over nodes, {cfg.dp} DP)")
     console.print(f"run directory: {run_dir}")
 
 
@@ -85,13 +103,19 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
 @_experiment_options
 @click.option("--topologies", default=None, help="Comma-separated names/files; star-fedavg is the baseline.")
 @click.option("--secure-mode", type=click.Choice(["off", "on", "both"]), default="off", help="Run plain, secure, or both side by side.")
+@click.option("--variants", default=None,
+              help="Comma-separated variants run on every topology, e.g. plain,secure,secure+dp "
+                   "(tokens joined by +: plain, secure, dp, q8, q16). Replaces --secure-mode.")
 @click.option("--processes", type=int)
 @click.option("--target", type=float, default=0.9, show_default=True, help="Target accuracy for the table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
-def compare(config_file: str | None, topologies: str | None, secure_mode: str, target: float, out: str | None, **overrides: Any) -> None:
+def compare(config_file: str | None, topologies: str | None, secure_mode: str, variants: str | None, target: float,
+            out: str | None, **overrides: Any) -> None:
     """Same task, seed and partition on several topologies plus the star-FedAvg baseline.
 
-    Default: ring, torus, random 4-regular, complete and star-FedAvg on 16 nodes.
+    Default: ring, torus, random 4-regular, complete and star-FedAvg on 16 nodes. With
+    --variants each topology runs once per variant (plain, secure, secure + DP, ...); the
+    table then has an epsilon column.
     """
     from p2pfl import report
     from p2pfl.simulate import DEFAULT_COMPARE, compare_configs, run_dir_name, run_simulation
@@ -100,8 +124,11 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, t
         overrides["nodes"] = 16  # the default set includes a 2-D torus (4 x 4)
     base = _config(config_file, **overrides)
     specs = [s.strip() for s in topologies.split(",")] if topologies else list(DEFAULT_COMPARE)
+    if variants is not None and secure_mode != "off":
+        raise click.UsageError("--variants replaces --secure-mode: give one of them")
     try:
-        configs = compare_configs(base, specs, secure_mode)
+        names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else None
+        configs = compare_configs(base, specs, secure_mode, names)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     out_dir = Path(out or f"runs/compare-{_stamp()}")
@@ -140,9 +167,9 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
 
     from p2pfl.config import Cluster
     from p2pfl.crypto import KeyFileError, load_private_key
-    from p2pfl.data import partition, shard
+    from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
-    from p2pfl.training import load_task
+    from p2pfl.training import load_task, partition_task
 
     cfg = _config(config_file, **overrides)
     try:
@@ -158,7 +185,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         raise click.UsageError(str(exc)) from exc
     torch.set_num_threads(max(1, torch.get_num_threads()))
     task = load_task(cfg.task, cfg.seed)
-    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     sink = open(metrics, "a") if metrics else None
 
     def on_round(record: Any) -> None:

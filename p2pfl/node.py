@@ -5,6 +5,24 @@ Owns the round loop: which protocol runs each round, the per-phase deadlines, th
 per-round metrics. It drives a sans-I/O `RoundProtocol` over a `Transport`; it does not know
 the byte layout of messages (wire) nor how sockets work (transport), and it never blocks
 without a deadline.
+
+It also decides what the node shares each round (the knobs of docs/privacy.md):
+
+- who takes part (`protocols.Schedule`: participation p, the FedAvg hub's sample of K leaves,
+  spent privacy budgets). A node that sits a round out does not train. In gossip it still sends
+  its current model (gossip has no server to pace the rounds: a silent node would fall out of
+  step with its neighbours) and mixes what it receives; with DP that model is a public value,
+  so the round costs no privacy. A FedAvg leaf that sits out sends nothing (the hub does not
+  wait for it) and adopts the hub's average; a hub that sits out gives its own data weight 0.
+- differential privacy: the round update (model after local training minus model at round
+  start) is clipped to `dp_clip`; `local` noises it before it leaves the node, `central` has the
+  FedAvg hub noise the average, `distributed` has every secure-FedAvg leaf add its share of the
+  noise to its fixed-point integers. The node's state is always built from released values
+  (the round starts from the previous round's public result). Epsilon after every round comes
+  from `privacy.PrivacyAccountant` over the rounds the node took part in. When the next round
+  would exceed `dp_budget` the node stops for good: it trains and shares no new update again,
+  but keeps running (and reporting) rounds as a node that sits out, so the run stays complete.
+- compression: plain gossip and FedAvg vectors travel quantized (`compression.SharedVectorCodec`).
 """
 
 from __future__ import annotations
@@ -24,8 +42,10 @@ from p2pfl.crypto import pairwise_key
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
-from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, check_vector
-from p2pfl.secagg import SecAggParams, SecureFedAvgRound, SecureGossipRound
+from p2pfl import privacy
+from p2pfl.compression import SharedVectorCodec
+from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, Schedule, check_vector
+from p2pfl.secagg import DistributedNoise, SecAggParams, SecureFedAvgRound, SecureGossipRound
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, Transport
 from p2pfl.wire import Limits
@@ -34,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFERED_PER_PEER = 64  # messages of later rounds kept per neighbour while this one finishes
 FINAL_LINGER = 2.0  # seconds the last round's messages get to leave after the node is done
+COMPRESSION_BITS = {"q8": 8, "q16": 16}
+_CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
 
 
 @dataclass
@@ -42,7 +64,7 @@ class RoundRecord:
 
     round: int
     node: int
-    train_loss: float
+    train_loss: float | None  # None when the node sat the round out (no local training)
     test_loss: float | None
     test_acc: float | None
     bytes_sent: int
@@ -53,6 +75,8 @@ class RoundRecord:
     arrived: int
     dropped: dict[str, int]
     aggregation: str  # "ok", or why this node's aggregate failed safely (secure aggregation)
+    epsilon: float | None = None  # DP: privacy spent so far at dp_delta (None without DP)
+    participated: bool = True  # False: the node sat this round out (schedule or spent budget)
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus
 
     def to_json(self) -> dict:
@@ -120,11 +144,37 @@ class Node:
         self._secagg_params = SecAggParams(threshold=self.config.secagg_threshold,
                                            min_contributors=self.config.min_contributors)
         self._t0 = 0.0
+        self._init_knobs()
+
+    def _init_knobs(self) -> None:
+        """DP noise source and accountant, the participation schedule, the compression codec."""
+        c = self.config
+        self.noise: privacy.SecureNoise | None = None
+        self.accountant: privacy.PrivacyAccountant | None = None
+        max_steps = None
+        if c.dp_enabled:
+            placement = privacy.validate_placement(c.dp, c.aggregation, c.secure_agg)
+            # dp_test_seed is for tests only: a seeded stream is no protection at all
+            seed = None if c.dp_test_seed < 0 else c.dp_test_seed.to_bytes(8, "little") + self.id.to_bytes(8, "little")
+            self.noise = privacy.SecureNoise(deterministic_seed=seed)
+            k = privacy.releases_per_round(placement, c.aggregation, len(self.neighbours))
+            self.accountant = privacy.PrivacyAccountant(c.dp_noise, 1.0, c.dp_delta, c.dp_unit, k)
+            if c.dp_budget > 0:
+                max_steps = self.accountant.max_steps(c.dp_budget)
+                if max_steps == 0:
+                    log.warning("node %d: one round costs epsilon %.3f, above the budget %.3f: the node will never share",
+                                self.id, self.accountant.epsilon_after(1), c.dp_budget)
+        self.schedule = Schedule(c.seed, tuple(self.graph.nodes), c.participation, self.hub, c.fedavg_sample, max_steps)
+        self._codec = None
+        if c.compression != "none":
+            seed = [_CODEC_SALT, c.seed, self.id]
+            self._codec = SharedVectorCodec(COMPRESSION_BITS[c.compression], self.trainer.num_params, seed)
+        self._budget_logged = False
 
     def _train_config(self) -> TrainConfig:
         c = self.config
         return TrainConfig(lr=c.lr, momentum=c.momentum, batch_size=c.batch_size, local_epochs=c.local_epochs,
-                           local_steps=c.local_steps or None, optimizer=c.optimizer)
+                           local_steps=c.local_steps or None, optimizer=c.optimizer, prox_mu=c.fedprox_mu)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -180,6 +230,7 @@ class Node:
         target = max(rnd for rnd, _ in ahead.values())
         delta = np.mean([d for _, d in ahead.values()], axis=0).astype(np.float32)
         self.trainer.set_flat(self.reference + delta)
+        self._delta = delta
         log.warning("node %d: neighbours are at round %d, we were at %d; adopting their average model",
                     self.id, target, start)
         self._drop_buffered_before(target)
@@ -196,6 +247,7 @@ class Node:
         if state.meta.get("node") != self.id or state.meta.get("num_params") != self.trainer.num_params:
             raise ValueError(f"checkpoint in {self._store.directory} belongs to another node or model: {state.meta}")
         self.trainer.load_state_dict(state.trainer)
+        self._delta = self.trainer.get_flat() - self.reference
         log.warning("node %d: resumed from the checkpoint of round %d", self.id, r)
         return r
 
@@ -206,11 +258,23 @@ class Node:
 
     def _next_round(self, r: int) -> int:
         """r + 1, or further if neighbours have moved ahead of us (after a partition heals, say)."""
-        if self._ahead <= r + 1:
+        if self._ahead <= r + 1 or not self._gap_after(r):
             return r + 1
         log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, self._ahead, r + 1)
         self._drop_buffered_before(self._ahead)
         return self._ahead
+
+    def _gap_after(self, r: int) -> bool:
+        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1.
+
+        A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
+        takes part, say) has left its messages for every round in our buffer: we catch up by
+        running those rounds, not by skipping them.
+        """
+        rounds: dict[int, set[int]] = {}
+        for m in self._buffer:
+            rounds.setdefault(m.sender, set()).add(m.round)
+        return any(max(rs) > r + 1 and r + 1 not in rs for rs in rounds.values())
 
     def _drop_buffered_before(self, r: int) -> None:
         for msg in [m for m in self._buffer if m.round < r]:
@@ -222,27 +286,33 @@ class Node:
     def _round(self, r: int) -> RoundRecord:
         started = time.monotonic()
         self._heard.clear()
-        train_loss = self.trainer.train()
+        active = self.schedule.active(r)
+        takes_part = self.id in active
+        self._log_budget(r, takes_part)
+        start = self.trainer.get_flat() if self.config.dp_enabled and takes_part else None
+        train_loss = self.trainer.train() if takes_part else None
         train_time = time.monotonic() - started
-        delta = self.trainer.get_flat() - self.reference
-        protocol = self._protocol(r, delta)
+        own, fallback = self._contribution(takes_part, start)
+        protocol = self._protocol(r, own, fallback, active)
         new_delta = self._exchange(protocol, r)
         self.trainer.set_flat(self.reference + new_delta)
         self._delta = new_delta
-        self._update_liveness(r)
+        self._update_liveness(r, active)
         test_loss = test_acc = None
         if r % self.config.eval_every == 0 or r == self.config.rounds:
             data = self.task.dataset
             test_loss, test_acc = self.trainer.evaluate(data.x_test, data.y_test)
         stats = self.transport.stats
         record = RoundRecord(
-            round=r, node=self.id, train_loss=float(train_loss), test_loss=test_loss, test_acc=test_acc,
+            round=r, node=self.id, train_loss=None if train_loss is None else float(train_loss),
+            test_loss=test_loss, test_acc=test_acc,
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started, train_time=train_time,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
-            aggregation=self._outcome(protocol),
+            aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
         )
-        log.info("node %d round %d: loss %.4f acc %s arrived %d/%d", self.id, r, train_loss,
+        log.info("node %d round %d: loss %s acc %s arrived %d/%d", self.id, r,
+                 "-" if train_loss is None else f"{train_loss:.4f}",
                  "-" if test_acc is None else f"{test_acc:.3f}", record.arrived, len(self.neighbours))
         if self.on_round is not None:
             self.on_round(record)
@@ -257,9 +327,14 @@ class Node:
             return str(reason)
         return "ok"
 
-    def _update_liveness(self, r: int) -> None:
-        """Count rounds each neighbour stayed silent; at `down_after` we stop waiting for it."""
+    def _update_liveness(self, r: int, active: frozenset[int]) -> None:
+        """Count rounds each neighbour stayed silent; at `down_after` we stop waiting for it.
+
+        A FedAvg leaf that sat the round out had nothing to send the hub: not a miss.
+        """
         for j in self.neighbours:
+            if self.id == self.hub and j not in active and j not in self._heard:
+                continue
             was_down = self._is_down(j)
             self._missed[j] = 0 if j in self._heard else self._missed[j] + 1
             if self._is_down(j) and not was_down:
@@ -272,20 +347,84 @@ class Node:
     def _expected(self) -> set[int]:
         return {j for j in self.neighbours if not self._is_down(j)}
 
-    def _protocol(self, r: int, delta: np.ndarray) -> RoundProtocol:
-        secure, expected = self.config.secure_agg, self._expected()
-        if self.config.aggregation == "fedavg":
+    # -- what the node shares -------------------------------------------------------------------
+
+    def _contribution(self, takes_part: bool, start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the vector this node puts into the round, what to keep if the round fails (None: it)).
+
+        Without DP: the model's delta from the reference, as ever. With DP the round starts from
+        the public state `self._delta`; the round update (trained model - `start`) is clipped
+        and, for local DP, noised here. For central and distributed DP the protocol's noise
+        protects it, so a failed round falls back to the public state, never to the un-noised
+        update.
+        """
+        c = self.config
+        if not c.dp_enabled:
+            return self.trainer.get_flat() - self.reference, None
+        if not takes_part:
+            return self._delta.copy(), None  # public: the last round's result
+        assert start is not None and self.noise is not None
+        update = self.trainer.get_flat() - start
+        if c.dp == "local":
+            std = privacy.noise_std("local", c.dp_noise, c.dp_clip)
+            noisy, _ = privacy.privatize(update, c.dp_clip, std, self.noise, grid=privacy.grid_for(std))
+            return self._delta + noisy, None
+        clipped, _ = privacy.clip(update, c.dp_clip)
+        return self._delta + clipped, self._delta
+
+    def _samples(self, takes_part: bool) -> int:
+        """FedAvg weight: the shard size, or with DP a public constant (|D| would leak: equal weights)."""
+        if self.id == self.hub and not takes_part:
+            return 0
+        return self._secagg_params.max_samples if self.config.dp_enabled else self.samples
+
+    def _central_noise(self, avg: np.ndarray, max_weight: float) -> np.ndarray:
+        c = self.config
+        assert self.noise is not None
+        std = privacy.noise_std("central", c.dp_noise, c.dp_clip, max_weight=max_weight)
+        return privacy.add_noise(avg, std, self.noise, privacy.grid_for(std)).astype(np.float64)
+
+    def _distributed_noise(self) -> DistributedNoise:
+        """Each leaf's share: any unmasked sum has at least min_contributors inputs (the floor)."""
+        c = self.config
+        assert self.noise is not None
+        std = privacy.noise_std("distributed", c.dp_noise, c.dp_clip, contributors=c.min_contributors, max_weight=1.0)
+        return DistributedNoise(std, self.noise.discrete_gaussian)
+
+    def _epsilon(self, r: int) -> float | None:
+        if self.accountant is None:
+            return None
+        return self.accountant.epsilon_after(self.schedule.steps(self.id, r))
+
+    def _log_budget(self, r: int, takes_part: bool) -> None:
+        if takes_part or self._budget_logged or not self.schedule.exhausted(self.id, r - 1):
+            return
+        self._budget_logged = True
+        assert self.accountant is not None
+        spent = self._epsilon(r - 1) or 0.0
+        log.warning("node %d: round %d would spend epsilon %.3f > budget %.3f (spent %.3f); it stops training and "
+                    "sharing updates for the rest of the run", self.id, r,
+                    self.accountant.epsilon_after(self.schedule.steps(self.id, r - 1) + 1), self.config.dp_budget, spent)
+
+    def _protocol(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int]) -> RoundProtocol:
+        c = self.config
+        secure, expected = c.secure_agg, self._expected()
+        if c.aggregation == "fedavg":
             assert self.hub is not None
             leaves = [v for v in sorted(self.graph.nodes) if v != self.hub]
+            samples = self._samples(self.id in active)
             if secure:
-                return SecureFedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, self._secagg_params,
-                                         self._secret, expected=expected)
-            return FedAvgRound(self.id, r, self.hub, leaves, delta, self.samples, expected=expected)
+                dp = self._distributed_noise() if c.dp == "distributed" else None
+                return SecureFedAvgRound(self.id, r, self.hub, leaves, own, samples, self._secagg_params,
+                                         self._secret, expected=expected, active=active, fallback=fallback, dp=dp)
+            noise = self._central_noise if c.dp == "central" else None
+            return FedAvgRound(self.id, r, self.hub, leaves, own, samples, expected=expected, active=active,
+                               fallback=fallback, noise=noise, codec=self._codec)
         if secure:
             adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}
-            return SecureGossipRound(self.id, r, adjacency, self.weights, delta, self._secagg_params,
+            return SecureGossipRound(self.id, r, adjacency, self.weights, own, self._secagg_params,
                                      self._secret, expected=expected)
-        return GossipRound(self.id, r, self.weights, delta, expected=expected)
+        return GossipRound(self.id, r, self.weights, own, expected=expected, codec=self._codec)
 
     def _secret(self, peer: int, context: bytes) -> bytes:
         """End-to-end key shared with `peer` (up to two hops away), from the cluster's static keys."""

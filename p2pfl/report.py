@@ -206,6 +206,14 @@ class RunData:
     def partition_text(self) -> str:
         return describe_partition(self.summary.get("partition"), self.config)
 
+    def final_epsilon(self) -> float | None:
+        """Largest ``epsilon`` over nodes in the last round that has any (None for runs without DP)."""
+        for _, recs in reversed(list(self._by_round().items())):
+            eps = [float(r["epsilon"]) for r in recs if _finite(r.get("epsilon"))]
+            if eps:
+                return max(eps)
+        return None
+
 
 def describe_partition(partition: Any, config: dict[str, Any] | None = None) -> str:
     """Human text for ``summary.partition`` (a name, or a dict such as ``{"kind": "dirichlet", "alpha": 0.5}``).
@@ -407,6 +415,8 @@ class Row:
     spectral_gap: float | None
     final_consensus: float | None
     peak_rss_mb: float | None
+    epsilon: float | None = None  # DP: largest epsilon of any node after the last round (None without DP)
+    dp_delta: float | None = None  # the delta that epsilon is stated at
 
     @property
     def reached(self) -> bool:
@@ -448,6 +458,7 @@ def summarize(run: RunData, target_acc: float) -> Row:
 
     _, cons = run.consensus_per_round()
     s = run.summary
+    epsilon = run.final_epsilon()
     return Row(
         label=run.label,
         topology=str(s.get("topology", "?")),
@@ -467,6 +478,8 @@ def summarize(run: RunData, target_acc: float) -> Row:
         spectral_gap=_opt_float(s.get("spectral_gap")),
         final_consensus=float(cons[-1]) if len(cons) else None,
         peak_rss_mb=_opt_float(s.get("peak_rss_mb")),
+        epsilon=epsilon,
+        dp_delta=_opt_float(run.config.get("dp_delta")) if epsilon is not None else None,
     )
 
 
@@ -551,7 +564,16 @@ def _columns(rows: Sequence[Row], target: float | None) -> list[tuple[str, str, 
         ("Consensus dist", "right", [_fmt_float(r.final_consensus, ".2e") for r in rows]),
         ("Peak RSS", "right", [_fmt_mib(r.peak_rss_mb) for r in rows]),
     ]
+    if any(r.epsilon is not None for r in rows):
+        cols.insert(7, ("Epsilon (δ)", "right", [fmt_epsilon(r.epsilon, r.dp_delta) for r in rows]))
     return cols
+
+
+def fmt_epsilon(epsilon: float | None, delta: float | None) -> str:
+    """``(2.5, 1e-05) -> '2.50 (1e-05)'``; no DP -> '∞' (nothing protects the updates)."""
+    if epsilon is None:
+        return "∞"
+    return f"{epsilon:.2f}" + (f" ({delta:g})" if delta is not None else "")
 
 
 def render_table(rows: Sequence[Row]) -> Table:
@@ -602,6 +624,9 @@ def to_markdown(rows: Sequence[Row], target: float) -> str:
         "wall: time since start when the slowest node finished that round.",
         "Consensus dist: mean squared distance of the node models to their average after the last round.",
     ]
+    if any(r.epsilon is not None for r in rows):
+        notes.append("Epsilon (δ): differential privacy spent, the largest over nodes after the last round "
+                     "(per record of a node's data unless the run says otherwise); ∞: run without DP.")
     if any(not r.reached for r in rows):
         notes.append(f"{DASH}: target not reached (or not measured).")
     lines += [f"- {n}" for n in notes]
@@ -610,6 +635,7 @@ def to_markdown(rows: Sequence[Row], target: float) -> str:
 
 #: CSV columns, in order: the Row fields (raw numbers; empty cell for None).
 CSV_FIELDS = [f.name for f in fields(Row)]
+_OPTIONAL_CSV = ("epsilon", "dp_delta")  # later additions: older files lack them
 
 
 def _csv_cell(value: Any) -> str:
@@ -641,6 +667,8 @@ def read_csv(path: str | os.PathLike[str]) -> list[Row]:
         for lineno, raw in enumerate(csv.DictReader(handle), start=2):
             kwargs: dict[str, Any] = {}
             for name in CSV_FIELDS:
+                if name not in raw and name in _OPTIONAL_CSV:
+                    continue  # written before the column existed
                 if name not in raw:
                     raise ReportError("column is missing", path=path, line=lineno, field=name)
                 cell = raw[name]

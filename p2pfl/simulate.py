@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from p2pfl import topology
-from p2pfl.config import Cluster, ExperimentConfig, NodeEntry, write_cluster
+from p2pfl.config import Cluster, ConfigError, ExperimentConfig, NodeEntry, write_cluster
 from p2pfl.crypto import decode_public, load_private_key, write_keypair
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,16 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     import torch
     import zmq
 
-    from p2pfl.data import partition, shard
+    from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
-    from p2pfl.training import load_task
+    from p2pfl.training import load_task, partition_task
 
     torch.set_num_threads(1)  # N processes x default threads would thrash 2 cores
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ExperimentConfig.from_dict(config)
     cluster = Cluster.load(cluster_path, seed=cfg.seed)
     task = load_task(cfg.task, cfg.seed)
-    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     context = zmq.Context()
     models = Path(cluster_path).parent / "models"
     models.mkdir(exist_ok=True)
@@ -169,12 +169,15 @@ class _Collector:
         distance = float(((deltas - deltas.mean(axis=0)) ** 2).sum(axis=1).mean())
         accs = [rec["test_acc"] for rec, _ in got.values() if rec["test_acc"] is not None]
         for node_id in sorted(got):
-            rec = dict(got[node_id][0], consensus_distance=distance, epsilon=None)
+            rec = dict(got[node_id][0], consensus_distance=distance)
+            rec.setdefault("epsilon", None)
             self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
+        eps = [rec["epsilon"] for rec, _ in got.values() if rec.get("epsilon") is not None]
         self.last = {"round": r, "consensus": distance, "acc_mean": float(np.mean(accs)) if accs else float("nan"),
                      "acc_std": float(np.std(accs)) if accs else float("nan"),
-                     "bytes": float(np.mean([rec["bytes_sent"] for rec, _ in got.values()]))}
+                     "bytes": float(np.mean([rec["bytes_sent"] for rec, _ in got.values()])),
+                     "epsilon": max(eps) if eps else None}
 
     def close(self) -> None:
         self.flush(final=True)
@@ -245,18 +248,24 @@ def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector:
                 rss.append(event[2])
 
 
-def _figures(last: dict[str, float]) -> str:
-    return (f"acc {last['acc_mean']:.3f}±{last['acc_std']:.3f}  consensus {last['consensus']:.2e}  "
+def _figures(last: dict[str, Any]) -> str:
+    text = (f"acc {last['acc_mean']:.3f}±{last['acc_std']:.3f}  consensus {last['consensus']:.2e}  "
             f"sent/node {last['bytes'] / 2**20:.1f} MiB")
+    if last.get("epsilon") is not None:
+        text += f"  ε max {last['epsilon']:.2f}"
+    return text
 
 
 def _summary(config: ExperimentConfig, graph: Any, run_dir: Path, wall: float, rss: list[float]) -> dict[str, Any]:
     last: dict[int, float] = {}
+    eps: dict[int, float] = {}
     with (run_dir / "metrics.jsonl").open() as fh:
         for line in fh:
             rec = json.loads(line)
             if rec["test_acc"] is not None:
                 last[rec["node"]] = rec["test_acc"]
+            if rec.get("epsilon") is not None:
+                eps[rec["node"]] = rec["epsilon"]
     accs = list(last.values())
     partition = "iid" if config.partition == "iid" else f"dirichlet(alpha={config.alpha})"
     own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -272,6 +281,13 @@ def _summary(config: ExperimentConfig, graph: Any, run_dir: Path, wall: float, r
         "spectral_gap": topology.spectral_gap(topology.metropolis_hastings(graph)),
         "final_acc_mean": float(np.mean(accs)) if accs else None,
         "final_acc_std": float(np.std(accs)) if accs else None,
+        "dp": config.dp,
+        "dp_delta": config.dp_delta if config.dp_enabled else None,
+        "epsilon_max": max(eps.values()) if eps else None,  # largest epsilon of any node after its last round
+        "compression": config.compression,
+        "participation": config.participation,
+        "fedavg_sample": config.fedavg_sample,
+        "fedprox_mu": config.fedprox_mu,
         "wall_time": wall,
         "processes": len(rss),
         # Sum of every process's own peak: an upper bound on the simulation's peak footprint.
@@ -295,24 +311,66 @@ def _versions() -> dict[str, str]:
 DEFAULT_COMPARE = ("ring", "torus", "regular:d=4", "complete", "star-fedavg")
 
 
-def compare_configs(base: ExperimentConfig, specs: list[str], secure: str = "off") -> list[ExperimentConfig]:
-    """One config per topology spec (and per secure-aggregation setting): same task, seed, partition."""
-    modes = {"off": [False], "on": [True], "both": [False, True]}[secure]
+VARIANT_TOKENS = ("plain", "secure", "dp", "q8", "q16")
+
+
+def compare_configs(base: ExperimentConfig, specs: list[str], secure: str = "off",
+                    variants: list[str] | None = None) -> list[ExperimentConfig]:
+    """One config per topology spec and per variant: same task, seed, partition and knobs.
+
+    Without `variants`, `secure` ("off", "on", "both") toggles secure aggregation and the base
+    config's DP and compression settings apply to every run. With `variants` (e.g. ["plain",
+    "secure", "secure+dp"], see `apply_variant`) each topology runs once per variant. Leaf
+    sampling (fedavg_sample) applies to the star-FedAvg runs only.
+    """
     out = []
     for spec in specs:
-        for sec in modes:
-            if spec in ("star-fedavg", "fedavg"):
-                cfg = replace(base, topology="star", aggregation="fedavg", secure_agg=sec, label="")
-            elif spec == "star-gossip":
-                cfg = replace(base, topology="star", aggregation="gossip", secure_agg=sec, label="star-gossip(MH)")
-            else:
-                cfg = replace(base, topology=spec, aggregation="gossip", secure_agg=sec, label="")
-            if cfg.label and sec:
-                cfg.label += "+secagg"
+        topo = _topology_config(base, spec)
+        if variants is None:
+            modes = {"off": [False], "on": [True], "both": [False, True]}[secure]
+            runs = [replace(topo, secure_agg=sec) for sec in modes]
+        else:
+            runs = [apply_variant(topo, v, base.dp) for v in variants]
+        for cfg in runs:
+            if cfg.label:
+                cfg.label += ("+secagg" if cfg.secure_agg else "") + cfg.knob_suffix()
             cfg.validate()
             cfg.graph()  # reject an impossible topology before anything runs
             out.append(cfg)
     return out
+
+
+def _topology_config(base: ExperimentConfig, spec: str) -> ExperimentConfig:
+    if spec in ("star-fedavg", "fedavg"):
+        return replace(base, topology="star", aggregation="fedavg", label="")
+    if spec == "star-gossip":
+        return replace(base, topology="star", aggregation="gossip", label="star-gossip(MH)", fedavg_sample=0)
+    return replace(base, topology=spec, aggregation="gossip", label="", fedavg_sample=0)
+
+
+def apply_variant(cfg: ExperimentConfig, variant: str, placement: str = "off") -> ExperimentConfig:
+    """`cfg` as the named variant: tokens joined by "+" from plain, secure, dp, q8, q16.
+
+    "plain" alone turns secure aggregation, DP and compression off; "secure" turns secure
+    aggregation on; "q8"/"q16" quantize vectors; "dp" turns DP on with `placement` where that is
+    valid for the run, else the natural one: distributed for the secure FedAvg star, central for
+    the plain star, local for gossip.
+    """
+    tokens = [t.strip() for t in variant.split("+")]
+    bad = [t for t in tokens if t not in VARIANT_TOKENS]
+    if bad or not tokens or ("plain" in tokens and len(tokens) > 1):
+        raise ConfigError("variants", f"{variant!r}: use tokens {', '.join(VARIANT_TOKENS)} joined by '+' "
+                          "(plain stands alone), e.g. plain,secure,secure+dp")
+    secure = "secure" in tokens
+    compression = next((t for t in tokens if t in ("q8", "q16")), "none")
+    dp = "off"
+    if "dp" in tokens:
+        fedavg = cfg.aggregation == "fedavg"
+        valid = {"local": True, "central": fedavg and not secure and compression == "none", "distributed": fedavg and secure}
+        natural = next(p for p in ("distributed", "central", "local") if valid[p])
+        dp = placement if valid.get(placement, False) else natural
+    return replace(cfg, secure_agg=secure, dp=dp, compression=compression,
+                   dp_budget=cfg.dp_budget if dp != "off" else 0.0)
 
 
 def run_dir_name(cfg: ExperimentConfig) -> str:
