@@ -354,7 +354,7 @@ def apply_variant(cfg: ExperimentConfig, variant: str, placement: str = "off") -
     "plain" alone turns secure aggregation, DP and compression off; "secure" turns secure
     aggregation on; "q8"/"q16" quantize vectors; "dp" turns DP on with `placement` where that is
     valid for the run, else the natural one: distributed for the secure FedAvg star, central for
-    the plain star, local for gossip.
+    the plain star (local when its vectors are quantized), local for gossip.
     """
     tokens = [t.strip() for t in variant.split("+")]
     bad = [t for t in tokens if t not in VARIANT_TOKENS]
