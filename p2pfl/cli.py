@@ -7,6 +7,7 @@ It holds no protocol or training logic.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -166,7 +167,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     import torch
 
     from p2pfl.config import Cluster
-    from p2pfl.crypto import KeyFileError, load_private_key
+    from p2pfl.crypto import KeyFileError, load_private_key, public_from_private
     from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
     from p2pfl.training import load_task, partition_task
@@ -181,6 +182,9 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         if path is None:
             raise ConfigError("key", f"no --key given and the cluster entry of node {node_id} has no key_file")
         private_key = load_private_key(path)
+        if public_from_private(private_key) != entry.public_key:
+            raise ConfigError("key", f"{path} is not node {node_id}'s key: its public key differs from the cluster entry")
+        _check_resources(entry.address, metrics, cfg.checkpoint_dir, node_id)
     except (ConfigError, KeyFileError) as exc:
         raise click.UsageError(str(exc)) from exc
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -238,6 +242,28 @@ def topology_show(spec: str, nodes: int | None, seed: int) -> None:
     except topology.TopologyError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(topology.describe(g, spec))
+
+
+def _check_resources(address: str, metrics: str | None, checkpoint_dir: str, node_id: int) -> None:
+    """What `p2pfl node` will need on this machine, checked before anything starts."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is fine
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise ConfigError("address", f"cannot listen on {host}:{port} ({exc.strerror}): another process "
+                              "holds the port, or the address is not one of this machine's") from exc
+    if metrics is not None and not Path(metrics).parent.is_dir():
+        raise ConfigError("metrics", f"{metrics}: directory {Path(metrics).parent} does not exist")
+    if checkpoint_dir:
+        target = Path(checkpoint_dir) / f"node-{node_id}"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("checkpoint_dir", f"{checkpoint_dir}: cannot create {target} ({exc.strerror})") from exc
 
 
 def _check_graph(cfg: ExperimentConfig) -> None:

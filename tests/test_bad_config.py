@@ -7,8 +7,6 @@ thing broken. Each must exit non-zero with a message that names the field or fil
 problem, and without a Python traceback; node commands must stop before their first round
 (their --metrics file stays empty) and `simulate` before it creates its run directory or starts
 a process. Each case's outcome goes to the fault table (tests/faultlog.py).
-
-Cases marked xfail are bugs in p2pfl (the reason says where); remove the marker with the fix.
 """
 
 from __future__ import annotations
@@ -153,9 +151,6 @@ def test_private_key_readable_by_others(run: Run) -> None:
         assert not run.metrics.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a key file that belongs to another node is only caught in "
-                   "Transport.__init__ (ValueError, raw traceback, after torch and the task load); "
-                   "p2pfl/cli.py node() should compare public_from_private(key) with the cluster entry")
 def test_key_of_another_node(run: Run) -> None:
     with recording("node: --key is another node's private key") as rec:
         proc = run.node("--key", "keys/node1.key")
@@ -206,9 +201,6 @@ def test_experiment_and_cluster_disagree_on_the_node_count(run: Run) -> None:
 # -- the node's own resources ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Transport.start's zmq.ZMQError (Address already in use) escapes "
-                   "`p2pfl node` as a raw traceback (p2pfl/node.py run -> transport.start; cli.py node() does "
-                   "not catch it); it should be a message naming the address")
 def test_port_already_in_use(run: Run) -> None:
     host, port = run.address(0).removeprefix("tcp://").rsplit(":", 1)
     with recording("node: its port is already in use (another socket listens on it)") as rec:
@@ -222,18 +214,12 @@ def test_port_already_in_use(run: Run) -> None:
         check(rec, proc, run.dir, f"{host}:{port}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --metrics in a directory that does not exist raises a raw "
-                   "FileNotFoundError in p2pfl/cli.py node() (open(metrics, 'a')) instead of a message")
 def test_metrics_file_in_a_missing_directory(run: Run) -> None:
     with recording("node: --metrics in a directory that does not exist") as rec:
         proc = run.node("--metrics", "no/such/dir/metrics.jsonl")
         check(rec, proc, run.dir, "no/such/dir/metrics.jsonl")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a --checkpoint-dir that cannot be created is only found when the "
-                   "first checkpoint is saved, after start-up and round 1 (2 min 15 s with the default "
-                   "startup_timeout), as a raw FileNotFoundError/NotADirectoryError (p2pfl/node.py _checkpoint "
-                   "-> CheckpointStore.save); it should be checked before the node starts")
 def test_checkpoint_dir_that_cannot_be_created(run: Run) -> None:
     (run.dir / "a-file").write_text("not a directory\n")
     with recording("node: --checkpoint-dir cannot be created (its parent is a file)") as rec:
