@@ -36,13 +36,12 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from p2pfl import topology
+from p2pfl import privacy, topology
 from p2pfl.checkpoint import CheckpointStore, NodeState
 from p2pfl.crypto import pairwise_key
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
-from p2pfl import privacy
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise, SecAggParams, SecureFedAvgRound, SecureGossipRound
@@ -401,10 +400,10 @@ class Node:
             return
         self._budget_logged = True
         assert self.accountant is not None
-        spent = self._epsilon(r - 1) or 0.0
-        log.warning("node %d: round %d would spend epsilon %.3f > budget %.3f (spent %.3f); it stops training and "
-                    "sharing updates for the rest of the run", self.id, r,
-                    self.accountant.epsilon_after(self.schedule.steps(self.id, r - 1) + 1), self.config.dp_budget, spent)
+        steps = self.schedule.steps(self.id, r - 1)
+        log.warning("node %d: privacy budget spent (epsilon %.3f of %.3f; one more round would make it %.3f): from "
+                    "round %d on it trains and shares no new update", self.id, self.accountant.epsilon_after(steps),
+                    self.config.dp_budget, self.accountant.epsilon_after(steps + 1), r)
 
     def _protocol(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int]) -> RoundProtocol:
         c = self.config
