@@ -24,7 +24,7 @@ from p2pfl.config import ExperimentConfig
 from p2pfl.messages import Kind
 from p2pfl.protocols import DELTA
 from p2pfl.report import read_csv
-from p2pfl.simulate import run_simulation
+from p2pfl.simulate import _figures, run_simulation
 from helpers.inproc import run_nodes
 
 QUIET = Console(file=open("/dev/null", "w"))
@@ -175,3 +175,13 @@ def test_compare_puts_plain_secure_and_secure_dp_side_by_side_with_epsilon(tmp_p
     markdown = (out / "comparison.md").read_text()
     assert "Epsilon (δ)" in markdown and f"{dp.epsilon:.2f} (1e-05)" in markdown and "∞" in markdown
     assert all(r["aggregation"] == "ok" for r in _records(out / "star-fedavg+secagg+dp-distributed"))
+    # a comparison written before the epsilon column existed still reads (no epsilon)
+    lines = (out / "comparison.csv").read_text().splitlines()
+    keep = [i for i, name in enumerate(lines[0].split(",")) if name not in ("epsilon", "dp_delta")]
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in lines) + "\n")
+    assert all(row.epsilon is None for row in read_csv(old))
+    # the live progress line shows the largest epsilon over nodes
+    figures = _figures({"acc_mean": 0.5, "acc_std": 0.1, "consensus": 0.0, "bytes": 2**20, "epsilon": 3.25})
+    assert "ε max 3.25" in figures and "ε" not in _figures({"acc_mean": 0.5, "acc_std": 0.1, "consensus": 0.0,
+                                                             "bytes": 0.0, "epsilon": None})
