@@ -315,6 +315,7 @@ class Node:
                  "-" if test_acc is None else f"{test_acc:.3f}", record.arrived, len(self.neighbours))
         if self.on_round is not None:
             self.on_round(record)
+        record.delta = None  # a model-sized copy: only `on_round` needs it, the records list must not keep it
         return record
 
     def _outcome(self, protocol: RoundProtocol) -> str:

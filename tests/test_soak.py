@@ -181,14 +181,12 @@ def test_soak_open_fds_stay_flat(soak: SoakRun) -> None:
         assert growth <= FD_BOUND, [(s.round, s.fds) for s in soak.samples]
 
 
-# Node.run() appends every RoundRecord to the list it returns, and each record keeps `delta`, a
-# full model-sized float32 vector (the consensus distance needs it from `on_round`, nobody needs
-# it after): memory grows by nodes x params x 4 bytes per round, without bound (8 x 8,970 x 4 B =
-# 287 KB per round here; 287 MB per 1,000 rounds; 40 GB per 1,000 rounds of a 10M-parameter model).
-LEAK = "Node.run() keeps every RoundRecord with its model-sized `delta` (p2pfl/node.py, records.append)"
+# Node.run() keeps the RoundRecords it returns; each record's model-sized `delta` is released
+# after `on_round` (the consensus distance needs it there, nobody after), or memory would grow by
+# nodes x params x 4 bytes per round without bound.
+LEAK = "model-sized deltas kept per round"
 
 
-@pytest.mark.xfail(strict=True, reason=f"BUG: {LEAK}")
 def test_soak_memory_stays_flat(soak: SoakRun) -> None:
     with recording(f"{SOAK}: resident memory", ROUNDS, unit="rounds") as fault:
         growth = soak.rss_growth()
