@@ -11,6 +11,11 @@ neighbour's queue is full); `recv` waits event-driven on the socket and only eve
 messages that a neighbour sealed for this node with a counter higher than any accepted from it
 before; everything else is dropped, counted in `stats.dropped[reason]` and logged.
 
+Cipher: a Transport seals with `cipher` ("auto": AES-256-GCM where this machine has it, else
+XChaCha20-Poly1305; or either one by name) and opens whatever cipher a header names if this
+machine can run it; a message sealed with one it cannot run is dropped as "bad_cipher". So in a
+cluster whose machines do not all have AES-256-GCM, every node must be given "xchacha20poly1305".
+
 One Transport is used from one thread only. Several Transports in one process share a
 zmq.Context (the one passed in, else the process-wide `zmq.Context.instance()`).
 """
@@ -72,6 +77,7 @@ class Transport:
         neighbours: Iterable[int],
         limits: wire.Limits,
         context: zmq.Context | None = None,
+        cipher: str = crypto.AUTO,
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"node {node_id} is not in the peer table")
@@ -83,6 +89,10 @@ class Transport:
                 raise ValueError(f"neighbour {j} is {'this node' if j == node_id else 'not in the peer table'}")
         self.node_id = node_id
         self.limits = limits
+        try:  # resolved once: what every message this node sends is sealed with
+            self.cipher = crypto.choose_cipher(cipher)
+        except crypto.CipherUnavailable as exc:
+            raise ValueError(str(exc)) from None
         self._address = peers[node_id].address
         self._peers = {j: peers[j] for j in neighbours}
         # keys once, up front: a send or receive is then only symmetric crypto
@@ -179,7 +189,7 @@ class Transport:
         if not dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             return self._send_failed(to)
         self._counter += 1
-        frames = wire.seal(msg, to, self._counter, self._keys[to], self.limits)
+        frames = wire.seal(msg, to, self._counter, self._keys[to], self.limits, cipher=self.cipher)
         try:
             # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
             dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

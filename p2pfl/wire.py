@@ -7,9 +7,10 @@ it). Nothing is ever unpickled or eval'd: the only decoder is msgpack with ext t
 
 Two layers, testable apart:
 - plaintext: `encode(msg, ...) -> frames` and `decode(frames, limits) -> (Header, Message)`;
-- sealed: `seal(msg, ..., key)` encrypts every frame but the header, which is the associated
-  data of every part; the receiver runs `read_header`, `open_meta` (authenticates the header),
-  then `open_tensors`, so a transport can check who sent what before decrypting megabytes.
+- sealed: `seal(msg, ..., key, cipher=...)` encrypts every frame but the header, which is the
+  associated data of every part and names the cipher (AES-256-GCM or XChaCha20-Poly1305, see
+  `crypto`); the receiver runs `read_header`, `open_meta` (authenticates the header), then
+  `open_tensors`, so a transport can check who sent what before decrypting megabytes.
 
 Frames: [header, meta, chunk_1, ..., chunk_n]; each tensor's bytes are cut into chunks of
 `header.chunk_bytes` (the last one shorter, none for an empty tensor). The exact layout is in
@@ -31,13 +32,13 @@ from p2pfl.messages import Kind, Message
 
 Buffer = Any  # any object with the buffer protocol: bytes, numpy arrays, zmq.Frame, ...
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: the header names the cipher (10th field)
 CHUNK_BYTES = 1 << 20  # default chunk: large enough to amortise per-call costs, small enough to stay in cache
 MIN_CHUNK_BYTES = 4096
 MAX_CHUNK_BYTES = 4 << 20  # bounds one frame, hence the socket's MAXMSGSIZE
 MAX_NAME_CHARS = 64
 MAX_NDIM = 32
-HEADER_FIELDS = 9  # version, kind, sender, recipient, round, counter, chunk_bytes, n_chunks, tensors
+HEADER_FIELDS = 10  # version, kind, sender, recipient, round, counter, chunk_bytes, n_chunks, tensors, cipher
 
 # Every dtype on the wire is little-endian; the allowlist is by name, byte order is ours to fix.
 DTYPES: dict[str, np.dtype] = {
@@ -57,6 +58,7 @@ BAD_META = "bad_meta"
 BAD_VALUE = "bad_value"  # tensor bytes that are not a value of their dtype (bool other than 0/1)
 TOO_LARGE = "too_large"
 TAMPERED = "tampered"  # authentication failed (sealed layer only)
+BAD_CIPHER = "bad_cipher"  # sealed with a known cipher this machine cannot run (sealed layer only)
 
 
 class WireError(Exception):
@@ -131,6 +133,7 @@ class Header:
     chunk_bytes: int
     tensors: tuple[TensorSpec, ...]
     raw: bytes  # the exact bytes on the wire: the associated data of every sealed part
+    cipher: str  # a name in crypto.CIPHER_IDS: what sealed the other frames
 
     def chunk_lengths(self, spec: TensorSpec) -> list[int]:
         """Lengths of the chunks that carry `spec` (none for an empty tensor)."""
@@ -146,14 +149,17 @@ class Header:
 
 
 def encode(msg: Message, recipient: int, counter: int, limits: Limits,
-           chunk_bytes: int = CHUNK_BYTES) -> list[Buffer]:
+           chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.XCHACHA20POLY1305) -> list[Buffer]:
     """Plaintext frames of `msg`: [header, meta, data chunks...].
 
+    `cipher` is the name the header carries (what `seal` will encrypt the other frames with).
     Chunks are views of the message's arrays when they are already little-endian and
     C-contiguous (no copy); the caller must not modify them until the frames are sent.
     """
     if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
         raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}]")
+    if cipher not in crypto.CIPHER_IDS:
+        raise ValueError(f"unknown cipher {cipher!r}; one of {sorted(crypto.CIPHER_IDS)}")
     kind = _encode_kind(msg.kind)
     fields = {"sender": msg.sender, "recipient": recipient, "round": msg.round}
     ids = {k: _encode_int(v, k, 0, crypto.U32_MAX) for k, v in fields.items()}
@@ -172,7 +178,7 @@ def encode(msg: Message, recipient: int, counter: int, limits: Limits,
     chunks = [flat[start:start + chunk_bytes] for flat in data for start in range(0, flat.size, chunk_bytes)]
     header = msgpack.packb([
         WIRE_VERSION, kind, ids["sender"], ids["recipient"], ids["round"], counter, chunk_bytes, len(chunks),
-        [[s.name, s.dtype, list(s.shape)] for s in specs],
+        [[s.name, s.dtype, list(s.shape)] for s in specs], crypto.CIPHER_IDS[cipher],
     ])
     return [header, meta, *chunks]
 
@@ -255,7 +261,7 @@ def read_header(frames: Sequence[Buffer], limits: Limits, tag_bytes: int = crypt
         raise WireError(BAD_VERSION, f"version {fields[0]!r}, expected {WIRE_VERSION}")
     if len(fields) != HEADER_FIELDS:
         raise WireError(BAD_HEADER, f"{len(fields)} header fields, expected {HEADER_FIELDS}")
-    _, kind, sender, recipient, round_, counter, chunk_bytes, n_chunks, tensors = fields
+    _, kind, sender, recipient, round_, counter, chunk_bytes, n_chunks, tensors, cipher = fields
     try:
         kind = Kind(_header_int(kind, "kind", 0, 255))
     except ValueError:
@@ -269,6 +275,7 @@ def read_header(frames: Sequence[Buffer], limits: Limits, tag_bytes: int = crypt
         chunk_bytes=_header_int(chunk_bytes, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES),
         tensors=_read_specs(tensors, limits),
         raw=raw,
+        cipher=_read_cipher(cipher),
     )
     if n_chunks != header.n_chunks or type(n_chunks) is not int:
         raise WireError(BAD_HEADER, f"n_chunks={n_chunks!r}, the tensors need {header.n_chunks}")
@@ -304,6 +311,16 @@ def _header_int(value: Any, what: str, lo: int, hi: int) -> int:
     if type(value) is not int or not lo <= value <= hi:  # `type is`: msgpack bools are not ints here
         raise WireError(BAD_HEADER, f"{what}={value!r} is not an int in [{lo}, {hi}]")
     return value
+
+
+def _read_cipher(value: Any) -> str:
+    # An id this version does not define is a malformed header like any other out-of-range field
+    # (a new cipher comes with a new WIRE_VERSION); `bad_cipher` is for a known one we cannot run.
+    name = crypto.CIPHER_NAMES.get(_header_int(value, "cipher", 0, 255))
+    if name is None:
+        raise WireError(BAD_HEADER, f"unknown cipher id {value}; this version knows "
+                                    + ", ".join(f"{i} ({n})" for i, n in sorted(crypto.CIPHER_NAMES.items())))
+    return name
 
 
 def _read_specs(tensors: Any, limits: Limits) -> tuple[TensorSpec, ...]:
@@ -350,39 +367,65 @@ def _read_tensors(header: Header, frames: Sequence[Buffer],
 
 
 def seal(msg: Message, recipient: int, counter: int, key: bytes, limits: Limits,
-         chunk_bytes: int = CHUNK_BYTES) -> list[Buffer]:
+         chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.AUTO) -> list[Buffer]:
     """Frames of `msg` for `recipient`, every part after the header sealed with `key`.
 
-    `counter` must never repeat for this sender (it is in every nonce). Part p of the nonce is
-    the frame index - 1: 0 for the meta, 1..n for the data chunks.
+    `cipher`: "auto" (AES-256-GCM where this machine has it, else XChaCha20-Poly1305),
+    "aes256gcm" or "xchacha20poly1305"; the header names it. `counter` must never repeat for
+    this sender (it is in every nonce, and AES-256-GCM's message subkey). Part p is the frame
+    index - 1: 0 for the meta, 1..n for the data chunks.
     """
-    frames = encode(msg, recipient, counter, limits, chunk_bytes)
+    cipher = crypto.choose_cipher(cipher)
+    frames = encode(msg, recipient, counter, limits, chunk_bytes, cipher)
     header = frames[0]
     fields = (int(msg.sender), int(msg.kind), int(msg.round), int(counter))  # checked by encode
-    return [header] + [crypto.seal(key, crypto.frame_nonce(*fields, part), frame, header) for part, frame in enumerate(frames[1:])]
+    aead = crypto.MessageAead(cipher, key, *fields)
+    # One buffer for every sealed part, each frame a view of it: one allocation per message, which
+    # the allocator recycles (a fresh buffer per 1 MiB part is returned to the OS and page-faulted
+    # back, which halved sealing speed for multi-chunk messages).
+    sizes = [_nbytes(frame) + crypto.TAG_BYTES for frame in frames[1:]]
+    out = np.empty(sum(sizes), np.uint8)
+    sealed, start = [header], 0
+    for part, (frame, size) in enumerate(zip(frames[1:], sizes)):
+        sealed.append(aead.seal(part, frame, header, out[start:start + size]))
+        start += size
+    return sealed
 
 
 def open_meta(header: Header, frames: Sequence[Buffer], key: bytes, limits: Limits) -> dict[str, Any]:
     """Authenticate the header (it is the meta's associated data) and decode the meta.
 
+    WireError("bad_cipher") if the header names a cipher this machine cannot run, and
     WireError("tampered") if the header or meta were not sealed by the holder of `key`.
     """
-    return decode_meta(_unseal(header, 0, frames[1], key), limits)
+    return decode_meta(_unseal(_aead(header, key), header, 0, frames[1]), limits)
 
 
 def open_tensors(header: Header, frames: Sequence[Buffer], key: bytes) -> dict[str, np.ndarray]:
     """Decrypt every data chunk straight into its tensor (call after `open_meta`)."""
+    aead = _aead(header, key)
 
     def fill(part: int, frame: Buffer, out: np.ndarray) -> None:
-        _unseal(header, part, frame, key, out)
+        _unseal(aead, header, part, frame, out)
 
     return _read_tensors(header, frames, fill)
 
 
-def _unseal(header: Header, part: int, frame: Buffer, key: bytes, out: np.ndarray | None = None) -> Any:
-    nonce = crypto.frame_nonce(header.sender, int(header.kind), header.round, header.counter, part)
+def _aead(header: Header, key: bytes) -> crypto.MessageAead:
     try:
-        return crypto.unseal(key, nonce, frame, header.raw, out)
+        return crypto.MessageAead(header.cipher, key, header.sender, int(header.kind), header.round, header.counter)
+    except crypto.CipherUnavailable:
+        raise WireError(BAD_CIPHER, f"sealed with {header.cipher}, which this machine cannot run "
+                                    f"(no AES-NI/PCLMUL or ARMv8 crypto); the sender must use "
+                                    f"{crypto.XCHACHA20POLY1305}") from None
+    except crypto.CryptoError as exc:
+        raise WireError(TAMPERED, str(exc)) from None
+
+
+def _unseal(aead: crypto.MessageAead, header: Header, part: int, frame: Buffer,
+            out: np.ndarray | None = None) -> Any:
+    try:
+        return aead.unseal(part, frame, header.raw, out)
     except crypto.CryptoError as exc:
         raise WireError(TAMPERED, f"part {part}: {exc}") from None
 

@@ -131,56 +131,122 @@ def test_pairwise_key_rejects_low_order_point_self_and_empty_context():
 KEY = bytes(range(32))
 AAD = b"header bytes"
 FIELDS = dict(sender=3, kind=1, round=7, counter=1_700_000_000_000_000_000, chunk=2)
+MESSAGE = dict(sender=3, kind=1, round=7, counter=1_700_000_000_000_000_000)
+needs_aes = pytest.mark.skipif(not crypto.aes256gcm_available(), reason="no AES-256-GCM on this CPU")
+CIPHERS = [crypto.XCHACHA20POLY1305, pytest.param(crypto.AES256GCM, marks=needs_aes)]
+
+
+@pytest.fixture(params=CIPHERS)
+def cipher(request):
+    return request.param
 
 
 def _nonce(**changes: int) -> bytes:
     return crypto.frame_nonce(**{**FIELDS, **changes})
 
 
-def test_seal_unseal_round_trip_from_and_into_buffers(aead_path):
+def _aead(cipher: str, key: bytes = KEY, **changes: int) -> crypto.MessageAead:
+    return crypto.MessageAead(cipher, key, **{**MESSAGE, **changes})
+
+
+def test_seal_unseal_round_trip_from_and_into_buffers(aead_path, cipher):
     data = np.arange(1000, dtype=np.float32)
-    sealed = crypto.seal(KEY, _nonce(), data, AAD)
+    aead = _aead(cipher)
+    sealed = aead.seal(2, data, AAD)
     assert len(memoryview(sealed).cast("B")) == data.nbytes + crypto.TAG_BYTES
-    assert bytes(crypto.unseal(KEY, _nonce(), sealed, AAD)) == data.tobytes()
+    assert bytes(aead.unseal(2, sealed, AAD)) == data.tobytes()
     out = np.empty(data.nbytes, np.uint8)
-    assert crypto.unseal(KEY, _nonce(), bytes(sealed), AAD, out) is out
+    assert _aead(cipher).unseal(2, bytes(sealed), AAD, out) is out
     assert np.array_equal(out.view(np.float32), data)
     with pytest.raises(CryptoError, match="output buffer"):
-        crypto.unseal(KEY, _nonce(), sealed, AAD, np.empty(3, np.uint8))
+        aead.unseal(2, sealed, AAD, np.empty(3, np.uint8))
+    assert bytes(aead.unseal(0, aead.seal(0, b"", AAD), AAD)) == b""  # an empty part is a bare tag
 
 
-def test_both_aead_paths_agree(monkeypatch):
+def test_both_aead_paths_agree(monkeypatch, cipher):
     data = os.urandom(5000)
-    fast = bytes(crypto.seal(KEY, _nonce(), data, AAD))
+    fast = bytes(_aead(cipher).seal(2, data, AAD))
     monkeypatch.setattr(crypto, "_lib", None)
-    assert bytes(crypto.seal(KEY, _nonce(), data, AAD)) == fast
-    assert bytes(crypto.unseal(KEY, _nonce(), fast, AAD)) == data
+    assert crypto.cipher_available(cipher)  # the public bindings can run it too
+    assert bytes(_aead(cipher).seal(2, data, AAD)) == fast
+    assert bytes(_aead(cipher).unseal(2, fast, AAD)) == data
 
 
-def test_tampered_ciphertext_raises(aead_path):
-    sealed = bytearray(bytes(crypto.seal(KEY, _nonce(), b"x" * 100, AAD)))
+def test_the_two_ciphers_differ_and_do_not_open_each_other(aead_path):
+    if not crypto.aes256gcm_available():
+        pytest.skip("no AES-256-GCM on this CPU")
+    chacha, aes = _aead(crypto.XCHACHA20POLY1305), _aead(crypto.AES256GCM)
+    a, b = bytes(chacha.seal(1, b"payload", AAD)), bytes(aes.seal(1, b"payload", AAD))
+    assert a != b
+    with pytest.raises(CryptoError):
+        aes.unseal(1, a, AAD)
+    with pytest.raises(CryptoError):
+        chacha.unseal(1, b, AAD)
+
+
+def test_xchacha_is_the_pairwise_key_with_the_bound_nonce():
+    # the construction of docs/wire.md, spelled out with the low-level functions
+    sealed = crypto.seal(KEY, _nonce(chunk=5), b"payload", AAD, crypto.XCHACHA20POLY1305)
+    assert bytes(_aead(crypto.XCHACHA20POLY1305).unseal(5, sealed, AAD)) == b"payload"
+
+
+@needs_aes
+def test_aes_gcm_is_a_message_subkey_with_the_part_as_nonce():
+    import hashlib
+
+    prefix = _nonce(chunk=0)[:18]
+    assert prefix == bytes([1, 1]) + (3).to_bytes(4, "big") + (7).to_bytes(4, "big") + \
+        (1_700_000_000_000_000_000).to_bytes(8, "big")
+    subkey = hashlib.blake2b(prefix, digest_size=32, key=KEY, person=b"p2pfl-aes256gcm").digest()
+    assert crypto.message_subkey(KEY, **MESSAGE) == subkey != KEY
+    assert crypto.gcm_nonce(5) == bytes(8) + (5).to_bytes(4, "big")
+    sealed = crypto.seal(subkey, crypto.gcm_nonce(5), b"payload", AAD, crypto.AES256GCM)
+    assert bytes(_aead(crypto.AES256GCM).unseal(5, sealed, AAD)) == b"payload"
+    # every message field changes the subkey; the part does not (it is the nonce)
+    subkeys = {crypto.message_subkey(KEY, **{**MESSAGE, f: MESSAGE[f] + 1}) for f in MESSAGE}
+    assert len(subkeys | {subkey}) == len(MESSAGE) + 1
+    assert crypto.message_subkey(bytes(32), **MESSAGE) != subkey
+
+
+def test_tampered_ciphertext_raises(aead_path, cipher):
+    aead = _aead(cipher)
+    sealed = bytearray(bytes(aead.seal(2, b"x" * 100, AAD)))
     for i in (0, 50, len(sealed) - 1):  # data and tag
         bad = bytearray(sealed)
         bad[i] ^= 1
         with pytest.raises(CryptoError):
-            crypto.unseal(KEY, _nonce(), bytes(bad), AAD)
+            aead.unseal(2, bytes(bad), AAD)
     with pytest.raises(CryptoError):
-        crypto.unseal(KEY, _nonce(), bytes(sealed[:10]), AAD)
+        aead.unseal(2, bytes(sealed[:10]), AAD)
 
 
-def test_wrong_aad_or_key_raises(aead_path):
-    sealed = crypto.seal(KEY, _nonce(), b"payload", AAD)
+def test_failed_open_leaves_no_plaintext_in_out(cipher):
+    data = np.arange(5000, dtype=np.uint8)
+    aead = _aead(cipher)
+    sealed = np.array(aead.seal(1, data, AAD))
+    sealed[-1] ^= 1
+    out = np.zeros(data.size, np.uint8)
     with pytest.raises(CryptoError):
-        crypto.unseal(KEY, _nonce(), sealed, AAD + b"!")
+        aead.unseal(1, sealed, AAD, out)
+    assert np.count_nonzero(out == data) < 100  # chance matches only (AES-GCM wipes what it decrypted)
+
+
+def test_wrong_aad_or_key_raises(aead_path, cipher):
+    sealed = _aead(cipher).seal(2, b"payload", AAD)
     with pytest.raises(CryptoError):
-        crypto.unseal(bytes(32), _nonce(), sealed, AAD)
+        _aead(cipher).unseal(2, sealed, AAD + b"!")
+    with pytest.raises(CryptoError):
+        _aead(cipher, key=bytes(32)).unseal(2, sealed, AAD)
 
 
 @pytest.mark.parametrize("field", sorted(FIELDS))
-def test_any_other_nonce_field_raises(aead_path, field):
-    sealed = crypto.seal(KEY, _nonce(), b"payload", AAD)
+def test_any_other_nonce_field_raises(aead_path, cipher, field):
+    # a part cannot be opened as another sender's, kind's, round's, counter's or position's
+    sealed = _aead(cipher).seal(FIELDS["chunk"], b"payload", AAD)
+    changed = {**FIELDS, field: FIELDS[field] + 1}
+    part = changed.pop("chunk")
     with pytest.raises(CryptoError):
-        crypto.unseal(KEY, _nonce(**{field: FIELDS[field] + 1}), sealed, AAD)
+        crypto.MessageAead(cipher, KEY, **changed).unseal(part, sealed, AAD)
 
 
 def test_nonce_layout_is_unique_and_range_checked():
@@ -189,10 +255,53 @@ def test_nonce_layout_is_unique_and_range_checked():
     for bad in (dict(sender=-1), dict(kind=256), dict(round=2**32), dict(counter=2**64), dict(chunk=-1)):
         with pytest.raises(CryptoError):
             _nonce(**bad)
+    for bad in (dict(sender=2**32), dict(counter=-1)):
+        for name in crypto.CIPHER_IDS:
+            with pytest.raises(CryptoError):
+                crypto.MessageAead(name, KEY, **{**MESSAGE, **bad})
+    with pytest.raises(CryptoError):
+        crypto.gcm_nonce(2**32)
 
 
-def test_short_key_or_nonce_is_refused_before_calling_c(aead_path):
+def test_short_key_or_nonce_is_refused_before_calling_c(aead_path, cipher):
+    nonce = bytes(crypto.NONCE_SIZES[cipher])
     with pytest.raises(CryptoError):
-        crypto.seal(KEY[:16], _nonce(), b"x", AAD)
+        crypto.seal(KEY[:16], nonce, b"x", AAD, cipher)
     with pytest.raises(CryptoError):
-        crypto.unseal(KEY, _nonce()[:12], b"x" * 32, AAD)
+        crypto.unseal(KEY, nonce[:-1], b"x" * 32, AAD, cipher=cipher)
+    with pytest.raises(CryptoError):
+        crypto.MessageAead(cipher, KEY[:31], **MESSAGE)
+    other = crypto.AES256GCM if cipher == crypto.XCHACHA20POLY1305 else crypto.XCHACHA20POLY1305
+    with pytest.raises(CryptoError):  # each cipher's nonce has its own size
+        crypto.seal(KEY, bytes(crypto.NONCE_SIZES[other]), b"x", AAD, cipher)
+
+
+def test_unknown_cipher_is_refused():
+    with pytest.raises(CryptoError, match="unknown cipher"):
+        crypto.MessageAead("rot13", KEY, **MESSAGE)
+    with pytest.raises(CryptoError, match="unknown cipher"):
+        crypto.seal(KEY, _nonce(), b"x", AAD, "chacha20")
+    with pytest.raises(ValueError, match="unknown cipher"):
+        crypto.choose_cipher("aes128gcm")
+
+
+def test_choose_cipher_prefers_aes_gcm_where_available(monkeypatch):
+    assert crypto.choose_cipher(crypto.XCHACHA20POLY1305) == crypto.XCHACHA20POLY1305
+    expected = crypto.AES256GCM if crypto.aes256gcm_available() else crypto.XCHACHA20POLY1305
+    assert crypto.choose_cipher() == crypto.choose_cipher("auto") == expected
+    # a machine without AES-NI: auto falls back, an explicit request is refused, AES cannot be used
+    monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)
+    assert crypto.choose_cipher("auto") == crypto.XCHACHA20POLY1305
+    with pytest.raises(crypto.CipherUnavailable, match="xchacha20poly1305"):
+        crypto.choose_cipher(crypto.AES256GCM)
+    with pytest.raises(crypto.CipherUnavailable):
+        crypto.MessageAead(crypto.AES256GCM, KEY, **MESSAGE)
+    with pytest.raises(crypto.CipherUnavailable):
+        crypto.seal(KEY, bytes(12), b"x", AAD, crypto.AES256GCM)
+    assert not crypto.cipher_available(crypto.AES256GCM) and crypto.cipher_available(crypto.XCHACHA20POLY1305)
+
+
+def test_cipher_ids_and_tag_size_are_fixed():
+    # the header carries these ids: changing one is a wire-format change
+    assert crypto.CIPHER_IDS == {"xchacha20poly1305": 1, "aes256gcm": 2}
+    assert crypto.TAG_BYTES == 16 == getattr(crypto.sodium, "crypto_aead_aes256gcm_ABYTES", 16)

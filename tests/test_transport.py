@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -22,6 +23,8 @@ from p2pfl.transport import KEY_CONTEXT, QUEUE_DEPTH, Peer, Transport
 
 LIMITS = wire.Limits.for_model(100_000)
 WAIT = 10.0  # generous: only a broken transport ever waits this long
+needs_aes = pytest.mark.skipif(not crypto.aes256gcm_available(), reason="no AES-256-GCM on this CPU")
+CIPHERS = [crypto.XCHACHA20POLY1305, pytest.param(crypto.AES256GCM, marks=needs_aes)]
 
 
 def free_port() -> int:
@@ -40,9 +43,9 @@ class Cluster:
         self.opened: list[Transport] = []
         self.sockets: list[zmq.Socket] = []
 
-    def transport(self, i: int, neighbours=None, peers=None, start: bool = True) -> Transport:
+    def transport(self, i: int, neighbours=None, peers=None, start: bool = True, cipher: str = "auto") -> Transport:
         neighbours = [j for j in self.peers if j != i] if neighbours is None else neighbours
-        t = Transport(i, self.keys[i][0], peers or self.peers, neighbours, LIMITS, self.context)
+        t = Transport(i, self.keys[i][0], peers or self.peers, neighbours, LIMITS, self.context, cipher=cipher)
         self.opened.append(t)
         if start:
             t.start()
@@ -102,18 +105,20 @@ def assert_same(got: Message | None, sent: Message) -> None:
 
 
 def sealed(cluster: Cluster, msg: Message, to: int, counter: int | None = None, key: bytes | None = None,
-           recipient: int | None = None) -> list:
+           recipient: int | None = None, cipher: str = "auto") -> list:
     """Frames exactly as a transport of `msg.sender` would send them (or with the given fields)."""
     return wire.seal(msg, to if recipient is None else recipient, counter or time.time_ns(),
-                     key or cluster.key(msg.sender, to), LIMITS)
+                     key or cluster.key(msg.sender, to), LIMITS, cipher=cipher)
 
 
 # -- delivery --------------------------------------------------------------------------------
 
 
-def test_two_transports_exchange_messages_intact(make_cluster):
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_two_transports_exchange_messages_intact(make_cluster, cipher):
     c = make_cluster(2)
-    a, b = c.transport(0), c.transport(1)
+    a, b = c.transport(0, cipher=cipher), c.transport(1, cipher=cipher)
+    assert a.cipher == b.cipher == cipher
     to_b, to_a = model_msg(0, seed=1), model_msg(1, seed=2)
     assert a.send(1, to_b) and b.send(0, to_a)
     assert_same(b.recv(WAIT), to_b)
@@ -123,6 +128,28 @@ def test_two_transports_exchange_messages_intact(make_cluster):
     overhead = a.stats.bytes_sent - to_b.payload_bytes()
     assert 0 < overhead < 0.01 * to_b.payload_bytes()
     assert a.stats.dropped == b.stats.dropped == {}
+
+
+def test_auto_is_aes_gcm_where_available_and_mixed_ciphers_interoperate(make_cluster):
+    c = make_cluster(2)
+    a, b = c.transport(0), c.transport(1, cipher="xchacha20poly1305")  # b sends with the fallback
+    assert a.cipher == crypto.choose_cipher("auto")
+    assert b.cipher == crypto.XCHACHA20POLY1305
+    to_b, to_a = model_msg(0, seed=1), model_msg(1, seed=2)
+    assert a.send(1, to_b) and b.send(0, to_a)
+    assert_same(b.recv(WAIT), to_b)  # a receiver opens whichever cipher the header names
+    assert_same(a.recv(WAIT), to_a)
+    assert a.stats.dropped == b.stats.dropped == {}
+
+
+def test_cipher_argument_is_checked(make_cluster, monkeypatch):
+    c = make_cluster(2)
+    with pytest.raises(ValueError, match="unknown cipher"):
+        c.transport(0, cipher="aes128gcm", start=False)
+    monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)  # a CPU without AES-NI
+    with pytest.raises(ValueError, match="not available"):
+        c.transport(0, cipher="aes256gcm", start=False)
+    assert c.transport(0, start=False).cipher == crypto.XCHACHA20POLY1305
 
 
 def test_three_transports_all_to_all(make_cluster):
@@ -195,10 +222,11 @@ def inject_then_good(c: Cluster, victim: Transport, bad: list[list]) -> Message:
     return good
 
 
-def test_tampered_frame_dropped_counted_and_logged(make_cluster, caplog):
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_tampered_frame_dropped_counted_and_logged(make_cluster, caplog, cipher):
     c = make_cluster(2)
     b = c.transport(1)
-    frames = [bytes(f) for f in sealed(c, model_msg(0), 1)]
+    frames = [bytes(f) for f in sealed(c, model_msg(0), 1, cipher=cipher)]
     frames[2] = frames[2][:100] + bytes([frames[2][100] ^ 1]) + frames[2][101:]
     with caplog.at_level("WARNING", logger="p2pfl.transport"):
         inject_then_good(c, b, [frames])
@@ -215,6 +243,22 @@ def test_forged_sender_with_a_key_not_in_the_cluster_dropped(make_cluster):
     impostor = sealed(c, model_msg(0), 1, key=c.key(0, 1, private=outsider_private))  # claims to be 0
     inject_then_good(c, b, [stranger, not_neighbour, impostor])
     assert b.stats.dropped == {"unknown_peer": 2, "tampered": 1}
+
+
+@needs_aes
+def test_cipher_this_machine_cannot_run_or_unknown_id_dropped(make_cluster, monkeypatch, caplog):
+    c = make_cluster(2)
+    b = c.transport(1)
+    aes = sealed(c, model_msg(0), 1, cipher=crypto.AES256GCM)
+    fields = msgpack.unpackb(bytes(aes[0]))
+    fields[9] = 9  # a cipher id this version does not know
+    unknown = [msgpack.packb(fields), *aes[1:]]
+    monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)  # now b cannot run AES-GCM
+    with caplog.at_level("WARNING", logger="p2pfl.transport"):
+        inject_then_good(c, b, [aes, unknown])  # the good one: sealed with the fallback ("auto")
+    assert b.stats.dropped == {"bad_cipher": 1, "bad_header": 1}
+    assert any("bad_cipher" in r.message and "xchacha20poly1305" in r.message for r in caplog.records)
+    assert any("unknown cipher id 9" in r.message for r in caplog.records)
 
 
 def test_frame_addressed_to_someone_else_dropped(make_cluster):
@@ -234,12 +278,13 @@ def test_garbage_frames_dropped_and_counted_in_bytes(make_cluster):
     assert b.stats.bytes_received > sum(len(f) for fs in garbage for f in fs) + 400_000
 
 
-def test_replayed_frames_dropped(make_cluster):
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_replayed_frames_dropped(make_cluster, cipher):
     c = make_cluster(2)
     spy_address = f"tcp://127.0.0.1:{free_port()}"
     spy = c.raw(zmq.ROUTER, spy_address)
     # node 0 believes node 1 listens at the spy: the spy captures exactly what node 0 sends
-    a = c.transport(0, peers={**c.peers, 1: Peer(spy_address, c.peers[1].public_key)})
+    a = c.transport(0, peers={**c.peers, 1: Peer(spy_address, c.peers[1].public_key)}, cipher=cipher)
     b = c.transport(1)
     sent = [model_msg(0, seed=i) for i in range(3)]
     assert all(a.send(1, m) for m in sent)

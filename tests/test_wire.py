@@ -11,13 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from p2pfl import wire
+from p2pfl import crypto, wire
 from p2pfl.messages import Kind, Message
 from p2pfl.wire import Limits, WireError
 
 LIMITS = Limits.for_model(200_000)
 KEY = bytes(range(32))
 CHUNK = wire.MIN_CHUNK_BYTES  # small chunks so modest tensors span several
+needs_aes = pytest.mark.skipif(not crypto.aes256gcm_available(), reason="no AES-256-GCM on this CPU")
+CIPHERS = [crypto.XCHACHA20POLY1305, pytest.param(crypto.AES256GCM, marks=needs_aes)]
+AVAILABLE = [c for c in crypto.CIPHER_IDS if crypto.cipher_available(c)]
 
 
 def _msg(**changes) -> Message:
@@ -82,20 +85,23 @@ def test_plaintext_round_trip(msg, recipient, counter):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(msg=messages, counter=st.integers(1, 2**64 - 1))
-def test_sealed_round_trip(msg, counter):
-    frames = [bytes(f) for f in wire.seal(msg, 9, counter, KEY, LIMITS, CHUNK)]
+@given(msg=messages, counter=st.integers(1, 2**64 - 1), cipher=st.sampled_from(AVAILABLE))
+def test_sealed_round_trip(msg, counter, cipher):
+    frames = [bytes(f) for f in wire.seal(msg, 9, counter, KEY, LIMITS, CHUNK, cipher)]
     header = wire.read_header(frames, LIMITS)
+    assert header.cipher == cipher
     meta = wire.open_meta(header, frames, KEY, LIMITS)
     _assert_same(wire.to_message(header, meta, wire.open_tensors(header, frames, KEY)), msg)
 
 
-def test_large_tensor_spans_chunks_and_stays_intact():
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_large_tensor_spans_chunks_and_stays_intact(cipher):
     data = np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)
     limits = Limits.for_model(data.size)
-    frames = wire.seal(_msg(tensors={"delta": data}), 4, 1, KEY, limits)  # default 1 MiB chunks
+    frames = wire.seal(_msg(tensors={"delta": data}), 4, 1, KEY, limits, cipher=cipher)  # default 1 MiB chunks
     assert len(frames) == 2 + math.ceil(data.nbytes / wire.CHUNK_BYTES)
     header = wire.read_header(frames, limits)
+    assert header.cipher == cipher
     wire.open_meta(header, frames, KEY, limits)
     out = wire.open_tensors(header, frames, KEY)["delta"]
     assert np.array_equal(out, data) and out.flags.writeable and out.flags.c_contiguous
@@ -133,8 +139,34 @@ def test_garbage_header(garbage):
 
 
 def test_bad_version():
-    assert _reason(_with_header(_frames(), 0, 2)) == "bad_version"
-    assert _reason(_with_header(_frames(), 0, True)) == "bad_version"
+    assert wire.WIRE_VERSION == 2 and msgpack.unpackb(_frames()[0])[0] == 2
+    for version in (1, 3, True):  # 1: the header before it named the cipher
+        assert _reason(_with_header(_frames(), 0, version)) == "bad_version"
+    v1 = msgpack.unpackb(_frames()[0])[:9]  # a genuine version-1 header: 9 fields, no cipher
+    v1[0] = 1
+    assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_version"
+    v1[0] = 2
+    assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_header"  # version 2 needs its 10 fields
+
+
+@pytest.mark.parametrize("value", [0, 3, 255, 256, -1, "aes256gcm", True, None, 2.0])
+def test_unknown_cipher_id(value):
+    # an id this version does not define is a malformed header (a new cipher is a new version)
+    with pytest.raises(WireError, match="cipher") as info:
+        wire.decode(_with_header(_frames(), 9, value), LIMITS)
+    assert info.value.reason == "bad_header"
+    with pytest.raises(WireError) as info:
+        wire.read_header(_with_header(_sealed(), 9, value), LIMITS)
+    assert info.value.reason == "bad_header"
+
+
+def test_header_names_the_cipher():
+    for name, ident in crypto.CIPHER_IDS.items():
+        frames = [bytes(f) for f in wire.encode(_msg(), 4, 99, LIMITS, CHUNK, cipher=name)]
+        assert msgpack.unpackb(frames[0])[9] == ident
+        assert wire.decode(frames, LIMITS)[0].cipher == name
+    with pytest.raises(ValueError, match="unknown cipher"):
+        wire.encode(_msg(), 4, 99, LIMITS, CHUNK, cipher="rot13")
 
 
 def test_unknown_kind():
@@ -144,9 +176,9 @@ def test_unknown_kind():
     assert info.value.reason == "bad_kind"
 
 
-@pytest.mark.parametrize("index,value", [(2, -1), (3, 2**32), (4, "7"), (5, 0), (5, True), (6, 100), (7, 5)])
+@pytest.mark.parametrize("index,value", [(2, -1), (3, 2**32), (4, "7"), (5, 0), (5, True), (6, 100), (7, 5), (9, 7)])
 def test_header_field_out_of_range(index, value):
-    # sender, recipient, round, counter (>= 1, no bools), chunk size, chunk count
+    # sender, recipient, round, counter (>= 1, no bools), chunk size, chunk count, cipher id
     assert _reason(_with_header(_frames(), index, value)) == "bad_header"
 
 
@@ -262,11 +294,16 @@ def test_any_single_byte_flip_in_a_valid_frame_set_only_raises_wire_error(data):
         pass
 
 
-# -- sealed layer ----------------------------------------------------------------------------
+# -- sealed layer (every test for both ciphers) -------------------------------------------------
 
 
-def _sealed() -> list[bytes]:
-    return [bytes(f) for f in wire.seal(_msg(), 4, 99, KEY, LIMITS, CHUNK)]
+@pytest.fixture(params=CIPHERS)
+def cipher(request):
+    return request.param
+
+
+def _sealed(cipher: str = crypto.XCHACHA20POLY1305) -> list[bytes]:
+    return [bytes(f) for f in wire.seal(_msg(), 4, 99, KEY, LIMITS, CHUNK, cipher)]
 
 
 def _open(frames, key=KEY) -> Message:
@@ -275,14 +312,46 @@ def _open(frames, key=KEY) -> Message:
     return wire.to_message(header, meta, wire.open_tensors(header, frames, key))
 
 
-def test_sealed_parts_are_not_plaintext():
-    frames = _sealed()
+def test_sealed_parts_are_not_plaintext(cipher):
+    frames = _sealed(cipher)
     assert np.arange(3000, dtype=np.float32).tobytes()[:CHUNK] not in frames[2]
+    assert wire.read_header(frames, LIMITS).cipher == cipher
+
+
+def test_auto_seals_with_aes_gcm_where_available(monkeypatch):
+    assert wire.read_header(wire.seal(_msg(), 4, 1, KEY, LIMITS), LIMITS).cipher == crypto.choose_cipher("auto")
+    monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)
+    assert wire.read_header(wire.seal(_msg(), 4, 1, KEY, LIMITS), LIMITS).cipher == crypto.XCHACHA20POLY1305
+
+
+@needs_aes
+def test_aes_frames_to_a_machine_without_aes_are_bad_cipher(monkeypatch):
+    frames = _sealed(crypto.AES256GCM)
+    monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)  # the receiver has no AES-NI
+    header = wire.read_header(frames, LIMITS)  # parsing does not need the cipher
+    with pytest.raises(WireError, match="xchacha20poly1305") as info:
+        wire.open_meta(header, frames, KEY, LIMITS)
+    assert info.value.reason == "bad_cipher"
+    with pytest.raises(WireError) as info:
+        wire.open_tensors(header, frames, KEY)
+    assert info.value.reason == "bad_cipher"
+    with pytest.raises(crypto.CipherUnavailable):
+        wire.seal(_msg(), 4, 1, KEY, LIMITS, CHUNK, crypto.AES256GCM)
+    assert _open(_sealed(crypto.XCHACHA20POLY1305)).meta == {"samples": 10}  # the fallback still works
+
+
+@needs_aes
+def test_cipher_id_swapped_in_the_header_is_tampered():
+    # the id is in the associated data: a receiver opens with the named cipher and fails
+    for name, other in ((crypto.AES256GCM, 1), (crypto.XCHACHA20POLY1305, 2)):
+        with pytest.raises(WireError) as info:
+            _open(_with_header(_sealed(name), 9, other))
+        assert info.value.reason == "tampered"
 
 
 @pytest.mark.parametrize("frame", [1, 2, -1])
-def test_sealed_tampered_part(frame):
-    frames = _sealed()
+def test_sealed_tampered_part(cipher, frame):
+    frames = _sealed(cipher)
     bad = bytearray(frames[frame])
     bad[len(bad) // 2] ^= 0x10
     frames[frame] = bytes(bad)
@@ -292,20 +361,51 @@ def test_sealed_tampered_part(frame):
 
 
 @pytest.mark.parametrize("index,value", [(2, 3), (3, 5), (4, 6), (5, 100), (1, int(Kind.GLOBAL))])
-def test_sealed_header_change_is_detected(index, value):
+def test_sealed_header_change_is_detected(cipher, index, value):
     # sender, recipient, round, counter, kind: a part cannot be moved to another message
     with pytest.raises(WireError) as info:
-        _open(_with_header(_sealed(), index, value))
+        _open(_with_header(_sealed(cipher), index, value))
     assert info.value.reason == "tampered"
 
 
-def test_sealed_swapped_chunks_and_wrong_key():
-    frames = _sealed()
+def test_sealed_swapped_chunks_and_wrong_key(cipher):
+    frames = _sealed(cipher)
     swapped = [frames[0], frames[1], frames[3], frames[2], *frames[4:]]
     for bad, key in ((swapped, KEY), (frames, bytes(32))):
         with pytest.raises(WireError) as info:
             _open(bad, key)
         assert info.value.reason == "tampered"
+
+
+def test_sealed_parts_cannot_move_to_another_message(cipher):
+    # same sender, key and header layout, another counter or round: every part fails, also
+    # with the other message's header as the associated data (the subkey/nonce differ too)
+    a = _sealed(cipher)
+    for changes in ({"counter": 100}, {"round": 6}):
+        fields = dict(counter=99, round=5) | changes
+        b = [bytes(f) for f in wire.seal(_msg(round=fields["round"]), 4, fields["counter"], KEY, LIMITS, CHUNK, cipher)]
+        for part in range(1, len(a)):
+            mixed = [b[0], *b[1:part], a[part], *b[part + 1:]]
+            with pytest.raises(WireError) as info:
+                _open(mixed)
+            assert info.value.reason == "tampered"
+        header = wire.read_header(b, LIMITS)
+        aead = crypto.MessageAead(cipher, KEY, 2, int(Kind.MODEL), 5, 99)  # a's own fields...
+        with pytest.raises(crypto.CryptoError):
+            aead.unseal(1, a[2], header.raw)  # ...but b's header: wrong associated data
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), cipher=st.sampled_from(AVAILABLE))
+def test_any_single_byte_flip_in_a_sealed_frame_set_is_refused(data, cipher):
+    # every byte is either associated data (the header) or sealed: nothing can change unnoticed
+    frames = [bytearray(f) for f in wire.seal(_msg(tensors={"d": np.arange(10, dtype=np.int32)}), 4, 99, KEY,
+                                               LIMITS, CHUNK, cipher)]
+    i = data.draw(st.integers(0, len(frames) - 1))
+    j = data.draw(st.integers(0, len(frames[i]) - 1))
+    frames[i][j] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(WireError):
+        _open([bytes(f) for f in frames])
 
 
 # -- limits ----------------------------------------------------------------------------------
