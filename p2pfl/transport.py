@@ -36,7 +36,6 @@ from p2pfl.messages import Message
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 16  # messages queued per neighbour (send) and per sender (receive) before refusing
-HEARTBEAT_MS = 500  # ZeroMQ-level liveness of each link (see start())
 KEY_CONTEXT = b"wire"  # purpose of the pairwise key that seals messages
 LOG_EVERY_S = 1.0  # at most one warning per drop reason per second; the counters miss nothing
 
@@ -126,8 +125,6 @@ class Transport:
         router.setsockopt(zmq.RCVHWM, QUEUE_DEPTH)
         # libzmq refuses a frame larger than this before allocating it (and drops that connection)
         router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
-        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 4 * HEARTBEAT_MS)
         try:
             router.bind(self._address)
         except zmq.ZMQError:
@@ -138,13 +135,6 @@ class Transport:
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
             dealer.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
-            # Notice a silent link in seconds, not after TCP's exponential retransmission back-off
-            # (which reached 47 s after a 60 s partition in the network-namespace test): ZeroMQ
-            # heartbeats drop a dead connection and reconnect, and connects give up quickly.
-            dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
-            dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 4 * HEARTBEAT_MS)
-            dealer.setsockopt(zmq.CONNECT_TIMEOUT, 2 * HEARTBEAT_MS)
-            dealer.setsockopt(zmq.TCP_KEEPALIVE, 1)
             # No IMMEDIATE: messages queue for a neighbour that is not up yet and go when it is.
             dealer.connect(peer.address)
             self._dealers[j] = dealer

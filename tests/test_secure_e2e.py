@@ -42,7 +42,7 @@ def test_secure_aggregation_survives_a_sigkilled_member(tmp_path: Path) -> None:
     cfg = ExperimentConfig(nodes=8, topology="regular:d=4", seed=0).validate()
     cluster = prepare_cluster(cfg, tmp_path)
     graph = cfg.graph()
-    rounds, victim = 10, 0
+    rounds, victim = 16, 0
     extra = ("--secure", "--down-after", "2")
     procs = {k: start_node(cluster, k, tmp_path, rounds, *extra, nodes=8) for k in range(8)}
     try:

@@ -21,9 +21,12 @@ def make_cluster(tmp_path: Path, nodes: int = NODES, topology: str = "ring") -> 
     return prepare_cluster(ExperimentConfig(nodes=nodes, topology=topology).validate(), tmp_path)
 
 
-def start_node(cluster: Path, k: int, tmp_path: Path, rounds: int, *extra: str, nodes: int = NODES) -> subprocess.Popen:
+def start_node(cluster: Path, k: int, tmp_path: Path, rounds: int, *extra: str, nodes: int = NODES,
+               round_timeout: float = 4.0) -> subprocess.Popen:
+    # The deadline is generous for a loaded 2-core machine: a live neighbour must never miss it,
+    # so the tests can tell "dead" from "slow" without timing luck.
     cmd = [sys.executable, "-m", "p2pfl.cli", "node", "--cluster", str(cluster), "--id", str(k),
-           "--nodes", str(nodes), "--rounds", str(rounds), "--seed", "0", "--round-timeout", "2",
+           "--nodes", str(nodes), "--rounds", str(rounds), "--seed", "0", "--round-timeout", str(round_timeout),
            "--metrics", str(tmp_path / f"metrics-{k}.jsonl"), *extra]
     log = open(tmp_path / f"node-{k}.log", "a")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
