@@ -99,7 +99,11 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     from p2pfl.training import load_task, partition_task
 
     torch.set_num_threads(1)  # N processes x default threads would thrash 2 cores
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Node warnings (drops, deadlines, dropouts) go to the run directory, not over the live display.
+    logs = Path(cluster_path).parent / "logs"
+    logs.mkdir(exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, filename=str(logs / f"worker-{node_ids[0]}.log"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ExperimentConfig.from_dict(config)
     cluster = Cluster.load(cluster_path, seed=cfg.seed)
     task = load_task(cfg.task, cfg.seed)
