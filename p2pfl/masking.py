@@ -69,14 +69,18 @@ def prg_words(key: bytes, round_: int, group: int, length: int) -> np.ndarray:
     return out
 
 
-def mask_vector(vec: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
-    """Add (sign +1) or subtract (sign -1) each mask's PRG stream to the uint32 `vec`, in place."""
-    if vec.dtype != np.uint32 or vec.ndim != 1:
-        raise ValueError("mask_vector works on a 1-D uint32 vector")
+def _check_masks(masks: Sequence[Mask]) -> None:
     for key, sign in masks:
         _check_key(key)
         if sign not in (1, -1):
             raise ValueError(f"mask sign must be +1 or -1, not {sign}")
+
+
+def mask_vector(vec: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
+    """Add (sign +1) or subtract (sign -1) each mask's PRG stream to the uint32 `vec`, in place."""
+    if vec.dtype != np.uint32 or vec.ndim != 1:
+        raise ValueError("mask_vector works on a 1-D uint32 vector")
+    _check_masks(masks)
     n = vec.shape[0]
     for c, start in enumerate(range(0, n, CHUNK_WORDS)):
         part = vec[start : start + CHUNK_WORDS]
@@ -111,10 +115,7 @@ def encode_and_mask(
     x = np.asarray(x)
     if x.ndim != 1:
         raise ValueError("encode_and_mask takes a flat vector")
-    for key, sign in masks:
-        _check_key(key)
-        if sign not in (1, -1):
-            raise ValueError(f"mask sign must be +1 or -1, not {sign}")
+    _check_masks(masks)
     n = x.shape[0]
     if out is None:
         out = np.empty(n, dtype=np.uint32)

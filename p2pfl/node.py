@@ -124,7 +124,6 @@ class Node:
             limits=Limits.for_model(self.trainer.num_params),
             context=context,
         )
-        self.own_address = spec.cluster.nodes[self.id].address
         self.weights = topology.mh_weights(self.graph, self.id)
         self.hub = hub_of(self.graph) if self.config.aggregation == "fedavg" else None
         self._buffer: list[Message] = []  # authenticated messages of rounds after the current one
