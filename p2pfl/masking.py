@@ -36,6 +36,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from nacl.bindings import randombytes_buf_deterministic as _chacha20
 
+try:  # pynacl's cffi binding: write the keystream straight into our buffer (no allocation, no copy)
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - pynacl without its private module: the public call works too
+    _ffi = _lib = None
+
 from p2pfl.fixedpoint import FixedPoint
 
 CHUNK_WORDS = 1 << 16  # 256 KiB of uint32 per chunk (protocol constant)
@@ -87,15 +93,29 @@ def mask_vector(vec: np.ndarray, masks: Sequence[Mask], round_: int, group: int)
         raise ValueError("mask_vector works on a 1-D uint32 vector")
     _check_masks(masks)
     n = vec.shape[0]
+    stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for c, start in enumerate(range(0, n, CHUNK_WORDS)):
-        part = vec[start : start + CHUNK_WORDS]
-        nbytes = 4 * part.shape[0]
-        for key, sign in masks:
-            stream = np.frombuffer(_chacha20(nbytes, chunk_seed(key, round_, group, c)), dtype=_LE_U32)
-            if sign > 0:
-                np.add(part, stream, out=part)
-            else:
-                np.subtract(part, stream, out=part)
+        _apply_streams(vec[start : start + CHUNK_WORDS], masks, round_, group, c, stream)
+
+
+def _fill_stream(out: np.ndarray, seed: bytes) -> None:
+    """Write the ChaCha20 keystream of `seed` into the little-endian uint32 buffer `out`."""
+    if _lib is not None:
+        _lib.randombytes_buf_deterministic(_ffi.from_buffer(out, require_writable=True), out.nbytes, seed)
+    else:
+        out[:] = np.frombuffer(_chacha20(out.nbytes, seed), dtype=_LE_U32)
+
+
+def _apply_streams(part: np.ndarray, masks: Sequence[Mask], round_: int, group: int, chunk: int,
+                   scratch: np.ndarray) -> None:
+    """Add or subtract chunk `chunk` of every mask's stream to the uint32 `part`, in place."""
+    stream = scratch[: part.shape[0]]
+    for key, sign in masks:
+        _fill_stream(stream, chunk_seed(key, round_, group, chunk))
+        if sign > 0:
+            np.add(part, stream, out=part)
+        else:
+            np.subtract(part, stream, out=part)
 
 
 def encode_and_mask(
@@ -127,6 +147,7 @@ def encode_and_mask(
     factor = np.float64(weight * enc.scale)  # exact: weight times a power of two
     limit = np.float64(weight * enc.clip * enc.scale)
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=np.float64)
+    stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for c, start in enumerate(range(0, n, CHUNK_WORDS)):
         xs = x[start : start + CHUNK_WORDS]
         k = xs.shape[0]
@@ -136,13 +157,7 @@ def encode_and_mask(
         np.clip(buf, -limit, limit, out=buf)
         np.rint(buf, out=buf)
         np.copyto(part.view(np.int32), buf, casting="unsafe")
-        nbytes = 4 * k
-        for key, sign in masks:
-            stream = np.frombuffer(_chacha20(nbytes, chunk_seed(key, round_, group, c)), dtype=_LE_U32)
-            if sign > 0:
-                np.add(part, stream, out=part)
-            else:
-                np.subtract(part, stream, out=part)
+        _apply_streams(part, masks, round_, group, c, stream)
     return out
 
 

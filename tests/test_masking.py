@@ -115,6 +115,30 @@ def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
         prg_words(b"short", 1, 2, 4)
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["cffi-into-buffer", "public-binding"])
+def test_prg_is_libsodiums_chacha20_keystream(monkeypatch, direct: bool) -> None:
+    # masking writes the keystream straight into a buffer through pynacl's cffi module, and
+    # falls back to the public call without it: both must be the documented stream, word for word
+    from nacl.bindings import randombytes_buf_deterministic
+
+    import p2pfl.masking as masking
+
+    if not direct:
+        monkeypatch.setattr(masking, "_lib", None)
+    elif masking._lib is None:
+        pytest.fail("pynacl's cffi module (nacl._sodium) is missing: the fast PRG path cannot be tested")
+    k, n = bytes(range(32)), CHUNK_WORDS + 7
+    expected = np.concatenate([
+        np.frombuffer(randombytes_buf_deterministic(4 * CHUNK_WORDS, chunk_seed(k, 5, 9, 0)), dtype="<u4"),
+        np.frombuffer(randombytes_buf_deterministic(4 * 7, chunk_seed(k, 5, 9, 1)), dtype="<u4"),
+    ])
+    assert np.array_equal(prg_words(k, 5, 9, n), expected)
+    x = np.linspace(-1, 1, n).astype(np.float32)
+    enc = FixedPoint(4.0, 1.0, 3)
+    plain, _ = enc.encode(x, 0.5)
+    assert np.array_equal(encode_and_mask(x, enc, 0.5, [(k, 1)], 5, 9), plain + expected)
+
+
 # --------------------------------------------------------------------------- sparse graphs
 
 
