@@ -37,6 +37,18 @@ def test_ring_with_and_without_secure_aggregation_follows_the_same_trajectory(tm
         assert np.abs(x - y).max() < 1e-4
 
 
+def test_fault_free_secure_run_counts_no_drops(tmp_path: Path) -> None:
+    """Groups of 4 with t = 3: each aggregator unmasks before the fourth reveal arrives, which then
+    reaches it in the next round. That is expected traffic, and must not show up as a drop."""
+    cfg = ExperimentConfig(nodes=8, topology="regular:d=4", rounds=6, seed=1, secure_agg=True, processes=2,
+                           round_timeout=60).validate()
+    run_dir = run_simulation(cfg, tmp_path / "run", QUIET).run_dir
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 8 * 6
+    assert all(r["aggregation"] == "ok" and r["arrived"] == 4 for r in records)
+    assert all(r["dropped"] == {} for r in records), [r["dropped"] for r in records if r["dropped"]]
+
+
 def test_secure_aggregation_survives_a_sigkilled_member(tmp_path: Path) -> None:
     """4-regular graph: every group has 4 members, so one dropout leaves a majority to unmask."""
     cfg = ExperimentConfig(nodes=8, topology="regular:d=4", seed=0).validate()
