@@ -296,6 +296,7 @@ class Node:
         protocol = self._protocol(r, own, fallback, active)
         new_delta = self._exchange(protocol, r)
         if isinstance(protocol, (SecureGossipRound, SecureFedAvgRound)):
+            protocol.release()
             self._finished_secure = protocol
         self.trainer.set_flat(self.reference + new_delta)
         self._delta = new_delta

@@ -330,7 +330,8 @@ class _Member:
 
     def __init__(self, spec: GroupSpec, me: int, weight: float, x: np.ndarray, secret: SecretFn, rng: RandomFn,
                  noise: NoiseFn | None = None) -> None:
-        self.spec, self.me, self.weight, self.x = spec, me, weight, x
+        self.spec, self.me, self.weight = spec, me, weight
+        self.x: np.ndarray | None = x  # None once released (the round is over)
         self._secret, self._rng = secret, rng
         self._noise = noise
         self.stage = "new"  # new -> shared -> masked -> confirmed -> done
@@ -795,6 +796,19 @@ class _SecAggBase(RoundProtocol):
         self.failures: list[Failure] = []
         self.clipped = 0
         self.deadlines = 0  # deadlines this round so far
+
+    def release(self) -> None:
+        """Drop the model-sized state once the node has taken the result.
+
+        A node keeps its finished round only to take late messages (the surplus reveals that
+        reach an aggregator after it unmasked), which need none of it; a member role still
+        pending keeps its input, it may yet be asked to mask it.
+        """
+        for m in self.members.values():
+            if m.done:
+                m.x = None
+        if self.agg is not None:
+            self.agg.sum = self.agg.total = None
 
     def _fail_member(self, group: int, reason: str, detail: str = "") -> None:
         self.failures.append(Failure(group, "member", reason, detail))

@@ -162,6 +162,26 @@ def assert_within_bound(p: SecureGossipRound, xs, W) -> None:
 # --------------------------------------------------------------------------- gossip: correctness
 
 
+def test_surplus_reveal_after_release_is_taken_quietly() -> None:
+    # groups of 4, t = 3: an aggregator unmasks with 3 reveals; the 4th may reach it only after the
+    # node released the round's arrays and moved on (node.py keeps the finished round for this)
+    adj = circulant(8, (1, 2))
+    protos, xs, W = gossip_cluster(adj, seed=5)
+    router = Router(protos, hold=lambda to, m: m.sender == 0 and step_of(m) == "reveal").run()
+    assert all(p.finished() and p.status == "ok" for p in protos.values())
+    results = {i: p.result().copy() for i, p in protos.items()}
+    for p in protos.values():
+        p.release()
+        assert p.agg is not None and p.agg.sum is None and all(m.x is None for m in p.members.values())
+    held = len(router.held)
+    assert held == len(adj[0])  # node 0's reveals, one per neighbour's group
+    router.release()
+    assert router.delivered >= held and not router.rejected
+    assert all(np.array_equal(results[i], p.result()) for i, p in protos.items())
+    for i, p in protos.items():
+        np.testing.assert_allclose(p.result(), exact_mix(i, xs, W, adj[i]), atol=1e-5)
+
+
 def test_ring_of_8_matches_plain_gossip_within_bound() -> None:
     adj = circulant(8)
     protos, xs, W = gossip_cluster(adj, L=2000)
