@@ -606,7 +606,9 @@ def spectral_gap(w: np.ndarray) -> float:
 @dataclass(frozen=True)
 class TopologyStats:
     """Summary figures of a topology. `low_degree_nodes` (degree < 2) cannot aggregate
-    privately: a neighbourhood sum with fewer than 2 contributors reveals an input."""
+    privately: a neighbourhood sum with fewer than 2 contributors reveals an input.
+    `fragile_nodes` (degree 2) can, but their secure sum fails safely whenever one neighbour
+    drops out (one survivor is below the floor); degree >= 3 survives one dropout."""
 
     nodes: int
     edges: int
@@ -616,6 +618,7 @@ class TopologyStats:
     diameter: int
     spectral_gap: float
     low_degree_nodes: tuple[int, ...]
+    fragile_nodes: tuple[int, ...] = ()
 
 
 def stats(g: nx.Graph) -> TopologyStats:
@@ -631,6 +634,7 @@ def stats(g: nx.Graph) -> TopologyStats:
         diameter=nx.diameter(g) if g.number_of_nodes() > 1 else 0,
         spectral_gap=spectral_gap(metropolis_hastings(g)),
         low_degree_nodes=tuple(sorted(v for v, d in g.degree if d < 2)),
+        fragile_nodes=tuple(sorted(v for v, d in g.degree if d == 2)),
     )
 
 
@@ -643,8 +647,8 @@ def _rounds_per_decade(gap: float) -> str:
 
 
 def describe(g: nx.Graph, name: str) -> str:
-    """Multi-line human-readable report for `p2pfl topology show`; the last line warns
-    about nodes of degree < 2, if any."""
+    """Multi-line human-readable report for `p2pfl topology show`; the last lines note nodes of
+    degree 2 and warn about nodes of degree < 2, if any."""
     s = stats(g)
     lines = [
         f"topology: {name}",
@@ -655,6 +659,12 @@ def describe(g: nx.Graph, name: str) -> str:
         f"spectral gap (Metropolis-Hastings): {s.spectral_gap:.4f}",
         f"gossip rounds to shrink disagreement 10x (at most): {_rounds_per_decade(s.spectral_gap)}",
     ]
+    if s.fragile_nodes:
+        lines.append(
+            f"note: {len(s.fragile_nodes)} node(s) have degree 2: {_fmt_ids(s.fragile_nodes)}; with secure "
+            "aggregation their neighbourhood sum fails safely (they keep their model) in any round where "
+            "one neighbour drops out; degree 3 or more survives one dropout"
+        )
     if s.low_degree_nodes:
         lines.append(
             f"WARNING: {len(s.low_degree_nodes)} node(s) have degree < 2: {_fmt_ids(s.low_degree_nodes)}; "

@@ -254,6 +254,15 @@ def test_describe_warns_for_star_not_ring() -> None:
     assert "star8.edgelist" in text and "spectral gap" in text
     ring = T.describe(T.load(SHIPPED_DIR / "ring8.edgelist"), "ring8")
     assert "WARNING" not in ring and "nodes: 8" in ring and "diameter: 4" in ring
+    assert ring.splitlines()[-1].startswith("note: 8 node(s) have degree 2") and "drops out" in ring
+
+
+def test_describe_notes_degree_two_nodes_only() -> None:
+    assert T.stats(T.generate("ring", 6)).fragile_nodes == tuple(range(6))
+    assert "note:" not in T.describe(T.generate("regular", 16, d=4), "regular:d=4")
+    path = nx.path_graph(5)  # ends: degree 1 (warning); inside: degree 2 (note)
+    text = T.describe(path, "path")
+    assert "note: 3 node(s) have degree 2: [1, 2, 3]" in text and "WARNING: 2 node(s)" in text
 
 
 # ----------------------------------------------------------------------------- files
