@@ -99,6 +99,7 @@ class Transport:
                       for j in neighbours}
         self._context = context if context is not None else zmq.Context.instance()
         self._router: zmq.Socket | None = None
+        self._poller = zmq.Poller()  # one for the node's life: Socket.poll builds a new one per call
         self._dealers: dict[int, zmq.Socket] = {}
         self._counter = 0
         self._last_counter: dict[int, int] = {}  # highest counter accepted per sender
@@ -131,6 +132,7 @@ class Transport:
             router.close(linger=0)  # leave nothing half-started: the caller may retry
             raise
         self._router = router
+        self._poller.register(router, zmq.POLLIN)
         for j, peer in self._peers.items():
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
@@ -150,6 +152,7 @@ class Transport:
         for sock in self._dealers.values():
             sock.close(linger=int(linger * 1000))
         if self._router is not None:
+            self._poller.unregister(self._router)
             self._router.close(linger=0)
         self._dealers.clear()
         self._router = None
@@ -202,12 +205,19 @@ class Transport:
             raise RuntimeError("recv before start (or after close)")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            remaining = deadline - time.monotonic()
-            # ceil: a poll of 0 ms with time left would spin instead of waiting
-            if self._router.poll(max(0, math.ceil(remaining * 1000)), zmq.POLLIN):
-                msg = self._accept(self._router.recv_multipart(copy=False))
-                if msg is not None:
-                    return msg
+            # Take what is already queued without polling (messages come in bursts: a phase's
+            # worth from every neighbour); wait on the poller only when nothing is.
+            try:
+                msg = self._accept(self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # ceil: a poll of 0 ms with time left would spin instead of waiting
+                self._poller.poll(math.ceil(remaining * 1000))
+                continue
+            if msg is not None:
+                return msg
             if time.monotonic() >= deadline:
                 return None
 
