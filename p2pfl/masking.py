@@ -34,6 +34,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+# Importing nacl.bindings also runs sodium_init(), which picks libsodium's SIMD ChaCha20: the
+# direct cffi calls below rely on it (without it they run the reference code, ~4x slower).
 from nacl.bindings import randombytes_buf_deterministic as _chacha20
 
 try:  # pynacl's cffi binding: write the keystream straight into our buffer (no allocation, no copy)
