@@ -44,7 +44,7 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, Schedule, check_vector
-from p2pfl.secagg import DistributedNoise, SecAggParams, SecureFedAvgRound, SecureGossipRound
+from p2pfl.secagg import DistributedNoise, Prepared, SecAggParams, SecureFedAvgRound, SecureGossipRound
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, Transport
 from p2pfl.wire import Limits
@@ -135,6 +135,7 @@ class Node:
         self._syncs: dict[int, tuple[int, np.ndarray]] = {}  # hello answers: (round, delta)
         # The last finished secure round: its surplus reveals arrive after we moved on (see _admit).
         self._finished_secure: SecureGossipRound | SecureFedAvgRound | None = None
+        self._prepared: Prepared | None = None  # what the last secure gossip round set up for the next
         self._delta = self.trainer.get_flat() - self.reference
         directory = self.config.checkpoint_dir
         self._store = CheckpointStore(Path(directory) / f"node-{self.id}") if directory else None
@@ -298,6 +299,8 @@ class Node:
         if isinstance(protocol, (SecureGossipRound, SecureFedAvgRound)):
             protocol.release()
             self._finished_secure = protocol
+        if isinstance(protocol, SecureGossipRound):
+            self._prepared = protocol.prepared_next()  # next round's share phase, done in this one
         self.trainer.set_flat(self.reference + new_delta)
         self._delta = new_delta
         self._update_liveness(r, active)
@@ -427,7 +430,8 @@ class Node:
         if secure:
             adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}
             return SecureGossipRound(self.id, r, adjacency, self.weights, own, self._secagg_params,
-                                     self._secret, expected=expected)
+                                     self._secret, expected=expected, prepared=self._prepared,
+                                     prepare_next=r < c.rounds)
         return GossipRound(self.id, r, self.weights, own, expected=expected, codec=self._codec)
 
     def _secret(self, peer: int, context: bytes) -> bytes:

@@ -202,6 +202,17 @@ class GroupSpec:
         return self.params.threshold_for(len(self.members))
 
 
+@dataclass
+class Prepared:
+    """The next round's share phase, done during this one (pipelined setup, docs/secagg.md): the
+    member roles whose bundle came with a proof, and the own group if its bundles went out with
+    the proofs. Lives in memory only; a node without it (first round, restart) runs the share phase."""
+
+    round: int
+    members: dict[int, _Member]
+    agg: _Aggregator | None
+
+
 # --------------------------------------------------------------------------- body codec
 
 
@@ -334,7 +345,7 @@ class _Member:
         self.x: np.ndarray | None = x  # None once released (the round is over)
         self._secret, self._rng = secret, rng
         self._noise = noise
-        self.stage = "new"  # new -> shared -> masked -> confirmed -> done
+        self.stage = "new"  # new -> shared -> ready (bundle taken) -> masked -> confirmed -> done
         self.outcome = ""  # why it is done: revealed | aborted:<reason> | timeout
         self.idle = 0
         self._c_sk = rng(32)
@@ -344,6 +355,8 @@ class _Member:
         self.view: tuple[list[int], list[int]] | None = None  # (survivors, dropped) I confirmed
         self.held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (share of b, share of c_sk) at my position
         self.u1: list[int] = []
+        self._pks: dict[int, bytes] = {}  # partners' mask public keys, from the bundle until I mask
+        self.next_bundle: Any = None  # what the proof carried for the next round (unchecked)
         self.sent_masked = False
 
     @property
@@ -362,6 +375,13 @@ class _Member:
         return self._keys[peer]
 
     def start(self) -> Outbound:
+        """The first message of this membership: `shares`, or with a prepared setup the masked input."""
+        if self.stage == "ready":
+            return self._mask()
+        return self.spec.aggregator, _secagg_msg(self.me, self.spec.round, STEP_SHARES, self.share())
+
+    def share(self) -> dict:
+        """Split this round's secrets among their holders: the body of a `shares` step."""
         spec, me = self.spec, self.me
         holders = spec.holders(me)
         xs = [spec.position(h) for h in holders]
@@ -378,14 +398,17 @@ class _Member:
             plain = _pack({"pk": self._c_pk, "b": sb[pv], "c": sc[pv]})
             cts[v] = _seal(self._key(v), _aad(spec.round, spec.aggregator, me, v), plain, self._rng)
         self.stage = "shared"
-        body = {"pk": self._c_pk, "commit": _commit(self._b), "ct": cts}
-        return spec.aggregator, _secagg_msg(me, spec.round, STEP_SHARES, body)
+        return {"pk": self._c_pk, "commit": _commit(self._b), "ct": cts}
 
     def on_bundle(self, body: bytes) -> list[Outbound]:
-        spec, me, p = self.spec, self.me, self.spec.params
         if self.stage != "shared":
-            raise Rejected("duplicate" if self.stage in ("masked", "done") else "out_of_order", "bundle")
-        d = _unpack(body, {"members", "ct"})
+            raise Rejected("duplicate" if self.stage in ("ready", "masked", "done") else "out_of_order", "bundle")
+        self.take_bundle(_unpack(body, {"members", "ct"}))
+        return [self._mask()]
+
+    def take_bundle(self, d: dict) -> None:
+        """Check a bundle (the member list U1 and my partners' sealed shares) and keep it: stage "ready"."""
+        spec, me, p = self.spec, self.me, self.spec.params
         u1 = _id_list(d["members"], "members")
         if not set(u1) <= set(spec.members) or me not in u1:
             raise Rejected("bad_body", "bundle members are not a subset of the group containing me")
@@ -401,9 +424,18 @@ class _Member:
             inner = _unpack(plain, {"pk", "b", "c"})
             pks[w] = _bytes(inner["pk"], 32, "pk")
             held[w] = (_bytes(inner["b"], shamir.SHARE_BYTES, "b"), _bytes(inner["c"], shamir.SHARE_BYTES, "c"))
+        self.held.update(held)
+        self._pks = pks
+        self.u1 = u1
+        self.stage = "ready"
+
+    def _mask(self) -> Outbound:
+        """My masked input for the member list of the bundle, attested to every co-member."""
+        spec, me, u1 = self.spec, self.me, self.u1
+        assert self.x is not None, "a membership masks only once it has its input"
         masks: list[Mask] = [(self._b, 1)]
-        for w in partners:
-            shared = _x25519(self._c_sk, pks[w])
+        for w in sorted(self._pks):
+            shared = _x25519(self._c_sk, self._pks[w])
             masks.append((pair_seed(shared, spec.round, spec.aggregator, me, w), pairwise_sign(me, w)))
         vec = encode_and_mask(self.x, spec.enc, self.weight, masks, spec.round, spec.aggregator)
         if self._noise is not None:  # integers add mod 2^32: noise then masks = masks then noise
@@ -411,14 +443,17 @@ class _Member:
         # attest to every co-member which member list this input was masked for
         u1_digest = members_digest(spec.round, spec.aggregator, u1)
         attest = {v: _view_mac(self._mac_key(v), u1_digest, spec.round, spec.aggregator, me, v) for v in u1 if v != me}
-        self.held.update(held)
-        self.u1 = u1
+        self._pks = {}
         self.stage = "masked"
         self.sent_masked = True
-        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest}, vec))]
+        return spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest}, vec)
 
-    def on_unmask(self, body: bytes) -> list[Outbound]:
-        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member."""
+    def on_unmask(self, body: bytes, next_shares: Callable[[], dict | None] = lambda: None) -> list[Outbound]:
+        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member.
+
+        `next_shares()` gives the `shares` body of my next-round membership in this group (or
+        None); it rides in the confirmation (docs/secagg.md, "Pipelined setup").
+        """
         spec, me, p = self.spec, self.me, self.spec.params
         if self.stage != "masked":
             raise Rejected("duplicate" if self.stage in ("confirmed", "done") else "out_of_order", "unmask request")
@@ -448,7 +483,7 @@ class _Member:
         macs = {v: _view_mac(self._mac_key(v), digest, spec.round, spec.aggregator, me, v) for v in self.u1 if v != me}
         self.view = (survivors, dropped)
         self.stage = "confirmed"
-        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs}))]
+        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs, "next": next_shares()}))]
 
     def _u1_digest(self) -> bytes:
         return members_digest(self.spec.round, self.spec.aggregator, self.u1)
@@ -465,10 +500,11 @@ class _Member:
         if self.stage != "confirmed":
             raise Rejected("duplicate" if self.stage == "done" else "out_of_order", "proof")
         assert self.view is not None
-        d = _unpack(body, {"macs"})
+        d = _unpack(body, {"macs", "next"})
         macs = _id_map(d["macs"], "macs", MAC_BYTES, MAC_BYTES)
         if not set(macs) <= set(self.u1) - {me}:
             raise Rejected("bad_body", "proof carries confirmations from outside the group")
+        self.next_bundle = d["next"]  # the next round's bundle, for the round to hand on (None: none)
         survivors, dropped = self.view
         digest = view_digest(spec.round, spec.aggregator, survivors, dropped)
         valid = 1 + sum(
@@ -527,6 +563,9 @@ class _Aggregator:
         self.revealed_mask: dict[int, bytes] = {}  # c_u of dropped members (reconstructed)
         self.sum: np.ndarray | None = None  # decoded float64 group sum
         self.failure: tuple[str, str] | None = None
+        self.prepared = False  # U1 was fixed and the bundles sent in the previous round
+        self.lost: set[int] = set()  # members of U1 that came without the prepared setup
+        self.nxt: _Aggregator | None = None  # the next round's group, collecting shares (pipelined)
 
     @property
     def done(self) -> bool:
@@ -543,38 +582,58 @@ class _Aggregator:
     def fail(self, reason: str, detail: str) -> list[Outbound]:
         waiting = {
             0: set(self.spec.members),
-            1: set(self.u1),
-            2: set(self.u1),
+            1: set(self.u1) - self.lost,
+            2: set(self.u1) - self.lost,
             3: set(self.confirmers) - self.responded,
         }.get(self.stage, set())
+        if self.stage < 3:  # no proof went out, so no member holds the next round's bundle
+            self.nxt = None
         self.stage, self.failure = self.DONE, (reason, detail)
         self.total = None
         return self._send(waiting, STEP_ABORT, {"reason": reason})
 
     # phase 0: shares ---------------------------------------------------------
     def on_shares(self, u: int, body: bytes) -> list[Outbound]:
-        spec = self.spec
         if self.stage != 0:
+            if self.prepared and u not in self.inputs:
+                return self._resync(u)
             raise Rejected("late", f"shares from {u} after the share phase closed")
-        if u in self.pks:
-            raise Rejected("duplicate", f"second shares from {u}")
-        d = _unpack(body, {"pk", "commit", "ct"})
-        pk = _bytes(d["pk"], 32, "pk")
-        commit = _bytes(d["commit"], 32, "commit")
-        cts = _id_map(d["ct"], "ct", _CT_MIN, _CT_MAX)
-        if set(cts) != set(spec.graph[u]):
-            raise Rejected("bad_body", f"shares from {u} are not addressed to exactly its share holders")
-        self.pks[u], self.commits[u], self.cts[u] = pk, commit, cts
+        self.take_shares(u, _unpack(body, {"pk", "commit", "ct"}))
         if self.expected <= set(self.pks):
             return self.close_shares()
         return []
 
+    def take_shares(self, u: int, d: Any) -> None:
+        """Check and keep member u's `shares` body (its mask public key, commitment, sealed shares)."""
+        if u in self.pks:
+            raise Rejected("duplicate", f"second shares from {u}")
+        if not isinstance(d, dict) or set(d) != {"pk", "commit", "ct"}:
+            raise Rejected("bad_body", f"shares from {u}: expected a map with keys ['commit', 'ct', 'pk']")
+        pk = _bytes(d["pk"], 32, "pk")
+        commit = _bytes(d["commit"], 32, "commit")
+        cts = _id_map(d["ct"], "ct", _CT_MIN, _CT_MAX)
+        if set(cts) != set(self.spec.graph[u]):
+            raise Rejected("bad_body", f"shares from {u} are not addressed to exactly its share holders")
+        self.pks[u], self.commits[u], self.cts[u] = pk, commit, cts
+
+    def _resync(self, u: int) -> list[Outbound]:
+        """Member u has no setup for this round although we prepared one (it restarted, or lost
+        the proof that carried it): it cannot mask for U1, so it counts as dropped at once (its
+        pairwise masks are removed from c_u's shares) and is told to stop waiting."""
+        if u in self.u1:
+            self.lost.add(u)
+        out = self._send([u], STEP_ABORT, {"reason": "resync"})
+        if self.stage == 1 and self.u1 and self.inputs | self.lost >= set(self.u1):
+            out += self.close_masked()
+        return out
+
     def start(self) -> list[Outbound]:
         """Nothing to send; but with no member expected, phase 0 closes at once (and fails)."""
-        return self.close_shares() if not self.expected else []
+        return self.close_shares() if not self.expected and not self.prepared else []
 
-    def close_shares(self) -> list[Outbound]:
-        spec, p = self.spec, self.spec.params
+    def _usable(self) -> set[int]:
+        """Members that shared, minus those whose secrets cannot reach t holders among them."""
+        spec = self.spec
         u1 = set(self.pks)
         changed = True
         while changed:  # a member whose secrets cannot reach t holders among U1 cannot be unmasked
@@ -583,22 +642,44 @@ class _Aggregator:
                 if len(u1 & set(spec.holders(u))) < spec.threshold(u):
                     u1.discard(u)
                     changed = True
-        if len(u1) < max(p.min_contributors, spec.quorum):
-            return self.fail("too_few_members", f"{len(self.pks)} of {len(spec.members)} members shared keys, {len(u1)} usable; floor {p.min_contributors}, quorum {spec.quorum}")
+        return u1
+
+    def _fix_members(self, u1: set[int]) -> dict[int, dict]:
+        """Close the share phase on U1: the bundle body for each member of it."""
+        spec = self.spec
         self.u1 = sorted(u1)
-        out = []
-        for v in self.u1:
-            cts = {u: self.cts[u][v] for u in self.u1 if v in spec.graph[u]}
-            out.append((v, _secagg_msg(spec.aggregator, spec.round, STEP_BUNDLE, {"members": self.u1, "ct": cts})))
+        bundles = {v: {"members": self.u1, "ct": {u: self.cts[u][v] for u in self.u1 if v in spec.graph[u]}}
+                   for v in self.u1}
         self.cts = {}
         self.stage = 1
         self.total = np.zeros(spec.length, dtype=np.uint32)
-        out += self._send(set(spec.members) - u1, STEP_ABORT, {"reason": "excluded"})
-        return out
+        return bundles
+
+    def close_shares(self) -> list[Outbound]:
+        spec, p = self.spec, self.spec.params
+        u1 = self._usable()
+        if len(u1) < max(p.min_contributors, spec.quorum):
+            return self.fail("too_few_members", f"{len(self.pks)} of {len(spec.members)} members shared keys, {len(u1)} usable; floor {p.min_contributors}, quorum {spec.quorum}")
+        out = [(v, _secagg_msg(spec.aggregator, spec.round, STEP_BUNDLE, b)) for v, b in self._fix_members(u1).items()]
+        return out + self._send(set(spec.members) - u1, STEP_ABORT, {"reason": "excluded"})
+
+    def prepare(self, required: set[int]) -> dict[int, dict] | None:
+        """Close the share phase of this next-round group early (pipelined setup): the bundle body
+        for each member of U1, to ride in this round's proofs; None (nothing prepared) unless
+        every member in `required` shared, so that a live member outside is never shut out for
+        longer than a round (without a prepared setup the next round runs its own share phase)."""
+        spec, p = self.spec, self.spec.params
+        u1 = self._usable()
+        if not required <= u1 or len(u1) < max(p.min_contributors, spec.quorum):
+            return None
+        self.prepared = True
+        return self._fix_members(u1)
 
     # phase 1: masked inputs --------------------------------------------------
     def on_masked(self, u: int, msg: Message, body: bytes) -> list[Outbound]:
         if self.stage == 0:
+            # (also what a member with a prepared setup sends to an aggregator that lost its own,
+            # by a restart: that group then fails at the share deadline and aborts its members)
             raise Rejected("out_of_order", f"masked input from {u} before the bundles went out")
         if self.stage >= 2:
             raise Rejected("late", f"masked input from {u} after unmasking began (declared dropped: unusable)")
@@ -616,7 +697,7 @@ class _Aggregator:
         np.add(self.total, vec, out=self.total)
         self.inputs.add(u)
         self.attest[u] = attest
-        if len(self.inputs) == len(self.u1):
+        if self.inputs | self.lost >= set(self.u1):
             return self.close_masked()
         return []
 
@@ -651,10 +732,16 @@ class _Aggregator:
             raise Rejected("excluded", f"confirmation from {u}, not in this round's group")
         if u in self.macs:
             raise Rejected("duplicate", f"second confirmation from {u}")
-        d = _unpack(body, {"macs"})
+        d = _unpack(body, {"macs", "next"})
         macs = _id_map(d["macs"], "macs", MAC_BYTES, MAC_BYTES)
         if set(macs) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"confirmation from {u} is not addressed to exactly its co-members")
+        if d["next"] is not None and self.nxt is not None:
+            # u's shares for the next round: a bad one costs u its prepared setup, not this round
+            try:
+                self.nxt.take_shares(u, d["next"])
+            except Rejected:
+                pass
         self.macs[u] = macs
         if len(self.macs) == len(self.u1):
             return self.close_confirms()
@@ -666,10 +753,14 @@ class _Aggregator:
         self.confirmers = sorted(self.macs)
         self.self_shares = {w: {} for w in self.u2}
         self.mask_shares = {w: {} for w in self.dropped}
+        bundles = self.nxt.prepare(self.expected) if self.nxt is not None else None
+        if bundles is None:
+            self.nxt = None
         out = []
         for v in self.confirmers:
             proof = {u: self.macs[u][v] for u in self.confirmers if u != v}
-            out.append((v, _secagg_msg(self.spec.aggregator, self.spec.round, STEP_PROOF, {"macs": proof})))
+            body = {"macs": proof, "next": (bundles or {}).get(v)}
+            out.append((v, _secagg_msg(self.spec.aggregator, self.spec.round, STEP_PROOF, body)))
         self.macs = {}
         self.stage = 3
         return out + self._send(set(self.u1) - set(self.confirmers), STEP_ABORT, {"reason": "excluded"})
@@ -793,6 +884,7 @@ class _SecAggBase(RoundProtocol):
         self._rng = rng
         self.agg: _Aggregator | None = None
         self.members: dict[int, _Member] = {}
+        self.next_members: dict[int, _Member] = {}  # next-round member roles (pipelined setup)
         self.failures: list[Failure] = []
         self.clipped = 0
         self.deadlines = 0  # deadlines this round so far
@@ -840,15 +932,36 @@ class _SecAggBase(RoundProtocol):
         if step == STEP_BUNDLE:
             out = m.on_bundle(body)
         elif step == STEP_UNMASK:
-            out = m.on_unmask(body)
+            out = m.on_unmask(body, lambda: self._next_shares(msg.sender))
         elif step == STEP_PROOF:
             out = m.on_proof(body)
+            self._take_next_bundle(msg.sender, m.next_bundle)
         else:
             reason = m.on_abort(body)
             self._fail_member(msg.sender, "aborted", reason)
             out = []
         m.idle = 0
         return out
+
+    def _next_shares(self, group: int) -> dict | None:
+        """The `shares` body of my next-round membership in `group`, to ride in my confirmation;
+        None where the protocol prepares no next round (FedAvg, the last round)."""
+        return None
+
+    def _take_next_bundle(self, group: int, d: Any) -> None:
+        """Keep the next round's bundle a proof carried; without one (or a bad one) the next
+        round runs its own share phase in this group."""
+        nm = self.next_members.pop(group, None)
+        if nm is None or d is None:
+            return
+        try:
+            if not isinstance(d, dict) or set(d) != {"members", "ct"}:
+                raise Rejected("bad_body", "next-round bundle is not a map with keys ['ct', 'members']")
+            nm.take_bundle(d)
+        except Rejected as exc:
+            self._fail_member(group, "bad_setup", f"{exc.reason}: {exc}")
+            return
+        self.next_members[group] = nm
 
     def _tick_members(self) -> None:
         self.deadlines += 1
@@ -893,12 +1006,16 @@ class SecureGossipRound(_SecAggBase):
         secret: SecretFn | None = None,
         rng: RandomFn = os.urandom,
         expected: Iterable[int] | None = None,
+        prepared: Prepared | None = None,
+        prepare_next: bool = True,
     ) -> None:
         params = params or SecAggParams()
         if secret is None:
             raise ValueError("secure aggregation needs the pairwise secret callable")
         super().__init__(node_id, round_, params, secret, rng)
         self.own = _validate_common(node_id, round_, own)
+        if prepared is None or prepared.round != round_:
+            prepared = Prepared(round_, {}, None)
         if node_id not in adjacency:
             raise ValueError(f"adjacency lacks node {node_id}")
         nbrs = sorted(set(adjacency[node_id]) - {node_id})
@@ -919,8 +1036,17 @@ class SecureGossipRound(_SecAggBase):
         # neighbours believed alive: the share phase waits only for them, and the node does not
         # wait to serve the groups of the others (it still answers them while the round lasts)
         self.expected = set(nbrs) if expected is None else set(expected) & set(nbrs)
+        self._groups: dict[int, tuple[int, ...]] = {}  # aggregator -> members, of every group I am in
+        self._length, self._enc, self._prepare_next = length, enc, prepare_next
         if len(nbrs) >= params.min_contributors:
-            self.agg = _Aggregator(GroupSpec(round_, node_id, nbrs, length, enc(len(nbrs)), params), self.expected)
+            self._groups[node_id] = tuple(nbrs)
+            agg = prepared.agg
+            if agg is None or agg.spec.members != tuple(nbrs) or agg.spec.length != length:
+                agg = _Aggregator(self._spec(round_, node_id), self.expected)
+            agg.expected = set(self.expected)
+            if prepare_next:
+                agg.nxt = _Aggregator(self._spec(round_ + 1, node_id), self.expected)
+            self.agg = agg
         else:
             self.failures.append(Failure(node_id, "aggregator", "privacy_floor", f"group of {len(nbrs)} neighbour(s), floor {params.min_contributors}"))
         for j in nbrs:
@@ -930,10 +1056,31 @@ class SecureGossipRound(_SecAggBase):
             if node_id not in group:
                 raise ValueError(f"adjacency is not symmetric: {j} does not list {node_id}")
             if len(group) >= params.min_contributors:
-                spec = GroupSpec(round_, j, group, length, enc(len(group)), params)
-                self.members[j] = _Member(spec, node_id, self.weights[j], x, secret, rng)
+                self._groups[j] = tuple(sorted(group))
+                m = prepared.members.get(j)
+                if m is None or m.spec.members != self._groups[j] or m.spec.length != length or m.stage != "ready":
+                    m = _Member(self._spec(round_, j), node_id, self.weights[j], x, secret, rng)
+                m.x, m.weight = x, self.weights[j]
+                self.members[j] = m
         self._result: np.ndarray | None = None
         self._linger = 0
+
+    def _spec(self, round_: int, aggregator: int) -> GroupSpec:
+        members = self._groups[aggregator]
+        return GroupSpec(round_, aggregator, members, self._length, self._enc(len(members)), self.params)
+
+    def _next_shares(self, group: int) -> dict | None:
+        if not self._prepare_next:
+            return None
+        nm = _Member(self._spec(self.round + 1, group), self.node_id, self.weights[group], None, self._secret, self._rng)
+        self.next_members[group] = nm
+        return nm.share()
+
+    def prepared_next(self) -> Prepared:
+        """What this round prepared for the next one: hand it to the next round's constructor."""
+        members = {j: m for j, m in self.next_members.items() if m.stage == "ready"}
+        nxt = self.agg.nxt if self.agg is not None else None
+        return Prepared(self.round + 1, members, nxt if nxt is not None and nxt.prepared else None)
 
     # RoundProtocol ----------------------------------------------------------
     def start(self) -> list[Outbound]:

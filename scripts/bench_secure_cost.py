@@ -74,13 +74,17 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
     secrets = {v: functools.lru_cache(None)(f) for v, f in make_secrets(graph.nodes).items()}
     xs = {v: (np.random.default_rng(v).standard_normal(params) * 0.1).astype(np.float32) for v in graph.nodes}
 
+    prepared: dict = {v: None for v in graph.nodes}
+
     def one(r: int) -> None:
-        if secure:
-            protos = {v: SecureGossipRound(v, r, adjacency, weights[v], xs[v], SecAggParams(), secrets[v])
-                      for v in graph.nodes}
+        if secure:  # each round takes the share phase the previous one prepared, as the node does
+            protos = {v: SecureGossipRound(v, r, adjacency, weights[v], xs[v], SecAggParams(), secrets[v],
+                                           prepared=prepared[v]) for v in graph.nodes}
         else:
             protos = {v: GossipRound(v, r, weights[v], xs[v]) for v in graph.nodes}
         Router(protos).run()
+        if secure:
+            prepared.update({v: p.prepared_next() for v, p in protos.items()})
 
     one(0)  # warm-up: the pairwise keys are made once, as a node makes them once
     start = time.thread_time()

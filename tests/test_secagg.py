@@ -426,7 +426,7 @@ def test_member_confirms_one_view_only_and_reveals_only_with_a_quorum() -> None:
     # forged confirmations do not count
     fake = {u: bytes(16) for u in (2, 3, 4)}
     with pytest.raises(Rejected) as exc:
-        protos[1].on_message(_from_agg("proof", {"macs": fake}))
+        protos[1].on_message(_from_agg("proof", {"macs": fake, "next": None}))
     assert exc.value.reason == "refused"
     router.post(1, out)  # member 1's confirmation of the other view reaches the aggregator
     router.release()  # the real view reaches everybody (member 1 refuses it: already confirmed)
@@ -449,7 +449,7 @@ def test_inconsistent_views_from_a_malicious_aggregator_reveal_nothing() -> None
         macs[m] = msgpack.unpackb(out[0][1].meta["body"], strict_map_key=False)["macs"]
     for m in views:  # forward every confirmation the aggregator holds
         with pytest.raises(Rejected) as exc:
-            protos[m].on_message(_from_agg("proof", {"macs": {u: macs[u][m] for u in views if u != m}}))
+            protos[m].on_message(_from_agg("proof", {"macs": {u: macs[u][m] for u in views if u != m}, "next": None}))
         assert exc.value.reason == "refused"
         assert protos[m].members[0].stage == "confirmed"  # nothing revealed
 

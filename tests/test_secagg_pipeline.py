@@ -1,0 +1,128 @@
+"""Pipelined setup: round r+1's share phase rides in round r's confirmations and proofs.
+
+Several rounds of `SecureGossipRound` driven by the in-memory router of `test_secagg`, each
+round built with what the previous one prepared (`prepared_next()`), as the node does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from p2pfl.messages import Message
+from p2pfl.secagg import Prepared, SecAggParams, SecureGossipRound
+from test_secagg import Router, assert_within_bound, circulant, make_secrets, mh_weights, seeded_rng, step_of
+
+L = 200
+
+
+class Cluster:
+    """Nodes that run round after round, handing each round's prepared setup to the next."""
+
+    def __init__(self, adj: dict[int, list[int]], rounds: int, seed: int = 0) -> None:
+        self.adj, self.rounds = adj, rounds
+        self.W = mh_weights(adj)
+        self.secrets = make_secrets(adj)
+        self.rngs = {i: seeded_rng(seed * 1000 + i) for i in adj}
+        self.data = np.random.default_rng(seed)
+        self.prepared: dict[int, Prepared | None] = {i: None for i in adj}
+
+    def round(self, r: int, forget: frozenset[int] = frozenset()):
+        """Run round r; nodes in `forget` start it without their prepared setup (a restart)."""
+        xs = {i: self.data.standard_normal(L).astype(np.float32) for i in self.adj}
+        protos = {
+            i: SecureGossipRound(i, r, self.adj, self.W[i], xs[i], SecAggParams(), self.secrets[i], self.rngs[i],
+                                 prepared=None if i in forget else self.prepared[i], prepare_next=r < self.rounds)
+            for i in self.adj
+        }
+        sent: list[Message] = []
+        router = Router(protos, hold=lambda to, m: sent.append(m) or False).run()
+        self.prepared = {i: p.prepared_next() for i, p in protos.items()}
+        return protos, xs, router, Counter(step_of(m) for m in sent)
+
+
+def test_from_the_second_round_on_a_round_is_five_steps_and_sums_stay_exact() -> None:
+    adj = circulant(8, (1, 2))  # 4-regular: groups of 4
+    cluster = Cluster(adj, rounds=4)
+    per_node = 8 * 4  # messages of one step: each node, once per group it is in or aggregates
+    for r in range(1, 5):
+        protos, xs, router, steps = cluster.round(r)
+        assert router.deadlines == 0 and not router.rejected
+        for p in protos.values():
+            assert p.status == "ok" and p.contributors == adj[p.node_id] and p.failures == []
+            assert_within_bound(p, xs, cluster.W)
+        expected = {"masked": per_node, "unmask": per_node, "confirm": per_node, "proof": per_node, "reveal": per_node}
+        if r == 1:  # the first round runs its own share phase
+            expected.update(shares=per_node, bundle=per_node)
+        assert steps == expected, f"round {r}"
+        prepared = cluster.prepared[0]
+        assert prepared is not None
+        if r < 4:
+            assert prepared.agg is not None and sorted(prepared.members) == adj[0]
+        else:  # nothing is prepared past the last round
+            assert prepared.agg is None and prepared.members == {}
+
+
+def test_a_member_without_its_setup_counts_as_dropped_and_rejoins_two_rounds_later() -> None:
+    adj = circulant(8, (1, 2))  # groups of 4, t = 3: a group survives one dropout
+    cluster = Cluster(adj, rounds=5, seed=3)
+    cluster.round(1)
+    protos, xs, router, steps = cluster.round(2, forget=frozenset({5}))  # node 5 restarted
+    lost_by = set(adj[5])
+    for i, p in protos.items():
+        if i == 5:
+            # its own group: members mask for a setup it no longer has; it fails safely at the deadline
+            assert p.status == "failed" and p.failure_reason == "too_few_members"
+            assert np.array_equal(p.result(), xs[5])
+            assert {(f.group, f.reason) for f in p.failures if f.role == "member"} == {(j, "aborted") for j in adj[5]}
+        elif i in lost_by:
+            assert p.status == "ok" and p.contributors == [u for u in adj[i] if u != 5]
+            assert_within_bound(p, xs, cluster.W)
+        else:
+            assert p.status == "ok" and p.contributors == adj[i]
+    assert steps["shares"] == len(adj[5])  # only node 5 shares, and only for this round
+    # next round: every group node 5 is in runs its own share phase, and 5 is back in all of them
+    protos, xs, router, steps = cluster.round(3)
+    assert router.deadlines == 0 and not router.rejected
+    for p in protos.values():
+        assert p.status == "ok" and p.contributors == adj[p.node_id]
+        assert_within_bound(p, xs, cluster.W)
+    groups_with_5 = {5} | lost_by
+    assert steps["bundle"] == sum(len(adj[g]) for g in groups_with_5)
+    # and the round after is pipelined everywhere again
+    *_, steps = cluster.round(4)
+    assert steps["shares"] == steps["bundle"] == 0
+
+
+def test_a_group_that_fails_before_its_proofs_prepares_nothing() -> None:
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=4, seed=7)
+    cluster.round(1)
+    # round 2: node 0's group loses two members after their masked inputs (t = 3 of 4 cannot confirm)
+    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
+    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], SecAggParams(), cluster.secrets[i], cluster.rngs[i],
+                                   prepared=cluster.prepared[i]) for i in adj}
+    drop = {1, 2}
+    router = Router(protos, hold=lambda to, m: to == 0 and m.sender in drop and step_of(m) == "confirm").run()
+    assert protos[0].status == "failed" and protos[0].failure_reason == "too_few_confirmations"
+    assert protos[0].prepared_next().agg is None
+    for j in adj[0]:  # no member holds a bundle of node 0's next group
+        assert 0 not in protos[j].prepared_next().members
+    router.release()
+    cluster.prepared = {i: p.prepared_next() for i, p in protos.items()}
+    protos, xs, router, steps = cluster.round(3)
+    assert router.deadlines == 0 and not router.rejected
+    assert all(p.status == "ok" for p in protos.values())
+    assert steps["bundle"] == len(adj[0])  # node 0's group ran its own share phase, no other group did
+
+
+def test_a_prepared_setup_for_another_round_is_not_used() -> None:
+    adj = circulant(6)
+    cluster = Cluster(adj, rounds=5, seed=11)
+    cluster.round(1)
+    stale = cluster.prepared  # prepared for round 2
+    protos, xs, router, steps = cluster.round(3)  # round 2 was skipped (a node caught up)
+    assert steps["shares"] == steps["bundle"] == 12
+    assert router.deadlines == 0 and all(p.status == "ok" for p in protos.values())
+    assert all(s is not None and s.round == 2 for s in stale.values())
