@@ -57,6 +57,9 @@ CIPHER_NAMES: dict[int, str] = {v: k for k, v in CIPHER_IDS.items()}
 CIPHER_CHOICES = (AUTO, AES256GCM, XCHACHA20POLY1305)
 NONCE_SIZES = {XCHACHA20POLY1305: NONCE_BYTES, AES256GCM: 12}
 _SODIUM_NAMES = {XCHACHA20POLY1305: "crypto_aead_xchacha20poly1305_ietf", AES256GCM: "crypto_aead_aes256gcm"}
+# libsodium's functions by prefix, looked up once (a getattr per part showed in profiles)
+_C_ENCRYPT = {n: getattr(_lib, n + "_encrypt") for n in _SODIUM_NAMES.values()} if _lib is not None else {}
+_C_DECRYPT = {n: getattr(_lib, n + "_decrypt") for n in _SODIUM_NAMES.values()} if _lib is not None else {}
 
 # Nonce layout, big-endian: purpose u8 | kind u8 | sender u32 | round u32 | counter u64 | chunk u32 | 0 u16.
 _NONCE = struct.Struct(">BBIIQIH")
@@ -278,7 +281,10 @@ def message_subkey(key: bytes, sender: int, kind: int, round: int, counter: int)
     key; its parts use the part index as the GCM nonce, so no (key, nonce) pair is ever used twice.
     """
     _check_len(key, KEY_BYTES, "key")
-    prefix = frame_nonce(sender, kind, round, counter, 0)[:_MESSAGE_NONCE_BYTES]
+    return _subkey(key, frame_nonce(sender, kind, round, counter, 0)[:_MESSAGE_NONCE_BYTES])
+
+
+def _subkey(key: bytes, prefix: bytes) -> bytes:
     return hashlib.blake2b(prefix, digest_size=KEY_BYTES, key=key, person=_SUBKEY_PERSON).digest()
 
 
@@ -294,10 +300,11 @@ class MessageAead:
 
     XChaCha20-Poly1305: the pairwise key and `frame_nonce(..., part)`. AES-256-GCM: the message
     subkey (derived once, here) and `gcm_nonce(part)`. CipherUnavailable if this machine cannot
-    run `cipher`, CryptoError for an unknown cipher or a field out of range.
+    run `cipher`, CryptoError for an unknown cipher or a field out of range. Every check on the
+    key, cipher and fields is made here, once: a part then costs only its nonce and the C call.
     """
 
-    __slots__ = ("cipher", "_key", "_fields")
+    __slots__ = ("cipher", "_key", "_fields", "_name")
 
     def __init__(self, cipher: str, key: bytes, sender: int, kind: int, round: int, counter: int) -> None:
         _check_len(key, KEY_BYTES, "key")
@@ -305,10 +312,11 @@ class MessageAead:
             raise CryptoError(f"unknown cipher {cipher!r}")
         if not cipher_available(cipher):
             raise CipherUnavailable(f"{cipher} is not available on this machine")
-        frame_nonce(sender, kind, round, counter, 0)  # range checks, once
+        first = frame_nonce(sender, kind, round, counter, 0)  # range checks, once
         self.cipher = cipher
+        self._name = _SODIUM_NAMES[cipher]
         self._fields = (sender, kind, round, counter)
-        self._key = message_subkey(key, *self._fields) if cipher == AES256GCM else key
+        self._key = _subkey(key, first[:_MESSAGE_NONCE_BYTES]) if cipher == AES256GCM else key
 
     def nonce(self, part: int) -> bytes:
         if self.cipher == AES256GCM:
@@ -316,10 +324,10 @@ class MessageAead:
         return frame_nonce(*self._fields, part)
 
     def seal(self, part: int, plaintext: Any, aad: bytes, out: Any = None) -> Any:
-        return seal(self._key, self.nonce(part), plaintext, aad, self.cipher, out)
+        return _seal(self._name, self._key, self.nonce(part), plaintext, aad, out)
 
     def unseal(self, part: int, ciphertext: Any, aad: bytes, out: Any = None) -> Any:
-        return unseal(self._key, self.nonce(part), ciphertext, aad, out, self.cipher)
+        return _unseal(self._name, self._key, self.nonce(part), ciphertext, aad, out)
 
 
 def seal(key: bytes, nonce: bytes, plaintext: Any, aad: bytes, cipher: str = XCHACHA20POLY1305,
@@ -332,7 +340,23 @@ def seal(key: bytes, nonce: bytes, plaintext: Any, aad: bytes, cipher: str = XCH
     numpy uint8 array (no zero-fill, no copy-out) on the fast path, `bytes` on the fallback; all
     are buffers that zmq and `unseal` accept.
     """
-    name = _sodium_name(cipher, key, nonce)
+    return _seal(_sodium_name(cipher, key, nonce), key, nonce, plaintext, aad, out)
+
+
+def unseal(key: bytes, nonce: bytes, ciphertext: Any, aad: bytes, out: Any = None,
+           cipher: str = XCHACHA20POLY1305) -> Any:
+    """Check and decrypt `ciphertext`; CryptoError if anything (data, aad, nonce, key) differs.
+
+    With `out` (a writable buffer of exactly len(ciphertext) - 16 bytes) the plaintext is written
+    there and `out` is returned. If authentication fails, `out` holds no plaintext: libsodium
+    checks the tag before it decrypts (XChaCha20-Poly1305) or overwrites what it decrypted
+    (AES-256-GCM); the caller discards it either way.
+    """
+    return _unseal(_sodium_name(cipher, key, nonce), key, nonce, ciphertext, aad, out)
+
+
+def _seal(name: str, key: bytes, nonce: bytes, plaintext: Any, aad: bytes, out: Any) -> Any:
+    """`seal` once key, nonce and cipher (libsodium prefix `name`) have been checked."""
     size = memoryview(plaintext).nbytes + TAG_BYTES
     if out is not None and memoryview(out).nbytes != size:
         raise CryptoError(f"output buffer holds {memoryview(out).nbytes} bytes, sealed part is {size}")
@@ -345,23 +369,15 @@ def seal(key: bytes, nonce: bytes, plaintext: Any, aad: bytes, cipher: str = XCH
     src = _ffi.from_buffer(plaintext)
     if out is None:
         out = np.empty(size, np.uint8)
-    rc = getattr(_lib, name + "_encrypt")(
+    rc = _C_ENCRYPT[name](
         _ffi.from_buffer(out, require_writable=True), _ffi.NULL, src, len(src), aad, len(aad), _ffi.NULL, nonce, key)
     if rc != 0:
         raise CryptoError("encryption failed")
     return out
 
 
-def unseal(key: bytes, nonce: bytes, ciphertext: Any, aad: bytes, out: Any = None,
-           cipher: str = XCHACHA20POLY1305) -> Any:
-    """Check and decrypt `ciphertext`; CryptoError if anything (data, aad, nonce, key) differs.
-
-    With `out` (a writable buffer of exactly len(ciphertext) - 16 bytes) the plaintext is written
-    there and `out` is returned. If authentication fails, `out` holds no plaintext: libsodium
-    checks the tag before it decrypts (XChaCha20-Poly1305) or overwrites what it decrypted
-    (AES-256-GCM); the caller discards it either way.
-    """
-    name = _sodium_name(cipher, key, nonce)
+def _unseal(name: str, key: bytes, nonce: bytes, ciphertext: Any, aad: bytes, out: Any) -> Any:
+    """`unseal` once key, nonce and cipher (libsodium prefix `name`) have been checked."""
     size = memoryview(ciphertext).nbytes - TAG_BYTES
     if size < 0:
         raise CryptoError("ciphertext shorter than its tag")
@@ -378,7 +394,7 @@ def unseal(key: bytes, nonce: bytes, ciphertext: Any, aad: bytes, out: Any = Non
         return out
     if out is None:
         out = np.empty(size, np.uint8)
-    rc = getattr(_lib, name + "_decrypt")(
+    rc = _C_DECRYPT[name](
         _ffi.from_buffer(out, require_writable=True), _ffi.NULL, _ffi.NULL,
         _ffi.from_buffer(ciphertext), size + TAG_BYTES, aad, len(aad), nonce, key)
     if rc != 0:

@@ -234,11 +234,12 @@ class Transport:
                 return self._drop(UNKNOWN_PEER, sender, frames, "not a neighbour")
             if header.recipient != self.node_id:
                 return self._drop(WRONG_RECIPIENT, sender, frames, f"addressed to node {header.recipient}")
-            meta = wire.open_meta(header, parts, key, self.limits)  # authenticates the header
+            aead = wire.message_aead(header, key)
+            meta = wire.open_meta(header, parts, aead, self.limits)  # authenticates the header
             # Before decrypting the tensors: a replayed model costs no bulk crypto.
             if header.counter <= self._last_counter.get(sender, 0):
                 return self._drop(REPLAY, sender, frames, f"counter {header.counter} not above the last accepted")
-            tensors = wire.open_tensors(header, parts, key)
+            tensors = wire.open_tensors(header, parts, aead)
         except wire.WireError as exc:
             return self._drop(exc.reason, sender, frames, exc.detail)
         self._last_counter[sender] = header.counter

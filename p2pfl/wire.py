@@ -392,16 +392,18 @@ def seal(msg: Message, recipient: int, counter: int, key: bytes, limits: Limits,
     return sealed
 
 
-def open_meta(header: Header, frames: Sequence[Buffer], key: bytes, limits: Limits) -> dict[str, Any]:
+def open_meta(header: Header, frames: Sequence[Buffer], key: bytes | crypto.MessageAead,
+              limits: Limits) -> dict[str, Any]:
     """Authenticate the header (it is the meta's associated data) and decode the meta.
 
-    WireError("bad_cipher") if the header names a cipher this machine cannot run, and
-    WireError("tampered") if the header or meta were not sealed by the holder of `key`.
+    `key` is the pairwise key, or the message's `message_aead` (made once for the meta and the
+    tensors). WireError("bad_cipher") if the header names a cipher this machine cannot run, and
+    WireError("tampered") if the header or meta were not sealed by the holder of the key.
     """
     return decode_meta(_unseal(_aead(header, key), header, 0, frames[1]), limits)
 
 
-def open_tensors(header: Header, frames: Sequence[Buffer], key: bytes) -> dict[str, np.ndarray]:
+def open_tensors(header: Header, frames: Sequence[Buffer], key: bytes | crypto.MessageAead) -> dict[str, np.ndarray]:
     """Decrypt every data chunk straight into its tensor (call after `open_meta`)."""
     aead = _aead(header, key)
 
@@ -411,7 +413,8 @@ def open_tensors(header: Header, frames: Sequence[Buffer], key: bytes) -> dict[s
     return _read_tensors(header, frames, fill)
 
 
-def _aead(header: Header, key: bytes) -> crypto.MessageAead:
+def message_aead(header: Header, key: bytes) -> crypto.MessageAead:
+    """What opens the parts of the message `header` describes, sealed under the pairwise `key`."""
     try:
         return crypto.MessageAead(header.cipher, key, header.sender, int(header.kind), header.round, header.counter)
     except crypto.CipherUnavailable:
@@ -420,6 +423,10 @@ def _aead(header: Header, key: bytes) -> crypto.MessageAead:
                                     f"{crypto.XCHACHA20POLY1305}") from None
     except crypto.CryptoError as exc:
         raise WireError(TAMPERED, str(exc)) from None
+
+
+def _aead(header: Header, key: bytes | crypto.MessageAead) -> crypto.MessageAead:
+    return key if isinstance(key, crypto.MessageAead) else message_aead(header, key)
 
 
 def _unseal(aead: crypto.MessageAead, header: Header, part: int, frame: Buffer,
@@ -435,6 +442,10 @@ def _unseal(aead: crypto.MessageAead, header: Header, part: int, frame: Buffer,
 
 def _unpack(data: Buffer, reason: str) -> Any:
     """One msgpack object filling all of `data`; no ext types, str keys, utf-8 strings."""
+    try:  # one call for the common, well-formed case; containers and strings bounded by len(data)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except Exception:  # anything malformed: say why, with the streaming unpacker below
+        pass
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_refuse_ext,
                                 max_buffer_size=max(1, _nbytes(data)))
     unpacker.feed(data)
@@ -446,7 +457,7 @@ def _unpack(data: Buffer, reason: str) -> Any:
         raise WireError(reason, f"not msgpack: {exc}") from None
     if unpacker.tell() != _nbytes(data):
         raise WireError(reason, "extra bytes after the msgpack object")
-    return obj
+    raise WireError(reason, "not msgpack")  # unreachable unless the two unpackers disagree
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
