@@ -39,6 +39,10 @@ def _experiment_options(f: Any) -> Any:
         click.option("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet or personas."),
         click.option("--seed", type=int),
         click.option("--secure/--no-secure", "secure_agg", default=None, help="Secure aggregation with secret-shared masks."),
+        click.option("--verify-views/--no-verify-views", "secagg_verify_views", default=None,
+                     help="Secure aggregation: members confirm the aggregator's view before revealing shares (default). "
+                          "--no-verify-views: two message steps fewer, safe against honest-but-curious nodes only "
+                          "(docs/threat-model.md)."),
         click.option("--round-timeout", type=float, help="Seconds per protocol phase before missing peers are skipped."),
         click.option("--eval-every", type=int),
         click.option("--dp", type=click.Choice(["off", "local", "central", "distributed"]),

@@ -143,7 +143,8 @@ class Node:
         self._public_keys = {j: e.public_key for j, e in spec.cluster.nodes.items()}
         self._secrets: dict[tuple[int, bytes], bytes] = {}
         self._secagg_params = SecAggParams(threshold=self.config.secagg_threshold,
-                                           min_contributors=self.config.min_contributors)
+                                           min_contributors=self.config.min_contributors,
+                                           verify_views=self.config.secagg_verify_views)
         self._t0 = 0.0
         self._init_knobs()
 

@@ -26,6 +26,7 @@ state unchanged.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import math
 import os
@@ -119,6 +120,10 @@ class SecAggParams:
         without a message from its aggregator.
     max_deadlines: hard cap: after this many deadlines in one round the protocol finishes
         whatever is pending (own group: failed "round_timeout"; member roles: given up).
+    verify_views: members confirm the aggregator's view (who survived, who dropped) to each
+        other before revealing shares (two extra steps). False is Bonawitz et al.'s semi-honest
+        variant: secure against honest-but-curious nodes, not against an aggregator that shows
+        members different views (docs/threat-model.md).
     """
 
     threshold: float = 0.5
@@ -130,6 +135,7 @@ class SecAggParams:
     max_samples: int = 1 << 16
     patience: int = 3
     max_deadlines: int = 8
+    verify_views: bool = True
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.threshold < 1.0:
@@ -357,6 +363,8 @@ class _Member:
         self.u1: list[int] = []
         self._pks: dict[int, bytes] = {}  # partners' mask public keys, from the bundle until I mask
         self.next_bundle: Any = None  # what the proof carried for the next round (unchecked)
+        # the `shares` body of my next-round membership in this group, or None (set by the round)
+        self.next_shares: Callable[[], dict | None] = lambda: None
         self.sent_masked = False
 
     @property
@@ -446,18 +454,18 @@ class _Member:
         self._pks = {}
         self.stage = "masked"
         self.sent_masked = True
-        return spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest}, vec)
+        # without view verification the masked input is my last message before the reveal: the
+        # next round's shares ride in it (with verification, in the confirmation)
+        nxt = None if spec.params.verify_views else self.next_shares()
+        return spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest, "next": nxt}, vec)
 
-    def on_unmask(self, body: bytes, next_shares: Callable[[], dict | None] = lambda: None) -> list[Outbound]:
-        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member.
-
-        `next_shares()` gives the `shares` body of my next-round membership in this group (or
-        None); it rides in the confirmation (docs/secagg.md, "Pipelined setup").
-        """
+    def on_unmask(self, body: bytes) -> list[Outbound]:
+        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member
+        (with my next-round shares, docs/secagg.md 3.1); without view verification, reveal."""
         spec, me, p = self.spec, self.me, self.spec.params
         if self.stage != "masked":
             raise Rejected("duplicate" if self.stage in ("confirmed", "done") else "out_of_order", "unmask request")
-        d = _unpack(body, {"survivors", "dropped", "attest"})
+        d = _unpack(body, {"survivors", "dropped", "attest", "next"})
         survivors = _id_list(d["survivors"], "survivors")
         dropped = _id_list(d["dropped"], "dropped")
         attest = _id_map(d["attest"], "attest", MAC_BYTES, MAC_BYTES)
@@ -479,11 +487,14 @@ class _Member:
                 and hmac.compare_digest(attest[w], _view_mac(self._mac_key(w), u1_digest, spec.round, spec.aggregator, w, me))
             ):
                 raise Rejected("refused", f"survivor {w} did not attest that it masked for my member list")
+        self.view = (survivors, dropped)
+        if not p.verify_views:
+            self.next_bundle = d["next"]
+            return [self._reveal()]
         digest = view_digest(spec.round, spec.aggregator, survivors, dropped)
         macs = {v: _view_mac(self._mac_key(v), digest, spec.round, spec.aggregator, me, v) for v in self.u1 if v != me}
-        self.view = (survivors, dropped)
         self.stage = "confirmed"
-        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs, "next": next_shares()}))]
+        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs, "next": self.next_shares()}))]
 
     def _u1_digest(self) -> bytes:
         return members_digest(self.spec.round, self.spec.aggregator, self.u1)
@@ -513,12 +524,19 @@ class _Member:
         )
         if valid < self.confirmations_needed():
             raise Rejected("refused", f"only {valid} members confirmed my view, need {self.confirmations_needed()}")
+        return [self._reveal()]
+
+    def _reveal(self) -> Outbound:
+        """My shares for the view I hold: self-mask seeds of survivors, mask keys of the dropped."""
+        spec, me = self.spec, self.me
+        assert self.view is not None
+        survivors, dropped = self.view
         self_sh = {w: self.held[w][0] for w in survivors if w in self.held}
         # never help remove my own pairwise masks once my masked input is out: with my self-mask
         # shares of an honest majority elsewhere, that could expose my input
         mask_sh = {w: self.held[w][1] for w in dropped if w in self.held and not (w == me and self.sent_masked)}
         self.stage, self.outcome = "done", "revealed"
-        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_REVEAL, {"self": self_sh, "mask": mask_sh}))]
+        return spec.aggregator, _secagg_msg(me, spec.round, STEP_REVEAL, {"self": self_sh, "mask": mask_sh})
 
     def on_abort(self, body: bytes) -> str:
         if self.stage == "done":
@@ -690,9 +708,11 @@ class _Aggregator:
         vec = msg.tensors.get(MASKED)
         if not isinstance(vec, np.ndarray) or vec.dtype != np.uint32 or vec.shape != (self.spec.length,):
             raise Rejected("bad_tensor", f"masked input from {u} is not uint32({self.spec.length},)")
-        attest = _id_map(_unpack(body, {"attest"})["attest"], "attest", MAC_BYTES, MAC_BYTES)
+        d = _unpack(body, {"attest", "next"})
+        attest = _id_map(d["attest"], "attest", MAC_BYTES, MAC_BYTES)
         if set(attest) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"masked input from {u} is not attested to exactly its co-members")
+        self._take_next(u, d["next"])
         assert self.total is not None
         np.add(self.total, vec, out=self.total)
         self.inputs.add(u)
@@ -700,6 +720,21 @@ class _Aggregator:
         if self.inputs | self.lost >= set(self.u1):
             return self.close_masked()
         return []
+
+    def _take_next(self, u: int, shares: Any) -> None:
+        """u's shares for the next round: a bad one costs u its prepared setup, not this round."""
+        if shares is not None and self.nxt is not None:
+            try:
+                self.nxt.take_shares(u, shares)
+            except Rejected:
+                pass
+
+    def _next_bundles(self) -> dict[int, dict]:
+        """Prepare the next round's group as this round's last aggregator message goes out."""
+        bundles = self.nxt.prepare(self.expected) if self.nxt is not None else None
+        if bundles is None:
+            self.nxt = None
+        return bundles or {}
 
     def close_masked(self) -> list[Outbound]:
         spec, p = self.spec, self.spec.params
@@ -710,14 +745,26 @@ class _Aggregator:
             return self.fail("mask_graph_disconnected", "survivors' masking graph is disconnected")
         self.u2 = u2
         self.dropped = sorted(set(self.u1) - self.inputs)
-        self.stage = 2
+        verify = p.verify_views
+        bundles = {} if verify else self._next_bundles()
+        asked = [v for v in self.u1 if v not in self.lost]
         out = []
-        for v in self.u1:
+        for v in asked:
             attest = {w: self.attest[w][v] for w in self.u2 if w != v}
-            body = {"survivors": self.u2, "dropped": self.dropped, "attest": attest}
+            body = {"survivors": self.u2, "dropped": self.dropped, "attest": attest, "next": bundles.get(v)}
             out.append((v, _secagg_msg(self.spec.aggregator, self.spec.round, STEP_UNMASK, body)))
         self.attest = {}
+        if verify:
+            self.stage = 2
+        else:  # no confirmation step: whoever was asked reveals for this view
+            self._await_reveals(asked)
         return out
+
+    def _await_reveals(self, confirmers: list[int]) -> None:
+        self.confirmers = sorted(confirmers)
+        self.self_shares = {w: {} for w in self.u2}
+        self.mask_shares = {w: {} for w in self.dropped}
+        self.stage = 3
 
     # phase 2: view confirmations ---------------------------------------------
     def needed_confirmations(self) -> int:
@@ -736,12 +783,7 @@ class _Aggregator:
         macs = _id_map(d["macs"], "macs", MAC_BYTES, MAC_BYTES)
         if set(macs) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"confirmation from {u} is not addressed to exactly its co-members")
-        if d["next"] is not None and self.nxt is not None:
-            # u's shares for the next round: a bad one costs u its prepared setup, not this round
-            try:
-                self.nxt.take_shares(u, d["next"])
-            except Rejected:
-                pass
+        self._take_next(u, d["next"])
         self.macs[u] = macs
         if len(self.macs) == len(self.u1):
             return self.close_confirms()
@@ -750,20 +792,15 @@ class _Aggregator:
     def close_confirms(self) -> list[Outbound]:
         if len(self.macs) < self.needed_confirmations():
             return self.fail("too_few_confirmations", f"{len(self.macs)} of {len(self.u1)} members confirmed, need {self.needed_confirmations()}")
-        self.confirmers = sorted(self.macs)
-        self.self_shares = {w: {} for w in self.u2}
-        self.mask_shares = {w: {} for w in self.dropped}
-        bundles = self.nxt.prepare(self.expected) if self.nxt is not None else None
-        if bundles is None:
-            self.nxt = None
+        bundles = self._next_bundles()
         out = []
-        for v in self.confirmers:
-            proof = {u: self.macs[u][v] for u in self.confirmers if u != v}
-            body = {"macs": proof, "next": (bundles or {}).get(v)}
+        for v in sorted(self.macs):
+            proof = {u: self.macs[u][v] for u in self.macs if u != v}
+            body = {"macs": proof, "next": bundles.get(v)}
             out.append((v, _secagg_msg(self.spec.aggregator, self.spec.round, STEP_PROOF, body)))
+        self._await_reveals(list(self.macs))
         self.macs = {}
-        self.stage = 3
-        return out + self._send(set(self.u1) - set(self.confirmers), STEP_ABORT, {"reason": "excluded"})
+        return out + self._send(set(self.u1) - set(self.confirmers) - self.lost, STEP_ABORT, {"reason": "excluded"})
 
     # phase 3: reveals ----------------------------------------------------------
     def on_reveal(self, u: int, body: bytes) -> list[Outbound]:
@@ -932,15 +969,17 @@ class _SecAggBase(RoundProtocol):
         if step == STEP_BUNDLE:
             out = m.on_bundle(body)
         elif step == STEP_UNMASK:
-            out = m.on_unmask(body, lambda: self._next_shares(msg.sender))
+            out = m.on_unmask(body)
         elif step == STEP_PROOF:
             out = m.on_proof(body)
-            self._take_next_bundle(msg.sender, m.next_bundle)
         else:
             reason = m.on_abort(body)
             self._fail_member(msg.sender, "aborted", reason)
             out = []
         m.idle = 0
+        # the next round's bundle rides in the last aggregator message: proof, or unmask without it
+        if step == (STEP_PROOF if self.params.verify_views else STEP_UNMASK) and m.done:
+            self._take_next_bundle(msg.sender, m.next_bundle)
         return out
 
     def _next_shares(self, group: int) -> dict | None:
@@ -1061,6 +1100,7 @@ class SecureGossipRound(_SecAggBase):
                 if m is None or m.spec.members != self._groups[j] or m.spec.length != length or m.stage != "ready":
                     m = _Member(self._spec(round_, j), node_id, self.weights[j], x, secret, rng)
                 m.x, m.weight = x, self.weights[j]
+                m.next_shares = functools.partial(self._next_shares, j)
                 self.members[j] = m
         self._result: np.ndarray | None = None
         self._linger = 0

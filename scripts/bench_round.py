@@ -9,6 +9,8 @@ this process, divided by the cores), their ratio, and bytes sent per node per ro
 
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --task bench_round:digits_mlp_1m
+    .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --repeats 3
+    .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --repeats 3 --no-verify-views
 
 The default task (digits-mlp, 8,970 parameters) makes a round almost all fixed cost; the wider
 digits MLPs defined here (`digits_mlp_300k`, `digits_mlp_1m`: hidden layers of 512 and 1024)
@@ -74,8 +76,8 @@ def compute_floor(cfg: ExperimentConfig, repeats: int = 5) -> float:
     return statistics.median(samples) / (os.cpu_count() or 1)
 
 
-def measure(cfg: ExperimentConfig, workdir: Path) -> dict[str, float]:
-    run_dir = workdir / f"{cfg.display_label().replace(':', '_')}"
+def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, float]:
+    run_dir = workdir / f"{cfg.display_label().replace(':', '_')}{tag}"
     run_simulation(cfg, run_dir, Console(file=open(os.devnull, "w")))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = sorted({r["round"] for r in records})
@@ -93,24 +95,35 @@ def main() -> None:
     parser.add_argument("--secure", choices=["off", "on", "both"], default="off")
     parser.add_argument("--processes", type=int, default=0)
     parser.add_argument("--task", default="digits-mlp", help="a task spec, e.g. bench_round:digits_mlp_1m")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --secure both: run plain and secure alternately this many times and report "
+                             "the median secure / plain ratio and its range (this machine's speed drifts)")
+    parser.add_argument("--no-verify-views", action="store_true",
+                        help="secure runs without view verification (the semi-honest variant, 2 steps fewer)")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
     print(f"| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round |")
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.topologies.split(","):
-            results = {}
-            for secure in modes:
-                cfg = ExperimentConfig(nodes=args.nodes, topology=spec, rounds=args.rounds, secure_agg=secure,
-                                       processes=args.processes, task=args.task).validate()
-                m = results[secure] = measure(cfg, Path(tmp))
-                print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
-                      f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB |")
-            if len(results) == 2:
-                plain, sec = results[False], results[True]
-                print(f"| {spec} | secure / plain | | {sec['round_s'] / plain['round_s']:.2f}x | | | "
-                      f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x |")
-
+            ratios: list[float] = []
+            for repeat in range(max(1, args.repeats)):
+                results = {}
+                for secure in modes:
+                    cfg = ExperimentConfig(nodes=args.nodes, topology=spec, rounds=args.rounds, secure_agg=secure,
+                                           processes=args.processes, task=args.task,
+                                           secagg_verify_views=not args.no_verify_views).validate()
+                    m = results[secure] = measure(cfg, Path(tmp), f"-{repeat}")
+                    print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
+                          f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB |")
+                if len(results) == 2:
+                    plain, sec = results[False], results[True]
+                    ratios.append(sec["round_s"] / plain["round_s"])
+                    print(f"| {spec} | secure / plain | | {ratios[-1]:.2f}x | | | "
+                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x |")
+            if len(ratios) > 1:
+                print(f"| {spec} | secure / plain, median of {len(ratios)} | | {statistics.median(ratios):.2f}x "
+                      f"({min(ratios):.2f}-{max(ratios):.2f}) | | | |")
 
 if __name__ == "__main__":
     main()

@@ -257,10 +257,11 @@ def test_values_beyond_clip_are_clipped_and_counted() -> None:
 # --------------------------------------------------------------------------- gossip: dropouts
 
 
-@pytest.mark.parametrize("stage", ["shares", "masked", "confirm", "reveal"])
-def test_dropout_at_each_stage_recovers_in_degree_4_groups(stage: str) -> None:
+@pytest.mark.parametrize("stage,verify", [("shares", True), ("masked", True), ("confirm", True), ("reveal", True),
+                                          ("shares", False), ("masked", False), ("reveal", False)])
+def test_dropout_at_each_stage_recovers_in_degree_4_groups(stage: str, verify: bool) -> None:
     adj = circulant(8, (1, 2))  # every group has 4 members, t = 3
-    protos, xs, W = gossip_cluster(adj, L=500, seed=7)
+    protos, xs, W = gossip_cluster(adj, L=500, seed=7, params=SecAggParams(verify_views=verify))
     router = Router(protos, crash_before={3: stage}).run()
     for i in router.alive():
         p = protos[i]
@@ -394,7 +395,7 @@ def _unmask_for(router: Router, member: int, survivors, dropped) -> Message:
     """An unmask request to `member` for any view, with the genuine attestations the aggregator holds."""
     real = next(m for to, m in router.held if to == member and step_of(m) == "unmask")
     attest = msgpack.unpackb(real.meta["body"], strict_map_key=False)["attest"]
-    return _from_agg("unmask", {"survivors": survivors, "dropped": dropped, "attest": {w: attest[w] for w in survivors if w in attest}})
+    return _from_agg("unmask", {"survivors": survivors, "dropped": dropped, "attest": {w: attest[w] for w in survivors if w in attest}, "next": None})
 
 
 @pytest.mark.parametrize(
@@ -469,7 +470,7 @@ def test_a_member_masked_for_a_smaller_member_list_cannot_be_singled_out() -> No
     assert set(attest[1]) == {2, 3}
     survivors, dropped = [1, 4, 5], [2, 3]
     for v in (2, 3, 4, 5):
-        body = {"survivors": survivors, "dropped": dropped, "attest": {w: attest[w][v] for w in survivors if w != v and v in attest[w]}}
+        body = {"survivors": survivors, "dropped": dropped, "attest": {w: attest[w][v] for w in survivors if w != v and v in attest[w]}, "next": None}
         with pytest.raises(Rejected) as exc:
             protos[v].on_message(_from_agg("unmask", body))
         assert exc.value.reason == "refused" and "attest" in str(exc.value)
@@ -639,9 +640,11 @@ def test_star_of_20_leaves_with_sparse_masking_matches_fedavg() -> None:
         assert sizes == {8}
 
 
-@pytest.mark.parametrize("stage", ["shares", "masked", "confirm", "reveal"])
-def test_star_with_a_dropout_averages_the_rest(stage: str) -> None:
-    secure, plain, xs, ns = fedavg_cluster(14, seed=22)
+@pytest.mark.parametrize("stage,verify", [("shares", True), ("masked", True), ("confirm", True), ("reveal", True),
+                                          ("shares", False), ("masked", False), ("reveal", False)])
+def test_star_with_a_dropout_averages_the_rest(stage: str, verify: bool) -> None:
+    params = SecAggParams(max_samples=512, verify_views=verify)
+    secure, plain, xs, ns = fedavg_cluster(14, seed=22, params=params)
     router = Router(secure, crash_before={5: stage}).run()
     hub = secure[0]
     expected = [u for u in range(1, 15) if u != 5 or stage in ("confirm", "reveal")]

@@ -1,7 +1,9 @@
-"""Pipelined setup: round r+1's share phase rides in round r's confirmations and proofs.
+"""Fewer message steps: the pipelined setup and the variant without view verification.
 
-Several rounds of `SecureGossipRound` driven by the in-memory router of `test_secagg`, each
-round built with what the previous one prepared (`prepared_next()`), as the node does.
+Pipelined setup: round r+1's share phase rides in round r's last messages (confirmations and
+proofs; without view verification, masked inputs and unmask requests). Several rounds of
+`SecureGossipRound` driven by the in-memory router of `test_secagg`, each round built with what
+the previous one prepared (`prepared_next()`), as the node does.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ L = 200
 class Cluster:
     """Nodes that run round after round, handing each round's prepared setup to the next."""
 
-    def __init__(self, adj: dict[int, list[int]], rounds: int, seed: int = 0) -> None:
+    def __init__(self, adj: dict[int, list[int]], rounds: int, seed: int = 0, params: SecAggParams | None = None) -> None:
         self.adj, self.rounds = adj, rounds
+        self.params = params or SecAggParams()
         self.W = mh_weights(adj)
         self.secrets = make_secrets(adj)
         self.rngs = {i: seeded_rng(seed * 1000 + i) for i in adj}
@@ -32,7 +35,7 @@ class Cluster:
         """Run round r; nodes in `forget` start it without their prepared setup (a restart)."""
         xs = {i: self.data.standard_normal(L).astype(np.float32) for i in self.adj}
         protos = {
-            i: SecureGossipRound(i, r, self.adj, self.W[i], xs[i], SecAggParams(), self.secrets[i], self.rngs[i],
+            i: SecureGossipRound(i, r, self.adj, self.W[i], xs[i], self.params, self.secrets[i], self.rngs[i],
                                  prepared=None if i in forget else self.prepared[i], prepare_next=r < self.rounds)
             for i in self.adj
         }
@@ -126,3 +129,32 @@ def test_a_prepared_setup_for_another_round_is_not_used() -> None:
     assert steps["shares"] == steps["bundle"] == 12
     assert router.deadlines == 0 and all(p.status == "ok" for p in protos.values())
     assert all(s is not None and s.round == 2 for s in stale.values())
+
+
+def test_without_view_verification_a_round_is_three_steps_from_the_second_on() -> None:
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=3, seed=5, params=SecAggParams(verify_views=False))
+    per_node = 8 * 4
+    for r in range(1, 4):
+        protos, xs, router, steps = cluster.round(r)
+        assert router.deadlines == 0 and not router.rejected
+        for p in protos.values():
+            assert p.status == "ok" and p.contributors == adj[p.node_id] and p.failures == []
+            assert_within_bound(p, xs, cluster.W)
+        expected = {"masked": per_node, "unmask": per_node, "reveal": per_node}
+        if r == 1:
+            expected.update(shares=per_node, bundle=per_node)
+        assert steps == expected, f"round {r}"
+
+
+def test_without_view_verification_a_restarted_member_rejoins() -> None:
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=4, seed=9, params=SecAggParams(verify_views=False))
+    cluster.round(1)
+    protos, xs, router, steps = cluster.round(2, forget=frozenset({2}))
+    for i in adj[2]:
+        p = protos[i]
+        assert p.status == "ok" and p.contributors == [u for u in adj[i] if u != 2]
+        assert_within_bound(p, xs, cluster.W)
+    protos, xs, router, steps = cluster.round(3)
+    assert router.deadlines == 0 and all(p.status == "ok" and p.contributors == adj[p.node_id] for p in protos.values())

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from p2pfl.config import ExperimentConfig
@@ -37,11 +38,14 @@ def test_ring_with_and_without_secure_aggregation_follows_the_same_trajectory(tm
         assert np.abs(x - y).max() < 1e-4
 
 
-def test_fault_free_secure_run_counts_no_drops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verify_views", [True, False])
+def test_fault_free_secure_run_counts_no_drops(tmp_path: Path, verify_views: bool) -> None:
     """Groups of 4 with t = 3: each aggregator unmasks before the fourth reveal arrives, which then
-    reaches it in the next round. That is expected traffic, and must not show up as a drop."""
+    reaches it in the next round. That is expected traffic, and must not show up as a drop. From the
+    second round on the share phase rides in the previous round (pipelined setup), with or without
+    view verification."""
     cfg = ExperimentConfig(nodes=8, topology="regular:d=4", rounds=6, seed=1, secure_agg=True, processes=2,
-                           round_timeout=60).validate()
+                           round_timeout=60, secagg_verify_views=verify_views).validate()
     run_dir = run_simulation(cfg, tmp_path / "run", QUIET).run_dir
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 8 * 6
