@@ -785,7 +785,7 @@ class _Aggregator:
             raise Rejected("bad_body", f"confirmation from {u} is not addressed to exactly its co-members")
         self._take_next(u, d["next"])
         self.macs[u] = macs
-        if len(self.macs) == len(self.u1):
+        if set(self.macs) | self.lost >= set(self.u1):
             return self.close_confirms()
         return []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from p2pfl.messages import Message
 from p2pfl.secagg import Prepared, SecAggParams, SecureGossipRound
@@ -31,12 +32,17 @@ class Cluster:
         self.data = np.random.default_rng(seed)
         self.prepared: dict[int, Prepared | None] = {i: None for i in adj}
 
-    def round(self, r: int, forget: frozenset[int] = frozenset()):
-        """Run round r; nodes in `forget` start it without their prepared setup (a restart)."""
+    def round(self, r: int, forget: frozenset[int] = frozenset(), forget_members: frozenset[int] = frozenset()):
+        """Run round r; nodes in `forget` start it without their prepared setup (a restart), nodes in
+        `forget_members` without that of their member roles only (lost proofs)."""
         xs = {i: self.data.standard_normal(L).astype(np.float32) for i in self.adj}
+        prepared = {i: None if i in forget else self.prepared[i] for i in self.adj}
+        for i in forget_members:
+            kept = prepared[i]
+            prepared[i] = Prepared(r, {}, kept.agg if kept is not None else None)
         protos = {
             i: SecureGossipRound(i, r, self.adj, self.W[i], xs[i], self.params, self.secrets[i], self.rngs[i],
-                                 prepared=None if i in forget else self.prepared[i], prepare_next=r < self.rounds)
+                                 prepared=prepared[i], prepare_next=r < self.rounds)
             for i in self.adj
         }
         sent: list[Message] = []
@@ -158,3 +164,22 @@ def test_without_view_verification_a_restarted_member_rejoins() -> None:
         assert_within_bound(p, xs, cluster.W)
     protos, xs, router, steps = cluster.round(3)
     assert router.deadlines == 0 and all(p.status == "ok" and p.contributors == adj[p.node_id] for p in protos.values())
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_members_without_their_setup_cost_no_deadline(verify: bool) -> None:
+    # node 6 lost the bundles its proofs carried (its own group's setup is intact): the groups it
+    # is a member of count it as dropped at once and finish without waiting for a deadline
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=4, seed=13, params=SecAggParams(verify_views=verify))
+    cluster.round(1)
+    protos, xs, router, steps = cluster.round(2, forget_members=frozenset({6}))
+    assert router.deadlines == 0
+    for i, p in protos.items():
+        expected = [u for u in adj[i] if u != 6]
+        assert p.status == "ok" and p.contributors == (expected if 6 in adj[i] else adj[i])
+        assert_within_bound(p, xs, cluster.W)
+        if 6 in adj[i]:
+            assert p.agg.lost == {6} and 6 in p.agg.revealed_mask and 6 not in p.agg.revealed_self
+    assert {(f.group, f.detail) for f in protos[6].failures} == {(j, "resync") for j in adj[6]}
+    assert steps["shares"] == len(adj[6])
