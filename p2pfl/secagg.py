@@ -21,7 +21,12 @@ Per group, in order: member -> aggregator "shares"; aggregator -> member "bundle
 survivors and dropped, with the survivors' attestations); "confirm" (MACs of that view to every
 co-member); "proof" (the co-members' MACs: a quorum of the group must vouch for one view);
 "reveal" (Shamir shares for the view); "abort" at any time. Every step is validated strictly; bad ones raise `protocols.Rejected` and leave the
-state unchanged.
+state unchanged. Under gossip the next round's "shares" ride in "confirm" and its "bundle" in
+"proof" (`Prepared`, `prepared_next()`); with `verify_views=False` there is no "confirm"/"proof"
+and the setup rides in "masked" and "unmask".
+
+It owns the protocol state and message bodies; it uses `crypto` only to seal shares end to
+end, and never touches sockets, the wire layout or training.
 """
 
 from __future__ import annotations
@@ -38,13 +43,11 @@ from typing import Any
 import msgpack
 import numpy as np
 from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
     crypto_scalarmult,
     crypto_scalarmult_base,
 )
 
-from p2pfl import shamir
+from p2pfl import crypto, shamir
 from p2pfl.fixedpoint import FixedPoint
 from p2pfl.masking import (
     Mask,
@@ -317,14 +320,15 @@ def _aad(round_: int, aggregator: int, sender: int, recipient: int) -> bytes:
 
 
 def _seal(key: bytes, aad: bytes, plaintext: bytes, rng: RandomFn) -> bytes:
-    nonce = rng(24)
-    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+    nonce = rng(crypto.NONCE_BYTES)  # random 24-byte XChaCha20 nonces: collisions are negligible
+    return nonce + bytes(crypto.seal(key, nonce, plaintext, aad, crypto.XCHACHA20POLY1305))
 
 
 def _open(key: bytes, aad: bytes, blob: bytes) -> bytes:
+    n = crypto.NONCE_BYTES
     try:
-        return crypto_aead_xchacha20poly1305_ietf_decrypt(blob[24:], aad, blob[:24], key)
-    except Exception:
+        return bytes(crypto.unseal(key, blob[:n], blob[n:], aad, cipher=crypto.XCHACHA20POLY1305))
+    except crypto.CryptoError:
         raise Rejected("decrypt_failed", "a share bundle failed authentication") from None
 
 

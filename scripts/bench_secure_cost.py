@@ -12,7 +12,7 @@ Two measurements, plain gossip against secure aggregation in the same run:
 
 The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
 
-    .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30]
+    .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
 
     def one(r: int) -> None:
         if secure:  # each round takes the share phase the previous one prepared, as the node does
-            protos = {v: SecureGossipRound(v, r, adjacency, weights[v], xs[v], SecAggParams(), secrets[v],
+            sa = SecAggParams(verify_views=cfg.secagg_verify_views)
+            protos = {v: SecureGossipRound(v, r, adjacency, weights[v], xs[v], sa, secrets[v],
                                            prepared=prepared[v]) for v in graph.nodes}
         else:
             protos = {v: GossipRound(v, r, weights[v], xs[v]) for v in graph.nodes}
@@ -98,13 +99,14 @@ def main() -> None:
     ap.add_argument("--topology", default="regular:d=4")
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (3 steps)")
     args = ap.parse_args()
     print("| mode | CPU per node and round | messages per node and round | protocol alone | drops |")
     print("|---|---:|---:|---:|---|")
     rows = {}
     for secure in (False, True):
         cfg = ExperimentConfig(nodes=args.nodes, topology=args.topology, rounds=args.rounds,
-                               secure_agg=secure).validate()
+                               secure_agg=secure, secagg_verify_views=not args.no_verify_views).validate()
         cpu, msgs, drops = whole_nodes(cfg)
         alone = protocol_alone(cfg, _model_size(cfg), secure)
         rows[secure] = (cpu, msgs, alone)
