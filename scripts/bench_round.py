@@ -84,7 +84,12 @@ def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, fl
     end = {k: max(r["wall_time"] for r in records if r["round"] == k) for k in rounds}
     per_round = [end[k] - end[k - 1] for k in rounds[1:]]  # round 1 includes start-up skew
     sent = max(r["bytes_sent"] for r in records) / len(rounds)
-    return {"round_s": statistics.median(per_round), "floor_s": compute_floor(cfg), "bytes_per_round": sent}
+    later = [r for r in records if r["round"] > 1]
+    # a node's own round: local training, then the exchange (protocol, waiting for neighbours, evaluation)
+    train = statistics.median(r["train_time"] for r in later)
+    exchange = statistics.median(r["round_time"] - r["train_time"] for r in later)
+    return {"round_s": statistics.median(per_round), "floor_s": compute_floor(cfg), "bytes_per_round": sent,
+            "train_s": train, "exchange_s": exchange}
 
 
 def main() -> None:
@@ -102,8 +107,8 @@ def main() -> None:
                         help="secure runs without view verification (the semi-honest variant, 2 steps fewer)")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
-    print(f"| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round | node: train + exchange |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.topologies.split(","):
             ratios: list[float] = []
@@ -115,15 +120,16 @@ def main() -> None:
                                            secagg_verify_views=not args.no_verify_views).validate()
                     m = results[secure] = measure(cfg, Path(tmp), f"-{repeat}")
                     print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
-                          f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB |")
+                          f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB | "
+                          f"{m['train_s'] * 1e3:.0f} + {m['exchange_s'] * 1e3:.0f} ms |")
                 if len(results) == 2:
                     plain, sec = results[False], results[True]
                     ratios.append(sec["round_s"] / plain["round_s"])
                     print(f"| {spec} | secure / plain | | {ratios[-1]:.2f}x | | | "
-                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x |")
+                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x | |")
             if len(ratios) > 1:
                 print(f"| {spec} | secure / plain, median of {len(ratios)} | | {statistics.median(ratios):.2f}x "
-                      f"({min(ratios):.2f}-{max(ratios):.2f}) | | | |")
+                      f"({min(ratios):.2f}-{max(ratios):.2f}) | | | | |")
 
 if __name__ == "__main__":
     main()
