@@ -709,6 +709,8 @@ class _Aggregator:
             raise Rejected("excluded", f"masked input from {u}, not in this round's group")
         if u in self.inputs:
             raise Rejected("duplicate", f"second masked input from {u}")
+        if u in self.lost:  # it said it had no setup for this round: it cannot have masked for U1
+            raise Rejected("excluded", f"masked input from {u}, which came without this round's setup")
         vec = msg.tensors.get(MASKED)
         if not isinstance(vec, np.ndarray) or vec.dtype != np.uint32 or vec.shape != (self.spec.length,):
             raise Rejected("bad_tensor", f"masked input from {u} is not uint32({self.spec.length},)")
@@ -987,13 +989,14 @@ class _SecAggBase(RoundProtocol):
         return out
 
     def _next_shares(self, group: int) -> dict | None:
-        """The `shares` body of my next-round membership in `group`, to ride in my confirmation;
-        None where the protocol prepares no next round (FedAvg, the last round)."""
+        """The `shares` body of my next-round membership in `group`, to ride in my confirmation
+        (without view verification: my masked input); None where the protocol prepares no next
+        round (FedAvg, the last round)."""
         return None
 
     def _take_next_bundle(self, group: int, d: Any) -> None:
-        """Keep the next round's bundle a proof carried; without one (or a bad one) the next
-        round runs its own share phase in this group."""
+        """Keep the next round's bundle that a proof (without view verification: an unmask
+        request) carried; without one, or a bad one, the next round runs its own share phase."""
         nm = self.next_members.pop(group, None)
         if nm is None or d is None:
             return
