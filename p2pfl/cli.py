@@ -40,8 +40,9 @@ def _experiment_options(f: Any) -> Any:
         click.option("--seed", type=int),
         click.option("--secure/--no-secure", "secure_agg", default=None, help="Secure aggregation with secret-shared masks."),
         click.option("--verify-views/--no-verify-views", "secagg_verify_views", default=None,
-                     help="Secure aggregation: members confirm the aggregator's view before revealing shares (default). "
-                          "--no-verify-views: two message steps fewer, safe against honest-but-curious nodes only "
+                     help="Secure aggregation: members confirm the aggregator's view before revealing shares where it "
+                          "drops someone or the group is sparse (default). --no-verify-views: never, two message steps "
+                          "fewer in those rounds, safe against honest-but-curious nodes only "
                           "(docs/threat-model.md)."),
         click.option("--round-timeout", type=float, help="Seconds per protocol phase before missing peers are skipped."),
         click.option("--eval-every", type=int),

@@ -64,8 +64,8 @@ class ExperimentConfig:
     secure_agg: bool = False
     secagg_threshold: float = 0.5  # Shamir threshold as a fraction of the group (majority)
     min_contributors: int = 2  # privacy floor: never unmask fewer contributors than this
-    # members confirm the aggregator's view before revealing (defends against an active aggregator);
-    # False: the semi-honest variant, two message steps fewer per round (docs/threat-model.md)
+    # members confirm a view that drops someone before revealing (defends against an active aggregator);
+    # False: the semi-honest variant, two message steps fewer in such rounds (docs/threat-model.md)
     secagg_verify_views: bool = True
     down_after: int = 3  # rounds a neighbour may miss before we stop waiting for it
     checkpoint_dir: str = ""  # node: persist state here every `checkpoint_every` rounds; resume from it

@@ -20,10 +20,11 @@ Per group, in order: member -> aggregator "shares"; aggregator -> member "bundle
 (with MACs attesting the member list it was masked for); "unmask" (the aggregator's view:
 survivors and dropped, with the survivors' attestations); "confirm" (MACs of that view to every
 co-member); "proof" (the co-members' MACs: a quorum of the group must vouch for one view);
-"reveal" (Shamir shares for the view); "abort" at any time. Every step is validated strictly; bad ones raise `protocols.Rejected` and leave the
-state unchanged. Under gossip the next round's "shares" ride in "confirm" and its "bundle" in
-"proof" (`Prepared`, `prepared_next()`); with `verify_views=False` there is no "confirm"/"proof"
-and the setup rides in "masked" and "unmask".
+"reveal" (Shamir shares for the view); "abort" at any time. A view that drops no one skips
+"confirm" and "proof" in dense groups (`GroupSpec.needs_confirmation`), as does every view with
+`verify_views=False`. Every step is validated strictly; bad ones raise `protocols.Rejected` and
+leave the state unchanged. Under gossip the next round's "shares" ride in "masked" and its
+"bundle" in the aggregator's last message, "unmask" or "proof" (`Prepared`, `prepared_next()`).
 
 It owns the protocol state and message bodies; it uses `crypto` only to seal shares end to
 end, and never touches sockets, the wire layout or training.
@@ -124,7 +125,8 @@ class SecAggParams:
     max_deadlines: hard cap: after this many deadlines in one round the protocol finishes
         whatever is pending (own group: failed "round_timeout"; member roles: given up).
     verify_views: members confirm the aggregator's view (who survived, who dropped) to each
-        other before revealing shares (two extra steps). False is Bonawitz et al.'s semi-honest
+        other before revealing shares (two extra steps, taken only for views that drop someone
+        or in sparse groups: `GroupSpec.needs_confirmation`). False is Bonawitz et al.'s semi-honest
         variant: secure against honest-but-curious nodes, not against an aggregator that shows
         members different views (docs/threat-model.md).
     """
@@ -209,6 +211,17 @@ class GroupSpec:
     def quorum(self) -> int:
         """Confirmations needed before anyone reveals: threshold_for(group size)."""
         return self.params.threshold_for(len(self.members))
+
+    def needs_confirmation(self, dropped: list[int]) -> bool:
+        """Whether members must confirm a view dropping `dropped` before revealing for it.
+
+        A view that drops no one asks only for self-mask shares. In a dense group (every member
+        holds shares of every other, t(u) = quorum) collecting t of them takes as many honest
+        members as a confirmation would, so the confirmation adds nothing there and is skipped
+        (docs/threat-model.md, "Views that drop no one"). A view that drops someone, or any view
+        of a sparse group (t(u) counts only u's holders, fewer than the quorum), is confirmed.
+        """
+        return self.params.verify_views and (bool(dropped) or self.sparse)
 
 
 @dataclass
@@ -458,14 +471,14 @@ class _Member:
         self._pks = {}
         self.stage = "masked"
         self.sent_masked = True
-        # without view verification the masked input is my last message before the reveal: the
-        # next round's shares ride in it (with verification, in the confirmation)
-        nxt = None if spec.params.verify_views else self.next_shares()
+        # in a fault-free round the masked input is my last message before the reveal: the next
+        # round's shares ride in it (docs/secagg.md 3.2)
+        nxt = self.next_shares()
         return spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest, "next": nxt}, vec)
 
     def on_unmask(self, body: bytes) -> list[Outbound]:
-        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member
-        (with my next-round shares, docs/secagg.md 3.1); without view verification, reveal."""
+        """Check the aggregator's view (survivors, dropped) and confirm it to every co-member, or,
+        where the view needs no confirmation (`GroupSpec.needs_confirmation`), reveal for it."""
         spec, me, p = self.spec, self.me, self.spec.params
         if self.stage != "masked":
             raise Rejected("duplicate" if self.stage in ("confirmed", "done") else "out_of_order", "unmask request")
@@ -492,13 +505,13 @@ class _Member:
             ):
                 raise Rejected("refused", f"survivor {w} did not attest that it masked for my member list")
         self.view = (survivors, dropped)
-        if not p.verify_views:
+        if not spec.needs_confirmation(dropped):
             self.next_bundle = d["next"]
             return [self._reveal()]
         digest = view_digest(spec.round, spec.aggregator, survivors, dropped)
         macs = {v: _view_mac(self._mac_key(v), digest, spec.round, spec.aggregator, me, v) for v in self.u1 if v != me}
         self.stage = "confirmed"
-        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs, "next": self.next_shares()}))]
+        return [(spec.aggregator, _secagg_msg(me, spec.round, STEP_CONFIRM, {"macs": macs}))]
 
     def _u1_digest(self) -> bytes:
         return members_digest(self.spec.round, self.spec.aggregator, self.u1)
@@ -751,7 +764,7 @@ class _Aggregator:
             return self.fail("mask_graph_disconnected", "survivors' masking graph is disconnected")
         self.u2 = u2
         self.dropped = sorted(set(self.u1) - self.inputs)
-        verify = p.verify_views
+        verify = spec.needs_confirmation(self.dropped)
         bundles = {} if verify else self._next_bundles()
         asked = [v for v in self.u1 if v not in self.lost]
         out = []
@@ -780,16 +793,15 @@ class _Aggregator:
         if self.stage < 2:
             raise Rejected("out_of_order", f"confirmation from {u} before the unmask request")
         if self.stage > 2:
-            raise Rejected("late", f"confirmation from {u} after the proofs went out")
+            raise Rejected("late", f"confirmation from {u} after the reveals were requested")
         if u not in self.u1:
             raise Rejected("excluded", f"confirmation from {u}, not in this round's group")
         if u in self.macs:
             raise Rejected("duplicate", f"second confirmation from {u}")
-        d = _unpack(body, {"macs", "next"})
+        d = _unpack(body, {"macs"})
         macs = _id_map(d["macs"], "macs", MAC_BYTES, MAC_BYTES)
         if set(macs) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"confirmation from {u} is not addressed to exactly its co-members")
-        self._take_next(u, d["next"])
         self.macs[u] = macs
         if set(self.macs) | self.lost >= set(self.u1):
             return self.close_confirms()
@@ -983,20 +995,19 @@ class _SecAggBase(RoundProtocol):
             self._fail_member(msg.sender, "aborted", reason)
             out = []
         m.idle = 0
-        # the next round's bundle rides in the last aggregator message: proof, or unmask without it
-        if step == (STEP_PROOF if self.params.verify_views else STEP_UNMASK) and m.done:
+        # the next round's bundle rides in the last aggregator message: unmask, or the proof
+        if step in (STEP_PROOF, STEP_UNMASK) and m.done:
             self._take_next_bundle(msg.sender, m.next_bundle)
         return out
 
     def _next_shares(self, group: int) -> dict | None:
-        """The `shares` body of my next-round membership in `group`, to ride in my confirmation
-        (without view verification: my masked input); None where the protocol prepares no next
-        round (FedAvg, the last round)."""
+        """The `shares` body of my next-round membership in `group`, to ride in my masked input;
+        None where the protocol prepares no next round (FedAvg, the last round)."""
         return None
 
     def _take_next_bundle(self, group: int, d: Any) -> None:
-        """Keep the next round's bundle that a proof (without view verification: an unmask
-        request) carried; without one, or a bad one, the next round runs its own share phase."""
+        """Keep the next round's bundle that the unmask request or the proof carried; without
+        one, or a bad one, the next round runs its own share phase."""
         nm = self.next_members.pop(group, None)
         if nm is None or d is None:
             return

@@ -20,8 +20,10 @@ from nacl.public import PrivateKey
 from p2pfl.masking import blake2b, mask_vector, pair_seed, pairwise_sign
 from p2pfl.messages import Kind, Message
 from p2pfl.protocols import FedAvgRound, GossipRound, Rejected, RoundProtocol, mix
+from p2pfl.fixedpoint import FixedPoint
 from p2pfl.secagg import (
     MASKED,
+    GroupSpec,
     SecAggParams,
     SecureFedAvgRound,
     SecureGossipRound,
@@ -257,9 +259,11 @@ def test_values_beyond_clip_are_clipped_and_counted() -> None:
 # --------------------------------------------------------------------------- gossip: dropouts
 
 
-@pytest.mark.parametrize("stage,verify", [("shares", True), ("masked", True), ("confirm", True), ("reveal", True),
+@pytest.mark.parametrize("stage,verify", [("shares", True), ("masked", True), ("reveal", True),
                                           ("shares", False), ("masked", False), ("reveal", False)])
 def test_dropout_at_each_stage_recovers_in_degree_4_groups(stage: str, verify: bool) -> None:
+    # (no view here needs confirming: the views that drop 3 are those of groups 3 left before
+    # its masked input, and a member that sent it is never dropped; see the test below)
     adj = circulant(8, (1, 2))  # every group has 4 members, t = 3
     protos, xs, W = gossip_cluster(adj, L=500, seed=7, params=SecAggParams(verify_views=verify))
     router = Router(protos, crash_before={3: stage}).run()
@@ -284,6 +288,22 @@ def test_dropout_at_each_stage_recovers_in_degree_4_groups(stage: str, verify: b
         assert protos[i].members[3].done
         timed_out = any(f.group == 3 and f.reason == "member_timeout" for f in protos[i].failures)
         assert timed_out == (stage != "reveal")
+
+
+def test_dropout_before_confirming_a_view_that_drops_someone() -> None:
+    # K_6 (groups of 5, t = T = 3): node 5 vanishes before its masked inputs, so every view drops
+    # it and must be confirmed; node 4 vanishes before confirming. Three confirmers suffice.
+    adj = {i: [j for j in range(6) if j != i] for i in range(6)}
+    protos, xs, W = gossip_cluster(adj, L=300, seed=17)
+    seen: list[str] = []
+    router = Router(protos, crash_before={5: "masked", 4: "confirm"}, hold=lambda to, m: seen.append(step_of(m)) or False).run()
+    assert "confirm" in seen and "proof" in seen
+    for i in router.alive():
+        p = protos[i]
+        assert p.status == "ok" and p.contributors == [u for u in adj[i] if u != 5], (i, p.failures)
+        assert p.agg.confirmers == [u for u in adj[i] if u not in (4, 5)]
+        assert set(p.agg.revealed_mask) == {5} and 4 in p.agg.revealed_self  # 4's input counted
+        assert_within_bound(p, xs, W)
 
 
 def test_two_dropouts_in_a_group_of_4_fail_safely() -> None:
@@ -429,10 +449,11 @@ def test_member_confirms_one_view_only_and_reveals_only_with_a_quorum() -> None:
     with pytest.raises(Rejected) as exc:
         protos[1].on_message(_from_agg("proof", {"macs": fake, "next": None}))
     assert exc.value.reason == "refused"
-    router.post(1, out)  # member 1's confirmation of the other view reaches the aggregator
-    router.release()  # the real view reaches everybody (member 1 refuses it: already confirmed)
+    router.post(1, out)  # member 1's confirmation reaches the aggregator, which asked for none:
+    router.release()  # its real view drops no one; the others reveal for it at once, 1 refuses it
     router.settle()
-    assert any(to == 1 and step_of(m) == "proof" and reason == "refused" for to, m, reason in router.rejected)
+    assert any(to == 0 and step_of(m) == "confirm" and reason == "late" for to, m, reason in router.rejected)
+    assert any(to == 1 and step_of(m) == "unmask" and reason == "duplicate" for to, m, reason in router.rejected)
     p = protos[0]
     assert p.status == "ok" and p.contributors == [1, 2, 3, 4]  # the honest quorum {2, 3, 4} sufficed
     assert p.agg.responded == {2, 3, 4}
@@ -453,6 +474,48 @@ def test_inconsistent_views_from_a_malicious_aggregator_reveal_nothing() -> None
             protos[m].on_message(_from_agg("proof", {"macs": {u: macs[u][m] for u in views if u != m}, "next": None}))
         assert exc.value.reason == "refused"
         assert protos[m].members[0].stage == "confirmed"  # nothing revealed
+
+
+@pytest.mark.parametrize("n,dropped,verify,needed", [
+    (5, [], True, False),  # dense, drops no one: only self-mask shares are asked for
+    (5, [3], True, True),  # drops someone: confirmed
+    (14, [], True, True),  # sparse (n > sparse_above): t(u) counts u's holders only, below T
+    (5, [3], False, False),  # the semi-honest variant confirms nothing
+])
+def test_which_views_need_confirming(n: int, dropped: list[int], verify: bool, needed: bool) -> None:
+    spec = GroupSpec(4, 0, range(1, n + 1), 8, FixedPoint(1.0, 1.0, n, 32), SecAggParams(verify_views=verify))
+    assert spec.sparse == (n > spec.params.sparse_above)
+    if not spec.sparse:  # the reason skipping is safe there: every t(u) is the quorum
+        assert all(spec.threshold(u) == spec.quorum for u in spec.members)
+    assert spec.needs_confirmation(dropped) == needed
+
+
+def test_an_unconfirmed_view_that_drops_no_one_does_not_help_an_inconsistent_aggregator() -> None:
+    # K_6, node 0's group {1..5}, t = T = 3. The aggregator shows 1, 2, 3 the view that drops no
+    # one (they reveal the self-mask shares b at once, b_1 can be rebuilt) and 4, 5 a view that
+    # drops all of 1's partners (it needs c_2..c_5 too). That view needs 3 confirmations; 1, 2, 3
+    # have already revealed and confirm nothing more, so it never gets them.
+    protos, router, *_ = _group_paused_at("unmask", n=6)
+    for m in (1, 2, 3):
+        out = protos[m].on_message(_unmask_for(router, m, [1, 2, 3, 4, 5], []))
+        assert [step_of(o) for _, o in out] == ["reveal"]
+        body = msgpack.unpackb(out[0][1].meta["body"], strict_map_key=False)
+        assert set(body["self"]) == {1, 2, 3, 4, 5} and body["mask"] == {}
+    macs = {}
+    for m in (4, 5):
+        out = protos[m].on_message(_unmask_for(router, m, [1, m], sorted({2, 3, 4, 5} - {m})))
+        assert [step_of(o) for _, o in out] == ["confirm"]
+        macs[m] = msgpack.unpackb(out[0][1].meta["body"], strict_map_key=False)["macs"]
+    for m in (1, 2, 3):  # those that revealed cannot be brought to confirm the other view
+        with pytest.raises(Rejected) as exc:
+            protos[m].on_message(_unmask_for(router, m, [1, 4], [2, 3, 5]))
+        assert exc.value.reason == "late"
+    for m in (4, 5):  # with each other's confirmation only: 2 of the 3 needed
+        other = 9 - m
+        with pytest.raises(Rejected) as exc:
+            protos[m].on_message(_from_agg("proof", {"macs": {other: macs[other][m]}, "next": None}))
+        assert exc.value.reason == "refused"
+        assert protos[m].members[0].stage == "confirmed"  # no c share revealed
 
 
 def test_a_member_masked_for_a_smaller_member_list_cannot_be_singled_out() -> None:
@@ -478,7 +541,7 @@ def test_a_member_masked_for_a_smaller_member_list_cannot_be_singled_out() -> No
 
 
 def test_aggregator_refuses_reveals_beyond_its_request() -> None:
-    protos, router, *_ = _group_paused_at("proof")
+    protos, router, *_ = _group_paused_at("unmask")
     agg = protos[0].agg
     assert agg.stage == 3 and agg.dropped == []
     share = b"\x00" * 65 + b"\x01"
