@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-node masking throughput of secure aggregation, against the raw libsodium PRG in the same run.
+"""Per-node masking throughput of secure aggregation, against the raw ChaCha20 PRG in the same run.
 
 A node of a gossip topology is a member of one group per neighbour. For each group it encodes
 W * x to fixed point and adds its self mask and one pairwise mask per co-member (what
@@ -11,8 +11,10 @@ groups of one node and report:
   vs PRG       mask MB/s / raw PRG MB/s     (raw: libsodium's randombytes_buf_deterministic
                                             writing into one reused buffer, same chunks: the
                                             PRG alone, with no allocation, copy or arithmetic)
+  OpenSSL      the same keystream from OpenSSL's ChaCha20 (what masking uses, p2pfl/masking.py),
+               raw, and mask MB/s against it
 
-Goal: model MB/s >= 300 and vs PRG >= 0.5. Usage:
+Goal: model MB/s >= 300 and vs PRG >= 0.5 (the issue's baseline: libsodium). Usage:
 
     .venv/bin/python scripts/bench_masking.py [--params 1000000 10000000] [--repeats 3]
 """
@@ -25,6 +27,7 @@ import platform
 import time
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from nacl._sodium import ffi, lib
 
 from p2pfl.fixedpoint import FixedPoint
@@ -47,7 +50,8 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
-def raw_prg_seconds(params: int, streams: int, repeats: int) -> float:
+def raw_prg_seconds(params: int, streams: int, repeats: int, openssl: bool = False) -> float:
+    """The keystreams alone, chunk by chunk into one reused buffer: libsodium's or OpenSSL's."""
     key = os.urandom(32)
     n_chunks = -(-params // CHUNK_WORDS)
     seeds = [chunk_seed(key, 1, 2, c) for c in range(n_chunks)]
@@ -55,13 +59,19 @@ def raw_prg_seconds(params: int, streams: int, repeats: int) -> float:
 
     buf = np.empty(4 * min(CHUNK_WORDS, params), np.uint8)
     out = ffi.from_buffer(buf, require_writable=True)
+    zeros, view, nonce = memoryview(bytes(buf.nbytes)), memoryview(buf), b"\0\0\0\0LibsodiumDRG"
 
-    def run() -> None:
+    def sodium() -> None:
         for _ in range(streams):
             for seed, size in zip(seeds, sizes):
                 lib.randombytes_buf_deterministic(out, size, seed)
 
-    return best_of(repeats, run)
+    def ossl() -> None:
+        for _ in range(streams):
+            for seed, size in zip(seeds, sizes):
+                Cipher(algorithms.ChaCha20(seed, nonce), None).encryptor().update_into(zeros[:size], view[:size])
+
+    return best_of(repeats, ossl if openssl else sodium)
 
 
 def node_masking_seconds(x: np.ndarray, groups: int, members: int, repeats: int) -> float:
@@ -98,8 +108,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, chunk {CHUNK_WORDS} words")
-    print("| params | node in | groups x streams | node time (ms) | model MB/s | mask MB/s | raw PRG MB/s | vs PRG |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| params | node in | groups x streams | node time (ms) | model MB/s | mask MB/s | raw PRG MB/s | vs PRG "
+          "| raw OpenSSL MB/s | vs OpenSSL |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for params in args.params:
         x = (np.random.default_rng(0).standard_normal(params) * 0.5).astype(np.float32)
         mb = 4 * params / 1e6
@@ -107,11 +118,12 @@ def main() -> None:
             streams = groups * members  # per group: self mask + (members - 1) pairwise masks
             t_node = node_masking_seconds(x, groups, members, args.repeats)
             t_prg = raw_prg_seconds(params, streams, args.repeats)
+            ossl_rate = streams * mb / raw_prg_seconds(params, streams, args.repeats, openssl=True)
             prg_rate = streams * mb / t_prg
             mask_rate = streams * mb / t_node
             print(
                 f"| {params:,} | {name} | {groups} x {members} | {1e3 * t_node:.1f} | {groups * mb / t_node:.0f} "
-                f"| {mask_rate:.0f} | {prg_rate:.0f} | {mask_rate / prg_rate:.2f} |"
+                f"| {mask_rate:.0f} | {prg_rate:.0f} | {mask_rate / prg_rate:.2f} | {ossl_rate:.0f} | {mask_rate / ossl_rate:.2f} |"
             )
     print()
     print("| params | aggregator of | unmask time (ms) | MB/s per input |")

@@ -115,17 +115,22 @@ def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
         prg_words(b"short", 1, 2, 4)
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["cffi-into-buffer", "public-binding"])
-def test_prg_is_libsodiums_chacha20_keystream(monkeypatch, direct: bool) -> None:
-    # masking writes the keystream straight into a buffer through pynacl's cffi module, and
-    # falls back to the public call without it: both must be the documented stream, word for word
+@pytest.mark.parametrize("path", ["openssl", "cffi-into-buffer", "public-binding"])
+def test_prg_is_libsodiums_chacha20_keystream(monkeypatch, path: str) -> None:
+    # masking computes the keystream with OpenSSL's ChaCha20, else writes libsodium's straight
+    # into a buffer through pynacl's cffi module, else takes pynacl's public call: all three must
+    # be the documented stream (libsodium's, through its public binding), word for word
     from nacl.bindings import randombytes_buf_deterministic
 
     import p2pfl.masking as masking
 
-    if not direct:
+    if path == "openssl" and masking._Cipher is None:
+        pytest.fail("the cryptography package is missing: install the project's dependencies")
+    if path != "openssl":
+        monkeypatch.setattr(masking, "_Cipher", None)
+    if path == "public-binding":
         monkeypatch.setattr(masking, "_lib", None)
-    elif masking._lib is None:
+    elif path == "cffi-into-buffer" and masking._lib is None:
         pytest.fail("pynacl's cffi module (nacl._sodium) is missing: the fast PRG path cannot be tested")
     k, n = bytes(range(32)), CHUNK_WORDS + 7
     expected = np.concatenate([
