@@ -104,7 +104,7 @@ def main() -> None:
                         help="with --secure both: run plain and secure alternately this many times and report "
                              "the median secure / plain ratio and its range (this machine's speed drifts)")
     parser.add_argument("--no-verify-views", action="store_true",
-                        help="secure runs without view verification (the semi-honest variant, 2 steps fewer)")
+                        help="secure runs without view verification (the semi-honest variant: 2 steps fewer in rounds that drop someone)")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
     print("| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round | node: train + exchange |")

@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--topology", default="regular:d=4")
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (3 steps)")
+    ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (the semi-honest variant)")
     args = ap.parse_args()
     print("| mode | CPU per node and round | messages per node and round | protocol alone | drops |")
     print("|---|---:|---:|---:|---|")
