@@ -3,7 +3,7 @@
 PRG. A mask is the keystream of libsodium's `randombytes_buf_deterministic` (IETF ChaCha20 keyed
 by a 32-byte seed, nonce "LibsodiumDRG", counter from 0), read as little-endian uint32 words.
 We compute that keystream with OpenSSL's ChaCha20 (through `cryptography`), bit-identical (a
-test pins it against libsodium) and about twice as fast here with its AVX-512 code; libsodium is
+test pins it against libsodium) and about twice as fast here; libsodium is
 the fallback where `cryptography` is missing. The PRG takes no nonce or offset, so a long vector
 is cut into chunks of `CHUNK_WORDS` words and chunk c uses the seed
 

@@ -218,8 +218,8 @@ class GroupSpec:
         A view that drops no one asks only for self-mask shares. In a dense group (every member
         holds shares of every other, t(u) = quorum) collecting t of them takes as many honest
         members as a confirmation would, so the confirmation adds nothing there and is skipped
-        (docs/threat-model.md, "Views that drop no one"). A view that drops someone, or any view
-        of a sparse group (t(u) counts only u's holders, fewer than the quorum), is confirmed.
+        (docs/secagg.md 3.3). A view that drops someone, or any view of a sparse group (t(u)
+        counts only u's holders, fewer than the quorum), is confirmed.
         """
         return self.params.verify_views and (bool(dropped) or self.sparse)
 
@@ -472,7 +472,7 @@ class _Member:
         self.stage = "masked"
         self.sent_masked = True
         # in a fault-free round the masked input is my last message before the reveal: the next
-        # round's shares ride in it (docs/secagg.md 3.2)
+        # round's shares ride in it (docs/secagg.md 3.1)
         nxt = self.next_shares()
         return spec.aggregator, _secagg_msg(me, spec.round, STEP_MASKED, {"attest": attest, "next": nxt}, vec)
 
