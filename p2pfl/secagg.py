@@ -227,8 +227,8 @@ class GroupSpec:
 @dataclass
 class Prepared:
     """The next round's share phase, done during this one (pipelined setup, docs/secagg.md): the
-    member roles whose bundle came with a proof, and the own group if its bundles went out with
-    the proofs. Lives in memory only; a node without it (first round, restart) runs the share phase."""
+    member roles whose bundle came with the aggregator's last message (unmask request or proof),
+    and the own group if its bundles went out with its last messages. Lives in memory only; a node without it (first round, restart) runs the share phase."""
 
     round: int
     members: dict[int, _Member]
@@ -700,7 +700,7 @@ class _Aggregator:
 
     def prepare(self, required: set[int]) -> dict[int, dict] | None:
         """Close the share phase of this next-round group early (pipelined setup): the bundle body
-        for each member of U1, to ride in this round's proofs; None (nothing prepared) unless
+        for each member of U1, to ride in this round's last aggregator messages; None (nothing prepared) unless
         every member in `required` shared, so that a live member outside is never shut out for
         longer than a round (without a prepared setup the next round runs its own share phase)."""
         spec, p = self.spec, self.spec.params

@@ -35,7 +35,7 @@ class Cluster:
 
     def round(self, r: int, forget: frozenset[int] = frozenset(), forget_members: frozenset[int] = frozenset()):
         """Run round r; nodes in `forget` start it without their prepared setup (a restart), nodes in
-        `forget_members` without that of their member roles only (lost proofs)."""
+        `forget_members` without that of their member roles only (lost unmask requests or proofs)."""
         xs = {i: self.data.standard_normal(L).astype(np.float32) for i in self.adj}
         prepared = {i: None if i in forget else self.prepared[i] for i in self.adj}
         for i in forget_members:
@@ -156,7 +156,7 @@ def test_without_view_verification_a_restarted_member_rejoins() -> None:
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_members_without_their_setup_cost_no_deadline(verify: bool) -> None:
-    # node 6 lost the bundles its proofs carried (its own group's setup is intact): the groups it
+    # node 6 lost the bundles its unmask requests carried (its own group's setup is intact): the groups it
     # is a member of count it as dropped at once and finish without waiting for a deadline
     adj = circulant(8, (1, 2))
     cluster = Cluster(adj, rounds=4, seed=13, params=SecAggParams(verify_views=verify))
