@@ -700,8 +700,8 @@ class _Aggregator:
 
     def prepare(self, required: set[int]) -> dict[int, dict] | None:
         """Close the share phase of this next-round group early (pipelined setup): the bundle body
-        for each member of U1, to ride in this round's last aggregator messages; None (nothing prepared) unless
-        every member in `required` shared, so that a live member outside is never shut out for
+        for each member of U1, to ride in this round's last aggregator messages; None (nothing
+        prepared) unless every member in `required` shared, so that a live member outside is never shut out for
         longer than a round (without a prepared setup the next round runs its own share phase)."""
         spec, p = self.spec, self.spec.params
         u1 = self._usable()
