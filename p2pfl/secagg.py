@@ -764,8 +764,8 @@ class _Aggregator:
             return self.fail("mask_graph_disconnected", "survivors' masking graph is disconnected")
         self.u2 = u2
         self.dropped = sorted(set(self.u1) - self.inputs)
-        verify = spec.needs_confirmation(self.dropped)
-        bundles = {} if verify else self._next_bundles()
+        confirm = spec.needs_confirmation(self.dropped)
+        bundles = {} if confirm else self._next_bundles()
         asked = [v for v in self.u1 if v not in self.lost]
         out = []
         for v in asked:
@@ -773,7 +773,7 @@ class _Aggregator:
             body = {"survivors": self.u2, "dropped": self.dropped, "attest": attest, "next": bundles.get(v)}
             out.append((v, _secagg_msg(self.spec.aggregator, self.spec.round, STEP_UNMASK, body)))
         self.attest = {}
-        if verify:
+        if confirm:
             self.stage = 2
         else:  # no confirmation step: whoever was asked reveals for this view
             self._await_reveals(asked)
