@@ -181,6 +181,32 @@ def encode_and_mask(
     return out
 
 
+class EncodingCache:
+    """One input's fixed-point encodings, each computed once per round.
+
+    A node masks the same input for every group it is a member of, and where two groups share
+    the encoder and the weight (every group of a node in a regular graph, under
+    Metropolis-Hastings weights) the encodings are equal integers: encode once, then mask a copy
+    per group. Encoding is the float64 part of masking (multiply, clip, round), about as costly
+    as two keystreams, so at degree 4 this removes three of the four encodings a round.
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self._memo: dict[tuple[FixedPoint, float], np.ndarray] = {}
+
+    def masked(self, enc: FixedPoint, weight: float, masks: Sequence[Mask], round_: int, group: int) -> np.ndarray:
+        """`encode_and_mask(x, enc, weight, masks, round_, group)`, from the cached encoding (a fresh array)."""
+        _check_masks(masks)
+        key = (enc, float(weight))
+        encoded = self._memo.get(key)
+        if encoded is None:  # round and group do not enter an encoding without masks
+            encoded = self._memo[key] = encode_and_mask(self.x, enc, weight, [], round_, group)
+        out = encoded.copy()
+        mask_vector(out, masks, round_, group)
+        return out
+
+
 def pair_seed(shared: bytes, round_: int, group: int, a: int, b: int) -> bytes:
     """Mask key of the pair {a, b} in (round, group) from their X25519 shared secret."""
     lo, hi = min(a, b), max(a, b)

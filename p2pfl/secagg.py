@@ -51,6 +51,7 @@ from nacl.bindings import (
 from p2pfl import crypto, shamir
 from p2pfl.fixedpoint import FixedPoint
 from p2pfl.masking import (
+    EncodingCache,
     Mask,
     auto_degree,
     blake2b,
@@ -366,6 +367,8 @@ class _Member:
                  noise: NoiseFn | None = None) -> None:
         self.spec, self.me, self.weight = spec, me, weight
         self.x: np.ndarray | None = x  # None once released (the round is over)
+        # the round's encodings of x, shared with my other groups (gossip; None: encode here)
+        self.encodings: EncodingCache | None = None
         self._secret, self._rng = secret, rng
         self._noise = noise
         self.stage = "new"  # new -> shared -> ready (bundle taken) -> masked -> confirmed -> done
@@ -462,7 +465,10 @@ class _Member:
         for w in sorted(self._pks):
             shared = _x25519(self._c_sk, self._pks[w])
             masks.append((pair_seed(shared, spec.round, spec.aggregator, me, w), pairwise_sign(me, w)))
-        vec = encode_and_mask(self.x, spec.enc, self.weight, masks, spec.round, spec.aggregator)
+        if self.encodings is not None:
+            vec = self.encodings.masked(spec.enc, self.weight, masks, spec.round, spec.aggregator)
+        else:
+            vec = encode_and_mask(self.x, spec.enc, self.weight, masks, spec.round, spec.aggregator)
         if self._noise is not None:  # integers add mod 2^32: noise then masks = masks then noise
             vec = add_wrapped(vec, self._noise())
         # attest to every co-member which member list this input was masked for
@@ -953,7 +959,7 @@ class _SecAggBase(RoundProtocol):
         """
         for m in self.members.values():
             if m.done:
-                m.x = None
+                m.x = m.encodings = None
         if self.agg is not None:
             self.agg.sum = self.agg.total = None
 
@@ -1085,6 +1091,7 @@ class SecureGossipRound(_SecAggBase):
         if any(not 0.0 <= w <= 1.0 for w in self.weights.values()) or sum(self.weights.values()) > 1.0:
             raise ValueError("mixing weights must lie in [0, 1] and the neighbours' sum be at most 1")
         x, self.clipped = _sanitize(self.own, params.clip)
+        encodings = EncodingCache(x)  # every group I am in masks from it (equal encodings: once)
         length = self.own.shape[0]
 
         def enc(m: int) -> FixedPoint:
@@ -1117,7 +1124,7 @@ class SecureGossipRound(_SecAggBase):
                 m = prepared.members.get(j)
                 if m is None or m.spec.members != self._groups[j] or m.spec.length != length or m.stage != "ready":
                     m = _Member(self._spec(round_, j), node_id, self.weights[j], x, secret, rng)
-                m.x, m.weight = x, self.weights[j]
+                m.x, m.weight, m.encodings = x, self.weights[j], encodings
                 m.next_shares = functools.partial(self._next_shares, j)
                 self.members[j] = m
         self._result: np.ndarray | None = None

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from p2pfl.fixedpoint import FixedPoint
 from p2pfl.masking import (
     CHUNK_WORDS,
+    EncodingCache,
     auto_degree,
     blake2b,
     chunk_seed,
@@ -100,6 +101,36 @@ def test_fused_encode_and_mask_equals_encode_then_mask() -> None:
     separate, _ = enc.encode(x, 0.3)
     mask_vector(separate, masks, 7, 2)
     assert np.array_equal(fused, separate)
+
+
+def test_encoding_cache_masks_like_encode_and_mask_and_encodes_once(monkeypatch) -> None:
+    import p2pfl.masking as masking
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(CHUNK_WORDS + 5) * 5).astype(np.float32)
+    cache = EncodingCache(x)
+    encoded: list[float] = []
+    real = masking.encode_and_mask
+
+    def counting(x, enc, weight, masks, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not masks:
+            encoded.append(weight)
+        return real(x, enc, weight, masks, *args, **kwargs)
+
+    monkeypatch.setattr(masking, "encode_and_mask", counting)
+    # three groups share (encoder, weight), one has another weight, one another encoder
+    cases = [(FixedPoint(4.0, 1.0, 3), 0.25, 1), (FixedPoint(4.0, 1.0, 3), 0.25, 2), (FixedPoint(4.0, 1.0, 3), 0.25, 3),
+             (FixedPoint(4.0, 1.0, 3), 0.2, 4), (FixedPoint(4.0, 1.0, 5), 0.25, 5)]
+    outs = []
+    for enc, weight, group in cases:
+        masks = [(bytes([group]) * 32, 1), (bytes([group + 1]) * 32, -1)]
+        got = cache.masked(enc, weight, masks, 9, group)
+        assert np.array_equal(got, real(x, enc, weight, masks, 9, group))
+        outs.append(got)
+    assert encoded == [0.25, 0.2, 0.25]  # one encoding per distinct (encoder, weight)
+    assert not np.shares_memory(outs[0], outs[1])  # each group gets its own array
+    with pytest.raises(ValueError):
+        cache.masked(FixedPoint(4.0, 1.0, 3), 0.25, [(bytes(31), 1)], 9, 1)
 
 
 def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
