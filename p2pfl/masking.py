@@ -1,19 +1,21 @@
-"""Masks for secure aggregation: a chunked ChaCha20 PRG, fused encode+mask, sparse masking graphs.
+"""Masks for secure aggregation: a ChaCha20 PRG read in chunks, fused encode+mask, sparse masking graphs.
 
-PRG. A mask is the keystream of libsodium's `randombytes_buf_deterministic` (IETF ChaCha20 keyed
-by a 32-byte seed, nonce "LibsodiumDRG", counter from 0), read as little-endian uint32 words.
-We compute that keystream with OpenSSL's ChaCha20 (through `cryptography`), bit-identical (a
-test pins it against libsodium) and about twice as fast here; libsodium is
-the fallback where `cryptography` is missing. The PRG takes no nonce or offset, so a long vector
-is cut into chunks of `CHUNK_WORDS` words and chunk c uses the seed
+PRG. The mask of key k in (round, group) is the keystream of libsodium's
+`randombytes_buf_deterministic` (IETF ChaCha20, nonce "LibsodiumDRG", block counter from 0)
+under the seed
 
-    BLAKE2b-256(key = mask key, person = "p2pfl-mask-chnk", data = round || group || c)
+    BLAKE2b-256(key = k, person = "p2pfl-mask-strm", data = round || group)
 
-(round, group and c as little-endian u64). Chunks let a 10M-parameter vector stream through
-the cache (256 KiB at a time) instead of allocating one 40 MB buffer per mask, and bind every
-mask to the round and the aggregator's group, so a key reused by mistake across rounds or
-groups still gives unrelated masks. `CHUNK_WORDS` is part of the protocol: every party must
-use the same value or the masks do not cancel.
+(round and group as little-endian u64), read as little-endian uint32 words: word i of the
+mask is word i of that one stream, whatever the vector's length. Binding the seed to the round
+and the aggregator's group makes a key reused by mistake across rounds or groups still give
+unrelated masks. We compute the stream with OpenSSL's ChaCha20 (through `cryptography`),
+bit-identical to libsodium's (a test pins it) and about twice as fast here; one cipher context
+per mask streams through the whole vector, `CHUNK_WORDS` words at a time, so a 10M-parameter
+vector passes through the cache 256 KiB at a time without a 40 MB buffer per mask, and a chunk
+costs no key setup. libsodium is the fallback where `cryptography` is missing (it takes no
+offset, so it makes each mask's stream whole). `CHUNK_WORDS` is a cache size, not part of the
+protocol.
 
 Signs. For a pair u < v with shared mask key s_uv, u adds PRG(s_uv) and v subtracts it; with a
 self mask PRG(b_u) added by every contributor, the sum over a group of
@@ -55,7 +57,7 @@ except ImportError:  # pragma: no cover - optional speed-up; libsodium computes 
 
 from p2pfl.fixedpoint import FixedPoint
 
-CHUNK_WORDS = 1 << 16  # 256 KiB of uint32 per chunk (protocol constant)
+CHUNK_WORDS = 1 << 16  # 256 KiB of uint32 per chunk (a cache size; any value gives the same masks)
 KEY_BYTES = 32
 _LE_U32 = np.dtype("<u4")
 
@@ -73,9 +75,9 @@ def blake2b(data: bytes, person: bytes, key: bytes = b"", size: int = 32) -> byt
     return hashlib.blake2b(data, digest_size=size, key=key, person=person).digest()
 
 
-def chunk_seed(key: bytes, round_: int, group: int, index: int) -> bytes:
-    """The ChaCha20 seed of chunk `index` of the mask stream of `key` in (round, group)."""
-    return blake2b(struct.pack("<QQQ", round_, group, index), b"p2pfl-mask-chnk", key)
+def stream_seed(key: bytes, round_: int, group: int) -> bytes:
+    """The ChaCha20 seed of the mask stream of `key` in (round, group)."""
+    return blake2b(struct.pack("<QQ", round_, group), b"p2pfl-mask-strm", key)
 
 
 def _check_key(key: bytes) -> None:
@@ -103,10 +105,7 @@ def mask_vector(vec: np.ndarray, masks: Sequence[Mask], round_: int, group: int)
     if vec.dtype != np.uint32 or vec.ndim != 1:
         raise ValueError("mask_vector works on a 1-D uint32 vector")
     _check_masks(masks)
-    n = vec.shape[0]
-    stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
-    for c, start in enumerate(range(0, n, CHUNK_WORDS)):
-        _apply_streams(vec[start : start + CHUNK_WORDS], masks, round_, group, c, stream)
+    _masked_copy(vec, vec, masks, round_, group)
 
 
 # libsodium's randombytes_buf_deterministic as an OpenSSL ChaCha20 nonce: 32-bit block counter
@@ -115,27 +114,55 @@ _DRG_NONCE = b"\0\0\0\0LibsodiumDRG"
 _ZEROS = bytes(CHUNK_WORDS * 4)  # the plaintext whose encryption is the keystream
 
 
-def _fill_stream(out: np.ndarray, seed: bytes) -> None:
-    """Write the ChaCha20 keystream of `seed` into the little-endian uint32 buffer `out`."""
-    if _Cipher is not None:
-        enc = _Cipher(_algorithms.ChaCha20(seed, _DRG_NONCE), None).encryptor()
-        enc.update_into(memoryview(_ZEROS)[: out.nbytes], memoryview(out).cast("B"))
-    elif _lib is not None:
-        _lib.randombytes_buf_deterministic(_ffi.from_buffer(out, require_writable=True), out.nbytes, seed)
-    else:
-        out[:] = np.frombuffer(_chacha20(out.nbytes, seed), dtype=_LE_U32)
+class _Keystream:
+    """The mask stream of one seed, `words` long, read front to back a chunk at a time."""
 
-
-def _apply_streams(part: np.ndarray, masks: Sequence[Mask], round_: int, group: int, chunk: int,
-                   scratch: np.ndarray) -> None:
-    """Add or subtract chunk `chunk` of every mask's stream to the uint32 `part`, in place."""
-    stream = scratch[: part.shape[0]]
-    for key, sign in masks:
-        _fill_stream(stream, chunk_seed(key, round_, group, chunk))
-        if sign > 0:
-            np.add(part, stream, out=part)
+    def __init__(self, seed: bytes, words: int) -> None:
+        self._whole: np.ndarray | None = None
+        self._pos = 0
+        if _Cipher is not None:
+            self._enc = _Cipher(_algorithms.ChaCha20(seed, _DRG_NONCE), None).encryptor()
+            return
+        # libsodium's call takes no offset: make the whole stream once (the fallback only)
+        whole = np.empty(words, dtype=_LE_U32)
+        if _lib is not None:
+            _lib.randombytes_buf_deterministic(_ffi.from_buffer(whole, require_writable=True), whole.nbytes, seed)
         else:
-            np.subtract(part, stream, out=part)
+            whole[:] = np.frombuffer(_chacha20(whole.nbytes, seed), dtype=_LE_U32)
+        self._whole = whole
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Write the next `len(out)` words of the stream into the little-endian uint32 `out`."""
+        if self._whole is None:
+            self._enc.update_into(memoryview(_ZEROS)[: out.nbytes], memoryview(out).cast("B"))
+        else:
+            out[:] = self._whole[self._pos : self._pos + out.shape[0]]
+            self._pos += out.shape[0]
+
+
+def _streams(masks: Sequence[Mask], round_: int, group: int, words: int) -> list[tuple[_Keystream, int]]:
+    return [(_Keystream(stream_seed(key, round_, group), words), sign) for key, sign in masks]
+
+
+def _add_streams(src: np.ndarray, dst: np.ndarray, streams: Sequence[tuple[_Keystream, int]],
+                 scratch: np.ndarray) -> None:
+    """dst = src plus or minus the next len(dst) words of every stream (src may be dst)."""
+    stream = scratch[: dst.shape[0]]
+    if not streams and src is not dst:
+        np.copyto(dst, src)
+    for ks, sign in streams:
+        ks.read_into(stream)
+        (np.add if sign > 0 else np.subtract)(src, stream, out=dst)
+        src = dst
+
+
+def _masked_copy(src: np.ndarray, dst: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
+    """dst = src plus or minus every mask's stream (uint32, same length; src may be dst), chunk by chunk."""
+    n = dst.shape[0]
+    streams = _streams(masks, round_, group, n)
+    scratch = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
+    for start in range(0, n, CHUNK_WORDS):
+        _add_streams(src[start : start + CHUNK_WORDS], dst[start : start + CHUNK_WORDS], streams, scratch)
 
 
 def encode_and_mask(
@@ -167,8 +194,9 @@ def encode_and_mask(
     factor = np.float64(weight * enc.scale)  # exact: weight times a power of two
     limit = np.float64(weight * enc.clip * enc.scale)
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=np.float64)
+    streams = _streams(masks, round_, group, n)
     stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
-    for c, start in enumerate(range(0, n, CHUNK_WORDS)):
+    for start in range(0, n, CHUNK_WORDS):
         xs = x[start : start + CHUNK_WORDS]
         k = xs.shape[0]
         buf = scratch[:k]
@@ -177,7 +205,7 @@ def encode_and_mask(
         np.clip(buf, -limit, limit, out=buf)
         np.rint(buf, out=buf)
         np.copyto(part.view(np.int32), buf, casting="unsafe")
-        _apply_streams(part, masks, round_, group, c, stream)
+        _add_streams(part, part, streams, stream)
     return out
 
 
@@ -202,8 +230,8 @@ class EncodingCache:
         encoded = self._memo.get(key)
         if encoded is None:  # round and group do not enter an encoding without masks
             encoded = self._memo[key] = encode_and_mask(self.x, enc, weight, [], round_, group)
-        out = encoded.copy()
-        mask_vector(out, masks, round_, group)
+        out = np.empty_like(encoded)
+        _masked_copy(encoded, out, masks, round_, group)  # the first mask writes the copy
         return out
 
 

@@ -32,7 +32,10 @@ from p2pfl.messages import Kind, Message
 
 Buffer = Any  # any object with the buffer protocol: bytes, numpy arrays, zmq.Frame, ...
 
-WIRE_VERSION = 2  # 2: the header names the cipher (10th field)
+# 2: the header names the cipher (10th field). 3: same layout; a SECAGG masked input is masked
+# with one ChaCha20 stream per (key, round, group) instead of one per 256 KiB chunk
+# (p2pfl/masking.py), so a version-2 node's masks would not cancel: refuse it outright.
+WIRE_VERSION = 3
 CHUNK_BYTES = 1 << 20  # default chunk: large enough to amortise per-call costs, small enough to stay in cache
 MIN_CHUNK_BYTES = 4096
 MAX_CHUNK_BYTES = 4 << 20  # bounds one frame, hence the socket's MAXMSGSIZE

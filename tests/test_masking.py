@@ -16,7 +16,6 @@ from p2pfl.masking import (
     EncodingCache,
     auto_degree,
     blake2b,
-    chunk_seed,
     encode_and_mask,
     graph_seed,
     induced_connected,
@@ -24,10 +23,11 @@ from p2pfl.masking import (
     mask_vector,
     pairwise_sign,
     prg_words,
+    stream_seed,
 )
 
 
-KNOWN_CHUNK_SEED = "68c20eb27c61fe50"  # libsodium BLAKE2b, before the switch to hashlib
+KNOWN_STREAM_SEED = "00c4ddecd008fc61"  # libsodium's crypto_generichash_blake2b_salt_personal
 
 
 def _keys(seed: int):
@@ -49,9 +49,9 @@ def test_blake2b_is_libsodiums(data, key, person, size):
         data, digest_size=size, key=key, person=person)
 
 
-def test_chunk_seed_known_answer():
+def test_stream_seed_known_answer():
     # pinned output: a change here breaks mask cancellation between versions
-    assert chunk_seed(bytes(range(32)), 7, 3, 1).hex()[:16] == KNOWN_CHUNK_SEED
+    assert stream_seed(bytes(range(32)), 7, 3).hex()[:16] == KNOWN_STREAM_SEED
 
 
 # --------------------------------------------------------------------------- cancellation
@@ -133,7 +133,7 @@ def test_encoding_cache_masks_like_encode_and_mask_and_encodes_once(monkeypatch)
         cache.masked(FixedPoint(4.0, 1.0, 3), 0.25, [(bytes(31), 1)], 9, 1)
 
 
-def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
+def test_prg_is_one_deterministic_stream_bound_to_round_and_group() -> None:
     k = bytes(range(32))
     long = prg_words(k, 1, 2, 2 * CHUNK_WORDS + 5)
     assert np.array_equal(long[:CHUNK_WORDS], prg_words(k, 1, 2, CHUNK_WORDS))
@@ -141,9 +141,26 @@ def test_prg_is_chunked_deterministic_and_bound_to_round_and_group() -> None:
     assert not np.array_equal(long[:CHUNK_WORDS], long[CHUNK_WORDS : 2 * CHUNK_WORDS])
     assert not np.array_equal(prg_words(k, 1, 2, 64), prg_words(k, 2, 2, 64))
     assert not np.array_equal(prg_words(k, 1, 2, 64), prg_words(k, 1, 3, 64))
-    assert len({chunk_seed(k, 1, 2, c) for c in range(100)}) == 100
     with pytest.raises(ValueError):
         prg_words(b"short", 1, 2, 4)
+
+
+def test_masks_do_not_depend_on_the_chunk_size(monkeypatch) -> None:
+    # CHUNK_WORDS only sizes the pieces a vector is masked in: nodes built with another value
+    # (or a future change of it) must produce the same masks word for word
+    import p2pfl.masking as masking
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(3 * CHUNK_WORDS + 17) * 3).astype(np.float32)
+    enc = FixedPoint(4.0, 1.0, 3)
+    masks = [(bytes(range(32)), 1), (bytes(range(1, 33)), -1)]
+    before = (prg_words(masks[0][0], 4, 6, x.shape[0]), encode_and_mask(x, enc, 0.4, masks, 4, 6),
+              EncodingCache(x).masked(enc, 0.4, masks, 4, 6))
+    monkeypatch.setattr(masking, "CHUNK_WORDS", 1000)
+    after = (prg_words(masks[0][0], 4, 6, x.shape[0]), encode_and_mask(x, enc, 0.4, masks, 4, 6),
+             EncodingCache(x).masked(enc, 0.4, masks, 4, 6))
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("path", ["openssl", "cffi-into-buffer", "public-binding"])
@@ -164,10 +181,7 @@ def test_prg_is_libsodiums_chacha20_keystream(monkeypatch, path: str) -> None:
     elif path == "cffi-into-buffer" and masking._lib is None:
         pytest.fail("pynacl's cffi module (nacl._sodium) is missing: the fast PRG path cannot be tested")
     k, n = bytes(range(32)), CHUNK_WORDS + 7
-    expected = np.concatenate([
-        np.frombuffer(randombytes_buf_deterministic(4 * CHUNK_WORDS, chunk_seed(k, 5, 9, 0)), dtype="<u4"),
-        np.frombuffer(randombytes_buf_deterministic(4 * 7, chunk_seed(k, 5, 9, 1)), dtype="<u4"),
-    ])
+    expected = np.frombuffer(randombytes_buf_deterministic(4 * n, stream_seed(k, 5, 9)), dtype="<u4")
     assert np.array_equal(prg_words(k, 5, 9, n), expected)
     x = np.linspace(-1, 1, n).astype(np.float32)
     enc = FixedPoint(4.0, 1.0, 3)

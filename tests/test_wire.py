@@ -139,14 +139,15 @@ def test_garbage_header(garbage):
 
 
 def test_bad_version():
-    assert wire.WIRE_VERSION == 2 and msgpack.unpackb(_frames()[0])[0] == 2
-    for version in (1, 3, True):  # 1: the header before it named the cipher
+    assert wire.WIRE_VERSION == 3 and msgpack.unpackb(_frames()[0])[0] == 3
+    # 1: the header before it named the cipher; 2: the same layout, masks from per-chunk seeds
+    for version in (1, 2, 4, True):
         assert _reason(_with_header(_frames(), 0, version)) == "bad_version"
     v1 = msgpack.unpackb(_frames()[0])[:9]  # a genuine version-1 header: 9 fields, no cipher
     v1[0] = 1
     assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_version"
-    v1[0] = 2
-    assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_header"  # version 2 needs its 10 fields
+    v1[0] = 3
+    assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_header"  # version 3 needs its 10 fields
 
 
 @pytest.mark.parametrize("value", [0, 3, 255, 256, -1, "aes256gcm", True, None, 2.0])
