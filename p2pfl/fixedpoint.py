@@ -131,5 +131,6 @@ class FixedPoint:
     def decode(self, total: np.ndarray) -> np.ndarray:
         """Float64 value of a (sum of) encoded vector(s), read as signed two's complement."""
         total = np.asarray(total, dtype=self.utype)
-        return total.view(self.stype).astype(np.float64) * self.step
+        # one pass, no float64 temporary: int -> float64 is exact and step a power of two
+        return np.multiply(total.view(self.stype), self.step, dtype=np.float64)
 

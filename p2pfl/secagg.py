@@ -1202,7 +1202,10 @@ class SecureGossipRound(_SecAggBase):
                 return self.own.copy()
             assert agg.sum is not None
             kept = 1.0 - sum(self.weights[u] for u in agg.u2)
-            self._result = (kept * self.own.astype(np.float64) + agg.sum).astype(np.float32)
+            mixed = self.own.astype(np.float64)  # kept * own + sum, in place (model-sized temporaries)
+            mixed *= kept
+            mixed += agg.sum
+            self._result = mixed.astype(np.float32)
         return self._result
 
     def arrived(self) -> int:
