@@ -71,6 +71,7 @@ class RoundRecord:
     wall_time: float
     round_time: float
     train_time: float  # seconds of local training within round_time
+    cpu_time: float  # CPU seconds of the node's own thread this round (not the sockets' I/O threads)
     arrived: int
     dropped: dict[str, int]
     aggregation: str  # "ok", or why this node's aggregate failed safely (secure aggregation)
@@ -286,7 +287,7 @@ class Node:
     # -- one round ----------------------------------------------------------------------------
 
     def _round(self, r: int) -> RoundRecord:
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.thread_time()
         self._heard.clear()
         active = self.schedule.active(r)
         takes_part = self.id in active
@@ -315,6 +316,7 @@ class Node:
             test_loss=test_loss, test_acc=test_acc,
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started, train_time=train_time,
+            cpu_time=time.thread_time() - cpu_started,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
         )

@@ -3,9 +3,12 @@
 Runs `p2pfl simulate` configurations (16 digits nodes by default, evaluating every round) and
 reports, per configuration: the median wall time per round (slowest node, startup excluded), the
 compute floor (every node's local training and evaluation for one round, run back to back in
-this process, divided by the cores), their ratio, and bytes sent per node per round. With
---secure both, plain and secure aggregation run side by side and their ratios are printed too
-(round time and bytes on the wire, secure / plain).
+this process, divided by the cores), their ratio, bytes sent per node per round, and the CPU a
+node's own thread spends per round (`cpu_time` in the metrics: training, protocol, crypto,
+evaluation; mean over nodes and rounds 2 on). With --secure both, plain and secure aggregation
+run side by side and their ratios are printed too (round time, node CPU and bytes on the wire,
+secure / plain). With 16 nodes on 2 cores a round is CPU-bound, so the round-time ratio follows
+the CPU ratio, which is much less noisy on a shared machine.
 
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --task bench_round:digits_mlp_1m
@@ -85,11 +88,12 @@ def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, fl
     per_round = [end[k] - end[k - 1] for k in rounds[1:]]  # round 1 includes start-up skew
     sent = max(r["bytes_sent"] for r in records) / len(rounds)
     later = [r for r in records if r["round"] > 1]
+    cpu = statistics.fmean(r["cpu_time"] for r in later)
     # a node's own round: local training, then the exchange (protocol, waiting for neighbours, evaluation)
     train = statistics.median(r["train_time"] for r in later)
     exchange = statistics.median(r["round_time"] - r["train_time"] for r in later)
     return {"round_s": statistics.median(per_round), "floor_s": compute_floor(cfg), "bytes_per_round": sent,
-            "train_s": train, "exchange_s": exchange}
+            "train_s": train, "exchange_s": exchange, "cpu_s": cpu}
 
 
 def main() -> None:
@@ -107,11 +111,13 @@ def main() -> None:
                         help="secure runs without view verification (the semi-honest variant: 2 steps fewer in rounds that drop someone)")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
-    print("| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round | node: train + exchange |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round "
+          "| node: train + exchange | node CPU per round |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.topologies.split(","):
             ratios: list[float] = []
+            cpu_ratios: list[float] = []
             for repeat in range(max(1, args.repeats)):
                 results = {}
                 for secure in modes:
@@ -121,15 +127,17 @@ def main() -> None:
                     m = results[secure] = measure(cfg, Path(tmp), f"-{repeat}")
                     print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
                           f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB | "
-                          f"{m['train_s'] * 1e3:.0f} + {m['exchange_s'] * 1e3:.0f} ms |")
+                          f"{m['train_s'] * 1e3:.0f} + {m['exchange_s'] * 1e3:.0f} ms | {m['cpu_s'] * 1e3:.1f} ms |")
                 if len(results) == 2:
                     plain, sec = results[False], results[True]
                     ratios.append(sec["round_s"] / plain["round_s"])
+                    cpu_ratios.append(sec["cpu_s"] / plain["cpu_s"])
                     print(f"| {spec} | secure / plain | | {ratios[-1]:.2f}x | | | "
-                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x | |")
+                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x | | {cpu_ratios[-1]:.2f}x |")
             if len(ratios) > 1:
                 print(f"| {spec} | secure / plain, median of {len(ratios)} | | {statistics.median(ratios):.2f}x "
-                      f"({min(ratios):.2f}-{max(ratios):.2f}) | | | | |")
+                      f"({min(ratios):.2f}-{max(ratios):.2f}) | | | | | {statistics.median(cpu_ratios):.2f}x "
+                      f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) |")
 
 if __name__ == "__main__":
     main()

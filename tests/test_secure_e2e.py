@@ -27,6 +27,8 @@ def test_ring_with_and_without_secure_aggregation_follows_the_same_trajectory(tm
     plain = [json.loads(line) for line in (runs[False] / "metrics.jsonl").read_text().splitlines()]
     secure = [json.loads(line) for line in (runs[True] / "metrics.jsonl").read_text().splitlines()]
     assert all(r["aggregation"] == "ok" and r["arrived"] == 2 for r in secure)
+    # each round's CPU is the node thread's own: some (it trained), never more than the round lasted
+    assert all(0 < r["cpu_time"] <= r["round_time"] + 0.01 for r in plain + secure)
     for a, b in zip(plain, secure):
         assert (a["round"], a["node"]) == (b["round"], b["node"])
         assert abs(a["test_acc"] - b["test_acc"]) <= 2 / 360  # at most a couple of test digits flip
