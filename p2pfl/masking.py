@@ -13,9 +13,9 @@ unrelated masks. We compute the stream with OpenSSL's ChaCha20 (through `cryptog
 bit-identical to libsodium's (a test pins it) and about twice as fast here; one cipher context
 per mask streams through the whole vector, `CHUNK_WORDS` words at a time, so a 10M-parameter
 vector passes through the cache 256 KiB at a time without a 40 MB buffer per mask, and a chunk
-costs no key setup. libsodium is the fallback where `cryptography` is missing (it takes no
-offset, so it makes each mask's stream whole). `CHUNK_WORDS` is a cache size, not part of the
-protocol.
+costs no key setup. libsodium is the fallback where `cryptography` is missing (its call takes
+no offset, so it makes each mask's stream whole, one mask at a time). `CHUNK_WORDS` is a cache
+size, not part of the protocol.
 
 Signs. For a pair u < v with shared mask key s_uv, u adds PRG(s_uv) and v subtracts it; with a
 self mask PRG(b_u) added by every contributor, the sum over a group of
@@ -115,41 +115,30 @@ _ZEROS = bytes(CHUNK_WORDS * 4)  # the plaintext whose encryption is the keystre
 
 
 class _Keystream:
-    """The mask stream of one seed, `words` long, read front to back a chunk at a time."""
+    """The mask stream of one seed, read front to back a chunk at a time (OpenSSL's ChaCha20)."""
 
-    def __init__(self, seed: bytes, words: int) -> None:
-        self._whole: np.ndarray | None = None
-        self._pos = 0
-        if _Cipher is not None:
-            self._enc = _Cipher(_algorithms.ChaCha20(seed, _DRG_NONCE), None).encryptor()
-            return
-        # libsodium's call takes no offset: make the whole stream once (the fallback only)
-        whole = np.empty(words, dtype=_LE_U32)
-        if _lib is not None:
-            _lib.randombytes_buf_deterministic(_ffi.from_buffer(whole, require_writable=True), whole.nbytes, seed)
-        else:
-            whole[:] = np.frombuffer(_chacha20(whole.nbytes, seed), dtype=_LE_U32)
-        self._whole = whole
+    def __init__(self, seed: bytes) -> None:
+        self._enc = _Cipher(_algorithms.ChaCha20(seed, _DRG_NONCE), None).encryptor()
 
     def read_into(self, out: np.ndarray) -> None:
         """Write the next `len(out)` words of the stream into the little-endian uint32 `out`."""
-        if self._whole is None:
-            self._enc.update_into(memoryview(_ZEROS)[: out.nbytes], memoryview(out).cast("B"))
-        else:
-            out[:] = self._whole[self._pos : self._pos + out.shape[0]]
-            self._pos += out.shape[0]
+        self._enc.update_into(memoryview(_ZEROS)[: out.nbytes], memoryview(out).cast("B"))
 
 
-def _streams(masks: Sequence[Mask], round_: int, group: int, words: int) -> list[tuple[_Keystream, int]]:
-    return [(_Keystream(stream_seed(key, round_, group), words), sign) for key, sign in masks]
+def _whole_stream(seed: bytes, words: int) -> np.ndarray:
+    """The first `words` words of the stream of `seed` from libsodium (the fallback: no offsets)."""
+    out = np.empty(words, dtype=_LE_U32)
+    if _lib is not None:
+        _lib.randombytes_buf_deterministic(_ffi.from_buffer(out, require_writable=True), out.nbytes, seed)
+    else:
+        out[:] = np.frombuffer(_chacha20(out.nbytes, seed), dtype=_LE_U32)
+    return out
 
 
 def _add_streams(src: np.ndarray, dst: np.ndarray, streams: Sequence[tuple[_Keystream, int]],
                  scratch: np.ndarray) -> None:
     """dst = src plus or minus the next len(dst) words of every stream (src may be dst)."""
     stream = scratch[: dst.shape[0]]
-    if not streams and src is not dst:
-        np.copyto(dst, src)
     for ks, sign in streams:
         ks.read_into(stream)
         (np.add if sign > 0 else np.subtract)(src, stream, out=dst)
@@ -157,9 +146,17 @@ def _add_streams(src: np.ndarray, dst: np.ndarray, streams: Sequence[tuple[_Keys
 
 
 def _masked_copy(src: np.ndarray, dst: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
-    """dst = src plus or minus every mask's stream (uint32, same length; src may be dst), chunk by chunk."""
+    """dst = src plus or minus every mask's stream (uint32, same length; src may be dst)."""
+    if not masks:
+        np.copyto(dst, src)
+        return
     n = dst.shape[0]
-    streams = _streams(masks, round_, group, n)
+    if _Cipher is None:  # libsodium: each stream whole, one at a time (memory: one stream)
+        for key, sign in masks:
+            (np.add if sign > 0 else np.subtract)(src, _whole_stream(stream_seed(key, round_, group), n), out=dst)
+            src = dst
+        return
+    streams = [(_Keystream(stream_seed(key, round_, group)), sign) for key, sign in masks]
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for start in range(0, n, CHUNK_WORDS):
         _add_streams(src[start : start + CHUNK_WORDS], dst[start : start + CHUNK_WORDS], streams, scratch)
@@ -194,7 +191,8 @@ def encode_and_mask(
     factor = np.float64(weight * enc.scale)  # exact: weight times a power of two
     limit = np.float64(weight * enc.clip * enc.scale)
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=np.float64)
-    streams = _streams(masks, round_, group, n)
+    # masks applied to each chunk while it is in cache (OpenSSL); libsodium's after encoding
+    streams = [(_Keystream(stream_seed(key, round_, group)), sign) for key, sign in masks] if _Cipher is not None else []
     stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for start in range(0, n, CHUNK_WORDS):
         xs = x[start : start + CHUNK_WORDS]
@@ -206,6 +204,8 @@ def encode_and_mask(
         np.rint(buf, out=buf)
         np.copyto(part.view(np.int32), buf, casting="unsafe")
         _add_streams(part, part, streams, stream)
+    if _Cipher is None:
+        _masked_copy(out, out, masks, round_, group)
     return out
 
 
@@ -216,7 +216,7 @@ class EncodingCache:
     the encoder and the weight (every group of a node in a regular graph, under
     Metropolis-Hastings weights) the encodings are equal integers: encode once, then mask a copy
     per group. Encoding is the float64 part of masking (multiply, clip, round), about as costly
-    as two keystreams, so at degree 4 this removes three of the four encodings a round.
+    as three keystreams here, so at degree 4 this removes three of the four encodings a round.
     """
 
     def __init__(self, x: np.ndarray) -> None:

@@ -187,6 +187,7 @@ def test_prg_is_libsodiums_chacha20_keystream(monkeypatch, path: str) -> None:
     enc = FixedPoint(4.0, 1.0, 3)
     plain, _ = enc.encode(x, 0.5)
     assert np.array_equal(encode_and_mask(x, enc, 0.5, [(k, 1)], 5, 9), plain + expected)
+    assert np.array_equal(EncodingCache(x).masked(enc, 0.5, [(k, 1), (k, -1), (k, 1)], 5, 9), plain + expected)
 
 
 # --------------------------------------------------------------------------- sparse graphs
