@@ -13,6 +13,7 @@ Two measurements, plain gossip against secure aggregation in the same run:
 The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
 
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
+    .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (the semi-honest variant)")
+    ap.add_argument("--task", default="digits-mlp", help="a task spec, e.g. bench_round:digits_mlp_300k (scripts/ is on the path)")
     args = ap.parse_args()
     print("| mode | CPU per node and round | messages per node and round | protocol alone | drops |")
     print("|---|---:|---:|---:|---|")
     rows = {}
     for secure in (False, True):
-        cfg = ExperimentConfig(nodes=args.nodes, topology=args.topology, rounds=args.rounds,
+        cfg = ExperimentConfig(nodes=args.nodes, topology=args.topology, rounds=args.rounds, task=args.task,
                                secure_agg=secure, secagg_verify_views=not args.no_verify_views).validate()
         cpu, msgs, drops = whole_nodes(cfg)
         alone = protocol_alone(cfg, _model_size(cfg), secure)
