@@ -125,6 +125,11 @@ class _Keystream:
         self._enc.update_into(memoryview(_ZEROS)[: out.nbytes], memoryview(out).cast("B"))
 
 
+def _keystreams(masks: Sequence[Mask], round_: int, group: int) -> list[tuple[_Keystream, int]]:
+    """(stream, sign) of every mask in (round, group), each at its start."""
+    return [(_Keystream(stream_seed(key, round_, group)), sign) for key, sign in masks]
+
+
 def _whole_stream(seed: bytes, words: int) -> np.ndarray:
     """The first `words` words of the stream of `seed` from libsodium (the fallback: no offsets)."""
     out = np.empty(words, dtype=_LE_U32)
@@ -156,7 +161,7 @@ def _masked_copy(src: np.ndarray, dst: np.ndarray, masks: Sequence[Mask], round_
             (np.add if sign > 0 else np.subtract)(src, _whole_stream(stream_seed(key, round_, group), n), out=dst)
             src = dst
         return
-    streams = [(_Keystream(stream_seed(key, round_, group)), sign) for key, sign in masks]
+    streams = _keystreams(masks, round_, group)
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for start in range(0, n, CHUNK_WORDS):
         _add_streams(src[start : start + CHUNK_WORDS], dst[start : start + CHUNK_WORDS], streams, scratch)
@@ -192,7 +197,7 @@ def encode_and_mask(
     limit = np.float64(weight * enc.clip * enc.scale)
     scratch = np.empty(min(n, CHUNK_WORDS), dtype=np.float64)
     # masks applied to each chunk while it is in cache (OpenSSL); libsodium's after encoding
-    streams = [(_Keystream(stream_seed(key, round_, group)), sign) for key, sign in masks] if _Cipher is not None else []
+    streams = _keystreams(masks, round_, group) if _Cipher is not None else []
     stream = np.empty(min(n, CHUNK_WORDS), dtype=_LE_U32)
     for start in range(0, n, CHUNK_WORDS):
         xs = x[start : start + CHUNK_WORDS]
