@@ -1202,7 +1202,7 @@ class SecureGossipRound(_SecAggBase):
                 return self.own.copy()
             assert agg.sum is not None
             kept = 1.0 - sum(self.weights[u] for u in agg.u2)
-            mixed = self.own.astype(np.float64)  # kept * own + sum, in place (model-sized temporaries)
+            mixed = self.own.astype(np.float64)  # kept * own + sum in place: one float64 temporary, not three
             mixed *= kept
             mixed += agg.sum
             self._result = mixed.astype(np.float32)
