@@ -10,6 +10,10 @@ run side by side and their ratios are printed too (round time, node CPU and byte
 secure / plain). With 16 nodes on 2 cores a round is CPU-bound, so the round-time ratio follows
 the CPU ratio, which is much less noisy on a shared machine.
 
+The last column is the share of the machine's CPU time the hypervisor gave to other guests
+during the run ("steal" in /proc/stat; "-" where there is none to read). On a shared VM it
+varies from run to run and slows the wall time much more than the node CPU.
+
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --task bench_round:digits_mlp_1m
     .venv/bin/python scripts/bench_round.py --topologies ring,regular:d=4 --secure both --repeats 3
@@ -79,9 +83,27 @@ def compute_floor(cfg: ExperimentConfig, repeats: int = 5) -> float:
     return statistics.median(samples) / (os.cpu_count() or 1)
 
 
-def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, float]:
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, all) jiffies of the whole machine so far, from /proc/stat; None where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, float | None]:
     run_dir = workdir / f"{cfg.display_label().replace(':', '_')}{tag}"
+    before = cpu_ticks()
     run_simulation(cfg, run_dir, Console(file=open(os.devnull, "w")))
+    steal = steal_share(before, cpu_ticks())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = sorted({r["round"] for r in records})
     end = {k: max(r["wall_time"] for r in records if r["round"] == k) for k in rounds}
@@ -93,7 +115,7 @@ def measure(cfg: ExperimentConfig, workdir: Path, tag: str = "") -> dict[str, fl
     train = statistics.median(r["train_time"] for r in later)
     exchange = statistics.median(r["round_time"] - r["train_time"] for r in later)
     return {"round_s": statistics.median(per_round), "floor_s": compute_floor(cfg), "bytes_per_round": sent,
-            "train_s": train, "exchange_s": exchange, "cpu_s": cpu}
+            "train_s": train, "exchange_s": exchange, "cpu_s": cpu, "steal": steal}
 
 
 def main() -> None:
@@ -112,8 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.secure]
     print("| topology | secure | nodes | wall per round | compute floor | ratio | sent per node per round "
-          "| node: train + exchange | node CPU per round |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| node: train + exchange | node CPU per round | steal |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.topologies.split(","):
             ratios: list[float] = []
@@ -127,17 +149,18 @@ def main() -> None:
                     m = results[secure] = measure(cfg, Path(tmp), f"-{repeat}")
                     print(f"| {spec} | {'yes' if secure else 'no'} | {args.nodes} | {m['round_s']:.3f} s | "
                           f"{m['floor_s']:.3f} s | {m['round_s'] / m['floor_s']:.2f}x | {m['bytes_per_round'] / 1024:.1f} KiB | "
-                          f"{m['train_s'] * 1e3:.0f} + {m['exchange_s'] * 1e3:.0f} ms | {m['cpu_s'] * 1e3:.1f} ms |")
+                          f"{m['train_s'] * 1e3:.0f} + {m['exchange_s'] * 1e3:.0f} ms | {m['cpu_s'] * 1e3:.1f} ms | "
+                          f"{'-' if m['steal'] is None else format(m['steal'], '.0%')} |")
                 if len(results) == 2:
                     plain, sec = results[False], results[True]
                     ratios.append(sec["round_s"] / plain["round_s"])
                     cpu_ratios.append(sec["cpu_s"] / plain["cpu_s"])
                     print(f"| {spec} | secure / plain | | {ratios[-1]:.2f}x | | | "
-                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x | | {cpu_ratios[-1]:.2f}x |")
+                          f"{sec['bytes_per_round'] / plain['bytes_per_round']:.2f}x | | {cpu_ratios[-1]:.2f}x | |")
             if len(ratios) > 1:
                 print(f"| {spec} | secure / plain, median of {len(ratios)} | | {statistics.median(ratios):.2f}x "
                       f"({min(ratios):.2f}-{max(ratios):.2f}) | | | | | {statistics.median(cpu_ratios):.2f}x "
-                      f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) |")
+                      f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | |")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,15 @@ Two measurements, plain gossip against secure aggregation in the same run:
 
 The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
 
+3. The primitives floor: only the cryptography and messaging a degree-d node cannot avoid in a
+   fault-free pipelined round (docs/secagg.md 3.1, 3.3), timed on this thread with no protocol
+   around them: d key pairs, d(d-1) X25519 agreements, d^2 + d model-sized keystreams with their
+   uint32 adds, 2d Shamir splits and d reconstructions, d(d-1) sealed and opened share bundles,
+   and as many raw pyzmq send + receive pairs (loopback TCP) as the extra messages of (1). What
+   (1) spends beyond plain + floor is ours: the protocol's Python around the primitives (from
+   (2)), and what the whole node adds per extra message beyond raw pyzmq (node and transport
+   code, wake-ups, and the memory traffic of 16 nodes sharing the caches).
+
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
     .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 import sys
 import tempfile
 import time
@@ -33,8 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers.inproc import run_nodes  # noqa: E402
 from test_secagg import Router, make_secrets  # noqa: E402
 
-from p2pfl import topology  # noqa: E402
+import zmq  # noqa: E402
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base  # noqa: E402
+
+from p2pfl import crypto, shamir, topology  # noqa: E402
 from p2pfl.config import ExperimentConfig  # noqa: E402
+from p2pfl.masking import mask_vector  # noqa: E402
 from p2pfl.node import Node  # noqa: E402
 from p2pfl.protocols import GossipRound  # noqa: E402
 from p2pfl.secagg import SecAggParams, SecureGossipRound  # noqa: E402
@@ -95,6 +109,73 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
     return 1e3 * (time.thread_time() - start) / (rounds * cfg.nodes)
 
 
+def primitives_floor(degree: int, params: int, messages: float, repeats: int = 20) -> dict[str, float]:
+    """CPU ms per node and round of each unavoidable primitive (see the module docstring, 3)."""
+    d, words = degree, params
+    rng = np.random.default_rng(0)
+    sk = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in range(d)]
+    pk = [crypto_scalarmult_base(k) for k in sk]
+    vec = np.zeros(words, dtype=np.uint32)
+    holders = list(range(1, d + 1))  # a member's group: the aggregator's d neighbours
+    t = SecAggParams().threshold_for(d)
+    key, nonce, bundle = bytes(32), bytes(crypto.NONCE_BYTES), bytes(100)  # a share bundle is ~100 B of plaintext
+    sealed = bytes(crypto.seal(key, nonce, bundle, b"aad", crypto.XCHACHA20POLY1305))
+    shares = shamir.split(bytes(32), t, holders)
+
+    def keystreams() -> None:
+        mask_vector(vec, [(k, 1) for k in sk[:1]] * (d * d + d), 1, 0)
+
+    def agreements() -> None:
+        for i in range(d * (d - 1)):
+            crypto_scalarmult(sk[i % d], pk[(i + 1) % d])
+
+    def sharing() -> None:
+        for _ in range(2 * d):
+            shamir.split(bytes(32), t, holders)
+        for _ in range(d):
+            shamir.combine(dict(list(shares.items())[:t]), t)
+
+    def sealing() -> None:
+        for _ in range(d * (d - 1)):
+            crypto.seal(key, nonce, bundle, b"aad", crypto.XCHACHA20POLY1305)
+            crypto.unseal(key, nonce, sealed, b"aad", cipher=crypto.XCHACHA20POLY1305)
+
+    parts = {"key pairs": lambda: [crypto_scalarmult_base(k) for k in sk], "X25519 agreements": agreements,
+             "keystreams + adds": keystreams, "Shamir": sharing, "share sealing": sealing}
+    out = {name: _thread_ms(fn, repeats) for name, fn in parts.items()}
+    out["raw messages"] = _raw_message_ms(max(0, round(messages)), repeats)
+    return out
+
+
+def _thread_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    start = time.thread_time()
+    for _ in range(repeats):
+        fn()
+    return 1e3 * (time.thread_time() - start) / repeats
+
+
+def _raw_message_ms(count: int, repeats: int) -> float:
+    """Thread CPU of `count` small DEALER -> ROUTER messages over loopback TCP, each received after its send."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    frames = [bytes(64), bytes(200)]  # header and a small sealed body, the size of a protocol step
+    try:
+        def one_round() -> None:
+            for _ in range(count):
+                dealer.send_multipart(frames, copy=False)
+                router.recv_multipart(copy=False)
+
+        return _thread_ms(one_round, repeats)
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--topology", default="regular:d=4")
@@ -117,6 +198,16 @@ def main() -> None:
     extra = (sc - pc) - (sa - pa)
     print(f"\nsecure / plain CPU: {sc / pc:.2f}x; of the {sc - pc:.1f} ms extra, the protocol alone is "
           f"{sa - pa:.1f} ms and {sm - pm:.1f} extra messages are {extra:.1f} ms ({extra / (sm - pm):.2f} ms each)")
+    degree = round(2 * cfg.graph().number_of_edges() / args.nodes)
+    floor = primitives_floor(degree, _model_size(cfg), sm - pm)
+    total = sum(floor.values())
+    print(f"\nprimitives floor (degree {degree}): {total:.2f} ms per node and round: "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in floor.items()))
+    compute = total - floor["raw messages"]
+    print(f"plain + floor would be {(pc + total) / pc:.2f}x plain. Beyond the floor the secure node spends "
+          f"{sa - pa - compute:.1f} ms in the protocol's own Python (protocol alone minus its primitives) and "
+          f"{extra - floor['raw messages']:.1f} ms in the whole node beyond that and raw pyzmq (node and transport code, "
+          f"wake-ups, memory traffic)")
 
 
 def _model_size(cfg: ExperimentConfig) -> int:
