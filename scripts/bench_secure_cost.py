@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Where a secure round's time goes: CPU per node and round, messages per node and round.
 
-Two measurements, plain gossip against secure aggregation in the same run:
+Three measurements, plain gossip against secure aggregation in the same run:
 
 1. Whole nodes: every node of the topology as a thread of this process (real sockets, real
    crypto, `tests/helpers/inproc.run_nodes`), CPU time per node thread (`time.thread_time`)
-   divided by the rounds, and the messages each node sent per round.
+   divided by the rounds, the messages each node sent per round, and its wake-ups per round
+   (waits on its socket that ended with a message: a node thread put back on a core).
 2. The protocol alone: the sans-I/O round state machines of all nodes driven in memory (the
    router of `tests/test_secagg.py`), with the static pairwise keys cached as the node caches
    them: what the cryptography and bookkeeping cost without any message passing.
@@ -32,6 +33,7 @@ import functools
 from collections.abc import Callable
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,10 +56,16 @@ from p2pfl.protocols import GossipRound  # noqa: E402
 from p2pfl.secagg import SecAggParams, SecureGossipRound  # noqa: E402
 
 
-def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, dict[str, int]]:
-    """(CPU ms per node and round, messages sent per node and round, drops by reason)."""
+def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, int]]:
+    """(CPU ms per node and round, messages sent and wake-ups per node and round, drops by reason).
+
+    A wake-up is a wait on the node's socket that ended with a message: each one is a node thread
+    put back on a core, which costs more than the Python it then runs with 16 nodes on 2 cores.
+    """
     cpu: list[float] = []
-    original = Node.run
+    wakeups = [0]
+    lock = threading.Lock()  # the node threads poll concurrently
+    original, original_poll = Node.run, zmq.Poller.poll
 
     def timed(self: Node):  # type: ignore[no-untyped-def]
         start = time.thread_time()
@@ -66,19 +74,28 @@ def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, dict[str, int]]:
         finally:
             cpu.append(time.thread_time() - start)
 
+    def counted(self: zmq.Poller, timeout: int | None = None) -> list:
+        events = original_poll(self, timeout)
+        if events:
+            with lock:
+                wakeups[0] += 1
+        return events
+
     Node.run = timed  # type: ignore[method-assign]
+    zmq.Poller.poll = counted  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             nodes, _ = run_nodes(cfg, Path(tmp))
     finally:
         Node.run = original  # type: ignore[method-assign]
+        zmq.Poller.poll = original_poll  # type: ignore[method-assign]
     node_rounds = cfg.nodes * cfg.rounds
     sent = sum(n.transport.stats.messages_sent for n in nodes.values())
     drops: dict[str, int] = {}
     for n in nodes.values():
         for reason, count in n.transport.stats.dropped.items():
             drops[reason] = drops.get(reason, 0) + count
-    return 1e3 * sum(cpu) / node_rounds, sent / node_rounds, drops
+    return 1e3 * sum(cpu) / node_rounds, sent / node_rounds, wakeups[0] / node_rounds, drops
 
 
 def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int = 10) -> float:
@@ -184,16 +201,16 @@ def main() -> None:
     ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (the semi-honest variant)")
     ap.add_argument("--task", default="digits-mlp", help="a task spec, e.g. bench_round:digits_mlp_300k (scripts/ is on the path)")
     args = ap.parse_args()
-    print("| mode | CPU per node and round | messages per node and round | protocol alone | drops |")
-    print("|---|---:|---:|---:|---|")
+    print("| mode | CPU per node and round | messages per node and round | wake-ups per node and round | protocol alone | drops |")
+    print("|---|---:|---:|---:|---:|---|")
     rows = {}
     for secure in (False, True):
         cfg = ExperimentConfig(nodes=args.nodes, topology=args.topology, rounds=args.rounds, task=args.task,
                                secure_agg=secure, secagg_verify_views=not args.no_verify_views).validate()
-        cpu, msgs, drops = whole_nodes(cfg)
+        cpu, msgs, wakeups, drops = whole_nodes(cfg)
         alone = protocol_alone(cfg, _model_size(cfg), secure)
         rows[secure] = (cpu, msgs, alone)
-        print(f"| {'secure' if secure else 'plain'} | {cpu:.1f} ms | {msgs:.1f} | {alone:.2f} ms | {drops or '-'} |")
+        print(f"| {'secure' if secure else 'plain'} | {cpu:.1f} ms | {msgs:.1f} | {wakeups:.1f} | {alone:.2f} ms | {drops or '-'} |")
     (pc, pm, pa), (sc, sm, sa) = rows[False], rows[True]
     extra = (sc - pc) - (sa - pa)
     print(f"\nsecure / plain CPU: {sc / pc:.2f}x; of the {sc - pc:.1f} ms extra, the protocol alone is "
