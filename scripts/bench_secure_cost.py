@@ -10,9 +10,6 @@ Three measurements, plain gossip against secure aggregation in the same run:
 2. The protocol alone: the sans-I/O round state machines of all nodes driven in memory (the
    router of `tests/test_secagg.py`), with the static pairwise keys cached as the node caches
    them: what the cryptography and bookkeeping cost without any message passing.
-
-The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
-
 3. The primitives floor: only the cryptography and messaging a degree-d node cannot avoid in a
    fault-free pipelined round (docs/secagg.md 3.1, 3.3), timed on this thread with no protocol
    around them: d key pairs, d(d-1) X25519 agreements, d^2 + d model-sized keystreams with their
@@ -22,6 +19,8 @@ The difference between (1) secure and (1) plain, minus (2), is what the extra me
    (2)), and what the whole node adds per extra message beyond raw pyzmq (node and transport
    code, wake-ups, and the memory traffic of 16 nodes sharing the caches).
 
+The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
+
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
     .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
 """
@@ -30,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +58,8 @@ from p2pfl.secagg import SecAggParams, SecureGossipRound  # noqa: E402
 def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, int]]:
     """(CPU ms per node and round, messages sent and wake-ups per node and round, drops by reason).
 
-    A wake-up is a wait on the node's socket that ended with a message: each one is a node thread
-    put back on a core, which costs more than the Python it then runs with 16 nodes on 2 cores.
+    A wake-up is a wait on the node's socket that ended with a message: a node thread put back on
+    a core, with whatever that costs in cold caches when 16 nodes share 2 cores.
     """
     cpu: list[float] = []
     wakeups = [0]
