@@ -153,7 +153,8 @@ def _add_streams(src: np.ndarray, dst: np.ndarray, streams: Sequence[tuple[_Keys
 def _masked_copy(src: np.ndarray, dst: np.ndarray, masks: Sequence[Mask], round_: int, group: int) -> None:
     """dst = src plus or minus every mask's stream (uint32, same length; src may be dst)."""
     if not masks:
-        np.copyto(dst, src)
+        if dst is not src:  # the libsodium path of encode_and_mask passes the same array
+            np.copyto(dst, src)
         return
     n = dst.shape[0]
     if _Cipher is None:  # libsodium: each stream whole, one at a time (memory: one stream)
