@@ -31,6 +31,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def compute_floor(cfg: ExperimentConfig, repeats: int = 5) -> float:
     """
     import time
 
+    one_round = local_work(cfg)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_round()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) / (os.cpu_count() or 1)
+
+
+def local_work(cfg: ExperimentConfig) -> Callable[[], None]:
+    """A function that runs one round of every node's local training and evaluation, on this thread."""
     import torch
 
     from p2pfl.data import partition, shard
@@ -73,14 +85,13 @@ def compute_floor(cfg: ExperimentConfig, repeats: int = 5) -> float:
     parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     trainers = [LocalTrainer(init_model(task, cfg.seed), shard(task.dataset, p), TrainConfig(lr=cfg.lr), i)
                 for i, p in enumerate(parts)]
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def one_round() -> None:
         for t in trainers:
             t.train()
             t.evaluate(task.dataset.x_test, task.dataset.y_test)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) / (os.cpu_count() or 1)
+
+    return one_round
 
 
 def cpu_ticks() -> tuple[int, int] | None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where a secure round's time goes: CPU per node and round, messages per node and round.
 
-Three measurements, plain gossip against secure aggregation in the same run:
+Three measurements (four with --in-situ), plain gossip against secure aggregation in the same run:
 
 1. Whole nodes: every node of the topology as a thread of this process (real sockets, real
    crypto, `tests/helpers/inproc.run_nodes`), CPU time per node thread (`time.thread_time`)
@@ -18,22 +18,31 @@ Three measurements, plain gossip against secure aggregation in the same run:
    (1) spends beyond plain + floor is ours: the protocol's Python around the primitives (from
    (2)), and what the whole node adds per extra message beyond raw pyzmq (node and transport
    code, wake-ups, and the memory traffic of 16 nodes sharing the caches).
+4. In situ (--in-situ): the same primitives, and the local training, timed inside the nodes of a
+   real `p2pfl simulate` run (worker processes, as bench_round.py measures) by wrapping the
+   functions that do them. 16 nodes on 2 cores share caches and cores, so these cost more there
+   than alone; the secure run's extra primitive CPU, added to the plain node's CPU, is the floor
+   the benchmark's round-time ratio can reach with no protocol code at all.
 
 The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
 
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
     .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
+    .venv/bin/python scripts/bench_secure_cost.py --in-situ   # and (4)
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +56,14 @@ from test_secagg import Router, make_secrets  # noqa: E402
 import zmq  # noqa: E402
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base  # noqa: E402
 
-from p2pfl import crypto, shamir, topology  # noqa: E402
+from p2pfl import crypto, masking, secagg, shamir, simulate, topology  # noqa: E402
 from p2pfl.config import ExperimentConfig  # noqa: E402
 from p2pfl.masking import mask_vector  # noqa: E402
 from p2pfl.node import Node  # noqa: E402
 from p2pfl.protocols import GossipRound  # noqa: E402
 from p2pfl.secagg import SecAggParams, SecureGossipRound  # noqa: E402
+from p2pfl.simulate import run_simulation  # noqa: E402
+from p2pfl.training import LocalTrainer  # noqa: E402
 
 
 def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, int]]:
@@ -95,6 +106,72 @@ def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, i
         for reason, count in n.transport.stats.dropped.items():
             drops[reason] = drops.get(reason, 0) + count
     return 1e3 * sum(cpu) / node_rounds, sent / node_rounds, wakeups[0] / node_rounds, drops
+
+
+# What `in_situ` times inside the running nodes: label -> (owner, attribute) of the functions that
+# do the work. None of them calls another one of them, so no time is counted twice.
+IN_SITU_TARGETS: dict[str, list[tuple[object, str]]] = {
+    "X25519 (key pairs and agreements)": [(secagg, "crypto_scalarmult"), (secagg, "crypto_scalarmult_base")],
+    "keystreams + adds": [(masking, "_keystreams"), (masking, "_add_streams")],
+    "Shamir": [(shamir, "split"), (shamir, "combine")],
+    "share sealing": [(secagg, "_seal"), (secagg, "_open")],
+    "raw pyzmq send + receive": [(zmq.Socket, "send_multipart"), (zmq.Socket, "recv_multipart")],
+    "training + evaluation": [(LocalTrainer, "train"), (LocalTrainer, "evaluate")],
+}
+
+
+def in_situ(cfg: ExperimentConfig) -> tuple[dict[str, float], float]:
+    """(CPU ms per node and round of each group of `IN_SITU_TARGETS`, mean node CPU ms per round),
+    timed inside the nodes of a real `p2pfl simulate` run (worker processes, as bench_round.py).
+
+    The same functions cost more there than alone on an idle core: 16 nodes share 2 cores, their
+    caches and, within a worker process, the GIL. Comparing these with `primitives_floor` shows by
+    how much, and training (the same work in both modes) shows how much of that plain pays too.
+    """
+    from rich.console import Console
+
+    with tempfile.TemporaryDirectory() as tmp:
+        simulate._worker = functools.partial(_timed_worker, tmp)  # type: ignore[assignment]
+        try:
+            run_simulation(cfg, Path(tmp) / "run", Console(file=open(os.devnull, "w")))
+        finally:
+            simulate._worker = _SIMULATE_WORKER
+        totals = {label: 0.0 for label in IN_SITU_TARGETS}
+        for path in Path(tmp).glob("timers-*.json"):
+            for label, seconds in json.loads(path.read_text()).items():
+                totals[label] += seconds
+        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    node_cpu = 1e3 * sum(r["cpu_time"] for r in records) / len(records)
+    return {label: 1e3 * t / (cfg.nodes * cfg.rounds) for label, t in totals.items()}, node_cpu
+
+
+_SIMULATE_WORKER = simulate._worker
+
+
+def _timed_worker(out_dir: str, *args: object) -> None:
+    """simulate's worker process with every function of `IN_SITU_TARGETS` timed (thread CPU)."""
+    totals = {label: 0.0 for label in IN_SITU_TARGETS}
+    lock = threading.Lock()  # the worker's node threads
+
+    def timed(label: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*a, **kw):  # type: ignore[no-untyped-def]
+            start = time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent = time.thread_time() - start
+                with lock:
+                    totals[label] += spent
+        return call
+
+    for label, targets in IN_SITU_TARGETS.items():
+        for owner, name in targets:
+            setattr(owner, name, timed(label, getattr(owner, name)))
+    try:
+        _SIMULATE_WORKER(*args)
+    finally:
+        Path(out_dir, f"timers-{os.getpid()}.json").write_text(json.dumps(totals))
 
 
 def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int = 10) -> float:
@@ -199,6 +276,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-verify-views", action="store_true", help="secure without view verification (the semi-honest variant)")
     ap.add_argument("--task", default="digits-mlp", help="a task spec, e.g. bench_round:digits_mlp_300k (scripts/ is on the path)")
+    ap.add_argument("--in-situ", action="store_true",
+                    help="also time the primitives and the training inside the running nodes (two more runs)")
     args = ap.parse_args()
     print("| mode | CPU per node and round | messages per node and round | wake-ups per node and round | protocol alone | drops |")
     print("|---|---:|---:|---:|---:|---|")
@@ -224,6 +303,36 @@ def main() -> None:
           f"{sa - pa - compute:.1f} ms in the protocol's own Python (protocol alone minus its primitives) and "
           f"{extra - floor['raw messages']:.1f} ms in the whole node beyond that and raw pyzmq (node and transport code, "
           f"wake-ups, memory traffic)")
+    if args.in_situ:
+        print_in_situ(cfg, floor, args.nodes)
+
+
+def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) -> None:
+    """The primitives and the training timed inside the running nodes, against the same work alone."""
+    from bench_round import local_work
+
+    runs = {secure: in_situ(replace(cfg, secure_agg=secure)) for secure in (False, True)}
+    situ = {secure: run[0] for secure, run in runs.items()}
+    plain_cpu = runs[False][1]
+    alone = {
+        "X25519 (key pairs and agreements)": floor["key pairs"] + floor["X25519 agreements"],
+        "keystreams + adds": floor["keystreams + adds"],
+        "Shamir": floor["Shamir"],
+        "share sealing": floor["share sealing"],
+        "raw pyzmq send + receive": floor["raw messages"],
+        "training + evaluation": _thread_ms(local_work(cfg), 5) / nodes,
+    }
+    print("\n| work | alone (floor; training: one node) | plain, in situ | secure, in situ | secure - plain in situ | that / alone |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label in IN_SITU_TARGETS:
+        diff = situ[True][label] - situ[False][label]
+        base = situ[False][label] if label.startswith("training") else diff
+        print(f"| {label} | {alone[label]:.2f} ms | {situ[False][label]:.2f} ms | {situ[True][label]:.2f} ms | "
+              f"{diff:.2f} ms | {base / alone[label]:.2f}x |")
+    extra = sum(situ[True][k] - situ[False][k] for k in IN_SITU_TARGETS if not k.startswith("training"))
+    print(f"\nin situ, the primitives' extra CPU is {extra:.2f} ms per node and round: plain + that would be "
+          f"{(plain_cpu + extra) / plain_cpu:.2f}x plain (the floor alone said {(plain_cpu + sum(floor.values())) / plain_cpu:.2f}x); "
+          f"node CPU in these runs: plain {plain_cpu:.1f} ms, secure {runs[True][1]:.1f} ms ({runs[True][1] / plain_cpu:.2f}x)")
 
 
 def _model_size(cfg: ExperimentConfig) -> int:
