@@ -29,6 +29,7 @@ the nearest integer (0.5 units). So each summand decodes to its exact value w * 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ class FixedPoint:
                 f"{self.clip} x weight {self.total_weight}: lower the clip bound or raise bits"
             )
 
-    @property
+    @functools.cached_property  # every encode and decode reads it; the fields are frozen
     def fraction_bits(self) -> int:
         """The largest f with clip * total_weight * 2^f + summands/2 <= 2^(bits-1) - 1."""
         room = (2 ** (self.bits - 1) - 1) - self.summands / 2

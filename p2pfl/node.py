@@ -110,6 +110,7 @@ class Node:
         self.config = spec.config
         self.graph = spec.cluster.graph
         self.neighbours = sorted(self.graph.neighbors(self.id))
+        self._adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}  # for secure gossip
         self.on_round = on_round
         self.task = task
         self.samples = len(shard.y)
@@ -431,8 +432,7 @@ class Node:
             return FedAvgRound(self.id, r, self.hub, leaves, own, samples, expected=expected, active=active,
                                fallback=fallback, noise=noise, codec=self._codec)
         if secure:
-            adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}
-            return SecureGossipRound(self.id, r, adjacency, self.weights, own, self._secagg_params,
+            return SecureGossipRound(self.id, r, self._adjacency, self.weights, own, self._secagg_params,
                                      self._secret, expected=expected, prepared=self._prepared,
                                      prepare_next=r < c.rounds)
         return GossipRound(self.id, r, self.weights, own, expected=expected, codec=self._codec)

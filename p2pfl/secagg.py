@@ -39,6 +39,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -187,16 +188,14 @@ class GroupSpec:
         self.length = length
         self.enc = enc
         self.params = params
-        self._pos = {u: i + 1 for i, u in enumerate(self.members)}  # Shamir x-coordinates, never 0
         n = len(self.members)
         if n > params.sparse_above:
             degree = params.sparse_degree or auto_degree(n)
-            self.graph = mask_graph(self.members, degree, graph_seed(round_, aggregator, self.members))
+            self._pos, self.graph, self._holders = _group_shape(self.members, degree, graph_seed(round_, aggregator, self.members))
             self.sparse = self.graph[self.members[0]] != frozenset(self.members) - {self.members[0]}
         else:
-            self.graph = mask_graph(self.members, None, b"")
+            self._pos, self.graph, self._holders = _group_shape(self.members, None, b"")
             self.sparse = False
-        self._holders = {u: tuple(sorted(self.graph[u] | {u})) for u in self.members}
 
     def position(self, u: int) -> int:
         return self._pos[u]
@@ -223,6 +222,19 @@ class GroupSpec:
         counts only u's holders, fewer than the quorum), is confirmed.
         """
         return self.params.verify_views and (bool(dropped) or self.sparse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _group_shape(members: tuple[int, ...], degree: int | None, seed: bytes) -> tuple[Mapping[int, int], Mapping[int, frozenset[int]], Mapping[int, tuple[int, ...]]]:
+    """(Shamir x-coordinate, masking partners, share holders) of each member, read-only.
+
+    Cached: a dense group's shape depends only on its members, so a node builds it once per
+    group rather than twice a round (a sparse one's graph changes with the round's seed).
+    """
+    pos = {u: i + 1 for i, u in enumerate(members)}  # Shamir x-coordinates, never 0
+    graph = mask_graph(members, degree, seed)
+    holders = {u: tuple(sorted(graph[u] | {u})) for u in members}
+    return MappingProxyType(pos), MappingProxyType(graph), MappingProxyType(holders)
 
 
 @dataclass
