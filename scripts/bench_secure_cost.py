@@ -308,7 +308,11 @@ def main() -> None:
 
 
 def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) -> None:
-    """The primitives and the training timed inside the running nodes, against the same work alone."""
+    """The primitives and the training timed inside the running nodes, against the same work alone.
+
+    "in situ / alone" compares the secure run's extra (secure - plain) for a primitive, and the
+    plain run's own for training, with the same work timed alone.
+    """
     from bench_round import local_work
 
     runs = {secure: in_situ(replace(cfg, secure_agg=secure)) for secure in (False, True)}
@@ -322,7 +326,7 @@ def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) ->
         "raw pyzmq send + receive": floor["raw messages"],
         "training + evaluation": _thread_ms(local_work(cfg), 5) / nodes,
     }
-    print("\n| work | alone (floor; training: one node) | plain, in situ | secure, in situ | secure - plain in situ | that / alone |")
+    print("\n| work | alone (floor; training: one node) | plain, in situ | secure, in situ | secure - plain in situ | in situ / alone |")
     print("|---|---:|---:|---:|---:|---:|")
     for label in IN_SITU_TARGETS:
         diff = situ[True][label] - situ[False][label]
