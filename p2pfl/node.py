@@ -110,7 +110,7 @@ class Node:
         self.config = spec.config
         self.graph = spec.cluster.graph
         self.neighbours = sorted(self.graph.neighbors(self.id))
-        self._adjacency = {v: sorted(self.graph.neighbors(v)) for v in self.graph.nodes}  # for secure gossip
+        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes}  # secure gossip
         self.on_round = on_round
         self.task = task
         self.samples = len(shard.y)

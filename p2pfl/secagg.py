@@ -194,7 +194,7 @@ class GroupSpec:
             self._pos, self.graph, self._holders = _group_shape(self.members, degree, graph_seed(round_, aggregator, self.members))
             self.sparse = self.graph[self.members[0]] != frozenset(self.members) - {self.members[0]}
         else:
-            self._pos, self.graph, self._holders = _group_shape(self.members, None, b"")
+            self._pos, self.graph, self._holders = _dense_shape(self.members)
             self.sparse = False
 
     def position(self, u: int) -> int:
@@ -224,17 +224,22 @@ class GroupSpec:
         return self.params.verify_views and (bool(dropped) or self.sparse)
 
 
-@functools.lru_cache(maxsize=1024)
-def _group_shape(members: tuple[int, ...], degree: int | None, seed: bytes) -> tuple[Mapping[int, int], Mapping[int, frozenset[int]], Mapping[int, tuple[int, ...]]]:
-    """(Shamir x-coordinate, masking partners, share holders) of each member, read-only.
+GroupShape = tuple[Mapping[int, int], Mapping[int, frozenset[int]], Mapping[int, tuple[int, ...]]]
 
-    Cached: a dense group's shape depends only on its members, so a node builds it once per
-    group rather than twice a round (a sparse one's graph changes with the round's seed).
-    """
+
+def _group_shape(members: tuple[int, ...], degree: int | None, seed: bytes) -> GroupShape:
+    """(Shamir x-coordinate, masking partners, share holders) of each member, read-only."""
     pos = {u: i + 1 for i, u in enumerate(members)}  # Shamir x-coordinates, never 0
     graph = mask_graph(members, degree, seed)
     holders = {u: tuple(sorted(graph[u] | {u})) for u in members}
     return MappingProxyType(pos), MappingProxyType(graph), MappingProxyType(holders)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_shape(members: tuple[int, ...]) -> GroupShape:
+    """A dense group's shape depends only on its members: a node builds it once per group, not
+    twice a round (a sparse group's graph changes with every round's seed, so it is not cached)."""
+    return _group_shape(members, None, b"")
 
 
 @dataclass
