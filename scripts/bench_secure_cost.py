@@ -28,7 +28,7 @@ The difference between (1) secure and (1) plain, minus (2), is what the extra me
 
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
     .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
-    .venv/bin/python scripts/bench_secure_cost.py --in-situ   # and (4)
+    .venv/bin/python scripts/bench_secure_cost.py --in-situ [--processes 16]   # and (4)
 """
 
 from __future__ import annotations
@@ -278,6 +278,7 @@ def main() -> None:
     ap.add_argument("--task", default="digits-mlp", help="a task spec, e.g. bench_round:digits_mlp_300k (scripts/ is on the path)")
     ap.add_argument("--in-situ", action="store_true",
                     help="also time the primitives and the training inside the running nodes (two more runs)")
+    ap.add_argument("--processes", type=int, default=0, help="--in-situ: OS processes the nodes are spread over (0: as simulate)")
     args = ap.parse_args()
     print("| mode | CPU per node and round | messages per node and round | wake-ups per node and round | protocol alone | drops |")
     print("|---|---:|---:|---:|---:|---|")
@@ -304,7 +305,7 @@ def main() -> None:
           f"{extra - floor['raw messages']:.1f} ms in the whole node beyond that and raw pyzmq (node and transport code, "
           f"wake-ups, memory traffic)")
     if args.in_situ:
-        print_in_situ(cfg, floor, args.nodes)
+        print_in_situ(replace(cfg, processes=args.processes), floor, args.nodes)
 
 
 def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) -> None:
