@@ -118,6 +118,7 @@ IN_SITU_TARGETS: dict[str, list[tuple[object, str]]] = {
     "raw pyzmq send + receive": [(zmq.Socket, "send_multipart"), (zmq.Socket, "recv_multipart")],
     "training + evaluation": [(LocalTrainer, "train"), (LocalTrainer, "evaluate")],
 }
+TRAINING = "training + evaluation"  # the same work in both modes: the yardstick, not a primitive
 
 
 def in_situ(cfg: ExperimentConfig) -> tuple[dict[str, float], float]:
@@ -305,10 +306,10 @@ def main() -> None:
           f"{extra - floor['raw messages']:.1f} ms in the whole node beyond that and raw pyzmq (node and transport code, "
           f"wake-ups, memory traffic)")
     if args.in_situ:
-        print_in_situ(replace(cfg, processes=args.processes), floor, args.nodes)
+        print_in_situ(replace(cfg, processes=args.processes), floor)
 
 
-def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) -> None:
+def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float]) -> None:
     """The primitives and the training timed inside the running nodes, against the same work alone.
 
     "in situ / alone" compares the secure run's extra (secure - plain) for a primitive, and the
@@ -325,16 +326,16 @@ def print_in_situ(cfg: ExperimentConfig, floor: dict[str, float], nodes: int) ->
         "Shamir": floor["Shamir"],
         "share sealing": floor["share sealing"],
         "raw pyzmq send + receive": floor["raw messages"],
-        "training + evaluation": _thread_ms(local_work(cfg), 5) / nodes,
+        TRAINING: _thread_ms(local_work(cfg), 5) / cfg.nodes,
     }
     print("\n| work | alone (floor; training: one node) | plain, in situ | secure, in situ | secure - plain in situ | in situ / alone |")
     print("|---|---:|---:|---:|---:|---:|")
     for label in IN_SITU_TARGETS:
         diff = situ[True][label] - situ[False][label]
-        base = situ[False][label] if label.startswith("training") else diff
+        base = situ[False][label] if label == TRAINING else diff
         print(f"| {label} | {alone[label]:.2f} ms | {situ[False][label]:.2f} ms | {situ[True][label]:.2f} ms | "
               f"{diff:.2f} ms | {base / alone[label]:.2f}x |")
-    extra = sum(situ[True][k] - situ[False][k] for k in IN_SITU_TARGETS if not k.startswith("training"))
+    extra = sum(situ[True][k] - situ[False][k] for k in IN_SITU_TARGETS if k != TRAINING)
     print(f"\nin situ, the primitives' extra CPU is {extra:.2f} ms per node and round: plain + that would be "
           f"{(plain_cpu + extra) / plain_cpu:.2f}x plain (the floor alone said {(plain_cpu + sum(floor.values())) / plain_cpu:.2f}x); "
           f"node CPU in these runs: plain {plain_cpu:.1f} ms, secure {runs[True][1]:.1f} ms ({runs[True][1] / plain_cpu:.2f}x)")
