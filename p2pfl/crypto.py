@@ -175,7 +175,14 @@ def load_private_key(path: Path | str) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _x25519(my_private: bytes, peer_public: bytes) -> bytes:
-    """Raw X25519 shared secret; cached because every context of a peer starts from it."""
+    """Raw X25519 shared secret of static keys; cached because every context of a peer starts from it."""
+    return x25519(my_private, peer_public)
+
+
+def x25519(my_private: bytes, peer_public: bytes) -> bytes:
+    """Raw X25519 shared secret, not cached: ephemeral secrets must not outlive their session."""
+    _check_len(my_private, KEY_BYTES, "private key")
+    _check_len(peer_public, KEY_BYTES, "public key")
     try:
         return sodium.crypto_scalarmult(my_private, peer_public)
     except nacl.exceptions.CryptoError:

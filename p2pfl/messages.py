@@ -20,6 +20,7 @@ class Kind(IntEnum):
     GLOBAL = 2  # the star hub's FedAvg result, sent back to a leaf
     SECAGG = 3  # a step of the secure-aggregation protocol (meta: step, body)
     HEARTBEAT = 4  # liveness, carries no model
+    HANDSHAKE = 5  # a session handshake step (p2pfl/session.py); the transport's own, never delivered
 
 
 @dataclass

@@ -35,13 +35,15 @@ Buffer = Any  # any object with the buffer protocol: bytes, numpy arrays, zmq.Fr
 # 2: the header names the cipher (10th field). 3: same layout; a SECAGG masked input is masked
 # with one ChaCha20 stream per (key, round, group) instead of one per 256 KiB chunk
 # (p2pfl/masking.py), so a version-2 node's masks would not cancel: refuse it outright.
-WIRE_VERSION = 3
+# 4: the header names the session (11th field) whose key sealed the message (p2pfl/session.py).
+WIRE_VERSION = 4
 CHUNK_BYTES = 1 << 20  # default chunk: large enough to amortise per-call costs, small enough to stay in cache
 MIN_CHUNK_BYTES = 4096
 MAX_CHUNK_BYTES = 4 << 20  # bounds one frame, hence the socket's MAXMSGSIZE
 MAX_NAME_CHARS = 64
 MAX_NDIM = 32
-HEADER_FIELDS = 10  # version, kind, sender, recipient, round, counter, chunk_bytes, n_chunks, tensors, cipher
+HEADER_FIELDS = 11  # version, kind, sender, recipient, round, counter, chunk_bytes, n_chunks, tensors, cipher, session
+SESSION_ID_BYTES = 8  # a session id, or b"" for a handshake message sealed under the static key
 
 # Every dtype on the wire is little-endian; the allowlist is by name, byte order is ours to fix.
 DTYPES: dict[str, np.dtype] = {
@@ -137,6 +139,7 @@ class Header:
     tensors: tuple[TensorSpec, ...]
     raw: bytes  # the exact bytes on the wire: the associated data of every sealed part
     cipher: str  # a name in crypto.CIPHER_IDS: what sealed the other frames
+    session: bytes = b""  # the session whose key sealed the other frames; b"": the static key
 
     def chunk_lengths(self, spec: TensorSpec) -> list[int]:
         """Lengths of the chunks that carry `spec` (none for an empty tensor)."""
@@ -152,10 +155,12 @@ class Header:
 
 
 def encode(msg: Message, recipient: int, counter: int, limits: Limits,
-           chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.XCHACHA20POLY1305) -> list[Buffer]:
+           chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.XCHACHA20POLY1305,
+           session: bytes = b"") -> list[Buffer]:
     """Plaintext frames of `msg`: [header, meta, data chunks...].
 
-    `cipher` is the name the header carries (what `seal` will encrypt the other frames with).
+    `cipher` is the name the header carries (what `seal` will encrypt the other frames with),
+    `session` the id of the session whose key will (b"": the static pairwise key).
     Chunks are views of the message's arrays when they are already little-endian and
     C-contiguous (no copy); the caller must not modify them until the frames are sent.
     """
@@ -163,6 +168,8 @@ def encode(msg: Message, recipient: int, counter: int, limits: Limits,
         raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}]")
     if cipher not in crypto.CIPHER_IDS:
         raise ValueError(f"unknown cipher {cipher!r}; one of {sorted(crypto.CIPHER_IDS)}")
+    if type(session) is not bytes or len(session) not in (0, SESSION_ID_BYTES):
+        raise WireError(BAD_HEADER, f"session id must be 0 or {SESSION_ID_BYTES} bytes")
     kind = _encode_kind(msg.kind)
     fields = {"sender": msg.sender, "recipient": recipient, "round": msg.round}
     ids = {k: _encode_int(v, k, 0, crypto.U32_MAX) for k, v in fields.items()}
@@ -181,7 +188,7 @@ def encode(msg: Message, recipient: int, counter: int, limits: Limits,
     chunks = [flat[start:start + chunk_bytes] for flat in data for start in range(0, flat.size, chunk_bytes)]
     header = msgpack.packb([
         WIRE_VERSION, kind, ids["sender"], ids["recipient"], ids["round"], counter, chunk_bytes, len(chunks),
-        [[s.name, s.dtype, list(s.shape)] for s in specs], crypto.CIPHER_IDS[cipher],
+        [[s.name, s.dtype, list(s.shape)] for s in specs], crypto.CIPHER_IDS[cipher], session,
     ])
     return [header, meta, *chunks]
 
@@ -264,7 +271,7 @@ def read_header(frames: Sequence[Buffer], limits: Limits, tag_bytes: int = crypt
         raise WireError(BAD_VERSION, f"version {fields[0]!r}, expected {WIRE_VERSION}")
     if len(fields) != HEADER_FIELDS:
         raise WireError(BAD_HEADER, f"{len(fields)} header fields, expected {HEADER_FIELDS}")
-    _, kind, sender, recipient, round_, counter, chunk_bytes, n_chunks, tensors, cipher = fields
+    _, kind, sender, recipient, round_, counter, chunk_bytes, n_chunks, tensors, cipher, session = fields
     try:
         kind = Kind(_header_int(kind, "kind", 0, 255))
     except ValueError:
@@ -279,6 +286,7 @@ def read_header(frames: Sequence[Buffer], limits: Limits, tag_bytes: int = crypt
         tensors=_read_specs(tensors, limits),
         raw=raw,
         cipher=_read_cipher(cipher),
+        session=_read_session(session),
     )
     if n_chunks != header.n_chunks or type(n_chunks) is not int:
         raise WireError(BAD_HEADER, f"n_chunks={n_chunks!r}, the tensors need {header.n_chunks}")
@@ -326,6 +334,12 @@ def _read_cipher(value: Any) -> str:
     return name
 
 
+def _read_session(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) not in (0, SESSION_ID_BYTES):
+        raise WireError(BAD_HEADER, f"session id {value!r} is not msgpack bin of 0 or {SESSION_ID_BYTES} bytes")
+    return value
+
+
 def _read_specs(tensors: Any, limits: Limits) -> tuple[TensorSpec, ...]:
     if type(tensors) is not list:
         raise WireError(BAD_HEADER, "tensor descriptors are not a list")
@@ -370,16 +384,17 @@ def _read_tensors(header: Header, frames: Sequence[Buffer],
 
 
 def seal(msg: Message, recipient: int, counter: int, key: bytes, limits: Limits,
-         chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.AUTO) -> list[Buffer]:
+         chunk_bytes: int = CHUNK_BYTES, cipher: str = crypto.AUTO, session: bytes = b"") -> list[Buffer]:
     """Frames of `msg` for `recipient`, every part after the header sealed with `key`.
 
     `cipher`: "auto" (AES-256-GCM where this machine has it, else XChaCha20-Poly1305),
     "aes256gcm" or "xchacha20poly1305"; the header names it. `counter` must never repeat for
-    this sender (it is in every nonce, and AES-256-GCM's message subkey). Part p is the frame
+    this sender (it is in every nonce, and AES-256-GCM's message subkey). `session` is the id
+    the header names for `key` (b"" when `key` is the static pairwise key). Part p is the frame
     index - 1: 0 for the meta, 1..n for the data chunks.
     """
     cipher = crypto.choose_cipher(cipher)
-    frames = encode(msg, recipient, counter, limits, chunk_bytes, cipher)
+    frames = encode(msg, recipient, counter, limits, chunk_bytes, cipher, session)
     header = frames[0]
     fields = (int(msg.sender), int(msg.kind), int(msg.round), int(counter))  # checked by encode
     aead = crypto.MessageAead(cipher, key, *fields)

@@ -139,15 +139,36 @@ def test_garbage_header(garbage):
 
 
 def test_bad_version():
-    assert wire.WIRE_VERSION == 3 and msgpack.unpackb(_frames()[0])[0] == 3
-    # 1: the header before it named the cipher; 2: the same layout, masks from per-chunk seeds
-    for version in (1, 2, 4, True):
+    assert wire.WIRE_VERSION == 4 and msgpack.unpackb(_frames()[0])[0] == 4
+    # 1: no cipher field; 2: per-chunk mask seeds; 3: no session field (sealed under the static key)
+    for version in (1, 2, 3, 5, True):
         assert _reason(_with_header(_frames(), 0, version)) == "bad_version"
     v1 = msgpack.unpackb(_frames()[0])[:9]  # a genuine version-1 header: 9 fields, no cipher
     v1[0] = 1
     assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_version"
-    v1[0] = 3
-    assert _reason([msgpack.packb(v1), *_frames()[1:]]) == "bad_header"  # version 3 needs its 10 fields
+    v3 = msgpack.unpackb(_frames()[0])[:10]  # a genuine version-3 header: 10 fields, no session
+    v3[0] = 3
+    assert _reason([msgpack.packb(v3), *_frames()[1:]]) == "bad_version"
+    v3[0] = 4
+    assert _reason([msgpack.packb(v3), *_frames()[1:]]) == "bad_header"  # version 4 needs its 11 fields
+
+
+@pytest.mark.parametrize("value", [b"\x00" * 7, b"\x00" * 9, "12345678", 0, None, [1]])
+def test_bad_session_id(value):
+    # a session id is msgpack bin of 0 (static key: handshake) or 8 bytes, nothing else
+    assert _reason(_with_header(_frames(), 10, value)) == "bad_header"
+
+
+def test_session_id_round_trips_and_is_authenticated():
+    sid = bytes(range(8))
+    frames = [bytes(f) for f in wire.seal(_msg(), 4, 99, KEY, LIMITS, CHUNK, session=sid)]
+    header = wire.read_header(frames, LIMITS)
+    assert header.session == sid
+    wire.open_meta(header, frames, KEY, LIMITS)
+    forged = _with_header(frames, 10, bytes(8))  # same key, another session named: the header is the AAD
+    with pytest.raises(WireError) as info:
+        wire.open_meta(wire.read_header(forged, LIMITS), forged, KEY, LIMITS)
+    assert info.value.reason == "tampered"
 
 
 @pytest.mark.parametrize("value", [0, 3, 255, 256, -1, "aes256gcm", True, None, 2.0])
