@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, fields
@@ -26,7 +27,9 @@ OPTIMIZERS = ("sgd", "adam")
 DP_MODES = ("off", "local", "central", "distributed")
 DP_UNITS = ("record", "node")
 COMPRESSIONS = ("none", "q8", "q16")
+BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "apps")  # training.BUILTIN_TASKS, named here without importing torch
 GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (partition = "personas")
+_PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -88,6 +91,7 @@ class ExperimentConfig:
     def validate(self, source: str | None = None) -> "ExperimentConfig":
         """Check every field; raise `ConfigError` naming the first bad one."""
         _check_types(self, source)
+        _check_task(self.task, source)
         positive = ("nodes", "rounds", "local_epochs", "batch_size", "eval_every", "min_contributors",
                 "down_after", "checkpoint_every")
         for name in positive:
@@ -214,14 +218,19 @@ class ExperimentConfig:
         return cls(**data).validate(source)
 
     @classmethod
-    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> "ExperimentConfig":
-        """Read a TOML file (top level or an [experiment] table), apply non-None overrides, validate."""
-        data: dict[str, Any] = {}
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None,
+             defaults: dict[str, Any] | None = None) -> "ExperimentConfig":
+        """Read a TOML file (top level or an [experiment] table), apply non-None overrides, validate.
+
+        `defaults` replace the built-in defaults: the file and the overrides still win over them
+        (`p2pfl node` takes its node count from the cluster file this way).
+        """
+        data: dict[str, Any] = dict(defaults or {})
         source = None
         if path is not None:
             source = str(path)
             raw = _read_toml(Path(path))
-            data = dict(raw.get("experiment", raw))
+            data.update(raw.get("experiment", raw))
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_dict(data, source)
 
@@ -373,7 +382,19 @@ def _check_types(cfg: ExperimentConfig, source: str | None) -> None:
         if not isinstance(value, expected):
             raise ConfigError(f.name, f"must be {f.type}, got {type(value).__name__} {value!r}", source)
         if str(f.type) == "float":
+            # nan slips through every range check (all comparisons are False) and inf through the
+            # open-ended ones: both would train a NaN model or wait forever, never a useful run.
+            if not math.isfinite(value):
+                raise ConfigError(f.name, f"must be a finite number, got {value}", source)
             setattr(cfg, f.name, float(value))
+
+
+def _check_task(task: str, source: str | None) -> None:
+    """A built-in task name or a plug-in spec 'package.module:function' (imported when the task loads)."""
+    if task in BUILTIN_TASKS or _PLUGIN_TASK.match(task):
+        return
+    raise ConfigError("task", f"unknown task {task!r}: use one of {', '.join(BUILTIN_TASKS)} "
+                      "or a plug-in 'package.module:function'", source)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...], source: str | None) -> None:

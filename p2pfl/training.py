@@ -63,7 +63,8 @@ BUILTIN_TASKS: dict[str, Callable[[int], Task]] = {
 DEFAULT_TASK = "digits-mlp"
 
 
-def _load_plugin(spec: str, seed: int) -> Task:
+def _plugin_function(spec: str) -> Callable[..., Any]:
+    """Import the module of a plug-in spec and return its task function (nothing is built yet)."""
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise ValueError(f"task {spec!r}: a plug-in spec must look like 'package.module:function'")
@@ -74,6 +75,12 @@ def _load_plugin(spec: str, seed: int) -> Task:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"task {spec!r}: module {module_name!r} has no callable {func_name!r}")
+    return func
+
+
+def _load_plugin(spec: str, seed: int) -> Task:
+    func = _plugin_function(spec)
+    func_name = spec.partition(":")[2]
     try:
         task = func(seed=seed)
     except Exception as exc:
@@ -86,19 +93,40 @@ def _load_plugin(spec: str, seed: int) -> Task:
     return task
 
 
-def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
-    """Resolve a task spec: a built-in name or 'package.module:function(seed) -> Task'."""
+def check_task(spec: str) -> None:
+    """Raise ValueError, naming the spec, unless it names a task that can be loaded.
+
+    Cheap enough for a launcher to call before it starts anything: a plug-in's module is
+    imported and its function looked up, but no dataset or model is built.
+    """
+    spec = _clean_spec(spec)
+    if spec in BUILTIN_TASKS:
+        return
+    if ":" in spec:
+        _plugin_function(spec)
+        return
+    raise _unknown_task(spec)
+
+
+def _clean_spec(spec: str) -> str:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"task spec must be a non-empty string, got {spec!r}")
-    spec = spec.strip()
+    return spec.strip()
+
+
+def _unknown_task(spec: str) -> ValueError:
+    return ValueError(f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} "
+                      f"or a plug-in 'package.module:function'")
+
+
+def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
+    """Resolve a task spec: a built-in name or 'package.module:function(seed) -> Task'."""
+    spec = _clean_spec(spec)
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec](seed)
     if ":" in spec:
         return _load_plugin(spec, seed)
-    raise ValueError(
-        f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} "
-        f"or a plug-in 'package.module:function'"
-    )
+    raise _unknown_task(spec)
 
 
 def partition_task(task: Task, nodes: int, kind: str = "iid", alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
