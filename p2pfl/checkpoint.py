@@ -72,6 +72,11 @@ through ``.ckpt-*.tmp-*`` temp files (a crash leaves at most a temp file,
 which loading ignores and cleans); a checkpoint found corrupted by
 `CheckpointStore.load_latest` is renamed to ``*.p2c.corrupt`` and skipped.
 One writer per directory.
+
+A checkpoint holds the node's private model, so every file written here (and
+by `write_private`, which the simulator uses for its models) is created mode
+0600 and a store's directory 0700: never readable by others, not even while
+it is being written.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "CheckpointRefused",
     "CheckpointStore",
     "FORMAT_VERSION",
     "NodeState",
@@ -102,6 +108,7 @@ __all__ = [
     "encode",
     "read_checkpoint",
     "write_checkpoint",
+    "write_private",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,6 +166,10 @@ _PLAIN = (type(None), bool, int, float, str, bytes)
 
 class CheckpointError(Exception):
     """A checkpoint file is unreadable: truncated, corrupted, wrong version or bad structure."""
+
+
+class CheckpointRefused(Exception):
+    """The checkpoints in a node's directory cannot be resumed from; the message says why and what to do."""
 
 
 @dataclass
@@ -499,19 +510,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_checkpoint(path: str | os.PathLike[str], round: int, state: NodeState) -> Path:
-    """Write a checkpoint to `path` atomically: temp file, fsync, rename, fsync directory.
+def write_private(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path:
+    """Write `chunks` to `path` atomically, readable and writable by the owner only (0600).
 
-    Either the old file (or none) or the complete new one is at `path`, even after a crash.
+    Temp file created 0600 (os.open, so no moment with wider permissions), fsync, rename,
+    fsync directory: either the old file (or none) or the complete new one is at `path`,
+    even after a crash.
     """
     path = Path(path)
-    chunks, digest = _encode_chunks(round, state)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     try:
-        with open(tmp, "xb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
             for c in chunks:
                 f.write(c)
-            f.write(digest)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -523,6 +535,12 @@ def write_checkpoint(path: str | os.PathLike[str], round: int, state: NodeState)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def write_checkpoint(path: str | os.PathLike[str], round: int, state: NodeState) -> Path:
+    """Write a checkpoint to `path` atomically and privately (see `write_private`)."""
+    chunks, digest = _encode_chunks(round, state)
+    return write_private(path, [*chunks, digest])
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[int, NodeState]:
@@ -539,7 +557,8 @@ class CheckpointStore:
     """Rolling checkpoints of one node in one directory (one writer per directory).
 
     `save` writes ``ckpt-{round:08d}.p2c`` atomically and keeps the newest `keep`;
-    `load_latest` returns the newest checkpoint that reads back intact.
+    `load_latest` returns the newest checkpoint that reads back intact and lists in `unusable`
+    the files it had to skip; `discard` removes every checkpoint, for a fresh start.
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 2) -> None:
@@ -547,6 +566,7 @@ class CheckpointStore:
             raise ValueError(f"keep must be an int >= 1, got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.unusable: list[str] = []  # why each file skipped by the last load_latest was skipped
 
     def path_for(self, round: int) -> Path:
         return self.directory / f"ckpt-{round:08d}{SUFFIX}"
@@ -566,7 +586,7 @@ class CheckpointStore:
         """Atomically write the checkpoint of `round`, then prune to the newest `keep`."""
         if type(round) is not int or round < 0:
             raise ValueError(f"round must be a non-negative int, got {round!r}")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = write_checkpoint(self.path_for(round), round, state)
         self._prune(keep_path=path)
         return path
@@ -579,6 +599,7 @@ class CheckpointStore:
         Leftover temp files of an interrupted save are removed.
         """
         self._clean_temp()
+        self.unusable = []
         for round_, path in reversed(self.checkpoints()):
             try:
                 got_round, state = read_checkpoint(path)
@@ -588,13 +609,34 @@ class CheckpointStore:
                     )
             except CheckpointError as exc:
                 log.warning("skipping corrupted checkpoint: %s", exc)
+                self.unusable.append(str(exc))
                 self._quarantine(path)
                 continue
             except OSError as exc:
                 log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+                self.unusable.append(f"{path}: {exc.strerror or exc}")
                 continue
             return got_round, state
         return None
+
+    def quarantined(self) -> list[Path]:
+        """Checkpoints an earlier `load_latest` found corrupted and set aside (``*.corrupt``)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir()
+                      if p.name.endswith(SUFFIX + CORRUPT_SUFFIX) and _NAME_RE.match(p.name[: -len(CORRUPT_SUFFIX)]))
+
+    def discard(self) -> int:
+        """Delete every checkpoint, set-aside corrupted one and temp file; returns how many files went.
+
+        For a deliberate fresh start: the old files must go, or the next restart would resume
+        from the old run's newest round rather than the new run's.
+        """
+        doomed = [p for _, p in self.checkpoints()] + self.quarantined()
+        for p in doomed:
+            p.unlink(missing_ok=True)
+        self._clean_temp()
+        return len(doomed)
 
     def _quarantine(self, path: Path) -> None:
         try:

@@ -8,6 +8,7 @@ protocol details: nodes are started exactly as `p2pfl node` starts them, from a 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -86,6 +87,18 @@ def assign_processes(nodes: int, processes: int) -> list[list[int]]:
 # -- worker processes ------------------------------------------------------------------------
 
 
+def save_model(path: Path, flat: np.ndarray) -> None:
+    """A node's trained model, flat float32 (LocalTrainer.set_flat loads it back; no pickle).
+
+    Mode 0600 from the start, like a checkpoint: the model is what the node's data taught it.
+    """
+    from p2pfl.checkpoint import write_private  # imports torch: workers only, not the launcher
+
+    buf = io.BytesIO()
+    np.save(buf, flat, allow_pickle=False)
+    write_private(path, [buf.getvalue()])
+
+
 def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue) -> None:
     """Host `node_ids` in this process, one thread each, reporting every round to `events`."""
     # One compute thread per node thread: OpenMP's thread count is per thread, and N processes x
@@ -110,7 +123,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     context = zmq.Context()
     models = Path(cluster_path).parent / "models"
-    models.mkdir(exist_ok=True)
+    models.mkdir(mode=0o700, exist_ok=True)  # the nodes' private models
 
     def report(record: Any) -> None:
         events.put(("round", record.to_json(), record.delta.tobytes()))
@@ -122,8 +135,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
             key = load_private_key(entry.key_file)
             node = Node(NodeSpec(node_id, cfg, cluster, key), task, shard(task.dataset, parts[node_id]), context, report)
             node.run()
-            # The trained model, flat float32 (LocalTrainer.set_flat loads it back); no pickle.
-            np.save(models / f"node-{node_id}.npy", node.trainer.get_flat(), allow_pickle=False)
+            save_model(models / f"node-{node_id}.npy", node.trainer.get_flat())
             events.put(("done", node_id, None))
         except BaseException:  # report and let the launcher decide; never die silently
             events.put(("error", node_id, traceback.format_exc()))
