@@ -1,15 +1,22 @@
-"""The ZeroMQ sockets of one node: bind, connect to neighbours, send, receive, authenticate.
+"""The ZeroMQ sockets of one node: bind, connect, agree sessions, send, receive, authenticate.
 
 Owns one ROUTER socket bound at the node's own address (everything it receives) and one DEALER
-per neighbour connected to that neighbour's address (everything it sends), the per-sender replay
-counters, and the traffic/drop counters (`TransportStats`). It does not know about training or
-rounds (a message of any kind and round is delivered; round checks belong to the node), the
-byte layout of messages (`wire`) or how keys are made (`crypto`).
+per neighbour connected to that neighbour's address (everything it sends), the sessions agreed
+on those connections (`session`: a fresh key per pair of processes, so frames of any earlier
+run fail authentication), the per-session replay counters, and the traffic/drop counters
+(`TransportStats`). It does not know about training or rounds (a message of any kind and round
+is delivered; round checks belong to the node), the byte layout of messages (`wire`) or how
+keys are made (`crypto`, `session`).
 
 Guarantees: `send` never blocks (it returns False and counts "send_queue_full" when the
-neighbour's queue is full); `recv` waits event-driven on the socket and only ever returns
-messages that a neighbour sealed for this node with a counter higher than any accepted from it
-before; everything else is dropped, counted in `stats.dropped[reason]` and logged.
+neighbour's queue is full; before the session with a neighbour is agreed, up to
+`session.MAX_QUEUED` messages wait for it); `recv` waits event-driven on the sockets and only
+ever returns messages that a neighbour's current process sealed for this process, in a session
+this process accepted, with a counter higher than any accepted in that session before;
+everything else is dropped, counted in `stats.dropped[reason]` and logged. A second live
+process presenting a neighbour's id is refused (`duplicate_identity`) while the first one's
+connection is up; a process that every attempt of which is refused that way for
+`DUPLICATE_GRACE_S` gets `session.DuplicateIdentity` from `recv`.
 
 Cipher: a Transport seals with `cipher` ("auto": AES-256-GCM where this machine has it, else
 XChaCha20-Poly1305; or either one by name) and opens whatever cipher a header names if this
@@ -30,14 +37,21 @@ from typing import Iterable
 
 import zmq
 
-from p2pfl import crypto, wire
-from p2pfl.messages import Message
+from p2pfl import crypto, session, wire
+from p2pfl.messages import Kind, Message
+from p2pfl.session import Identity, Inbound, Outbound
 
 log = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 16  # messages queued per neighbour (send) and per sender (receive) before refusing
-KEY_CONTEXT = b"wire"  # purpose of the pairwise key that seals messages
+KEY_CONTEXT = b"wire"  # purpose of the static pairwise key that seals the handshake's first steps
 LOG_EVERY_S = 1.0  # at most one warning per drop reason per second; the counters miss nothing
+RETRY_S = 1.0  # a handshake attempt with no answer for this long is made again
+RESET_EVERY_S = 0.5  # at most one "unknown session" notice per sender per this many seconds
+DUPLICATE_GRACE_S = 12.0  # refused this long (> the heartbeat timeout: a crashed predecessor's
+# connection is gone by then) means another live process holds our id
+HEARTBEAT_IVL_MS = 1000  # ZMTP heartbeats: a connection to a vanished process (a host that crashed,
+HEARTBEAT_TIMEOUT_MS = 5000  # a cut cable) is closed after this long, not after TCP's minutes
 
 # Drop reasons of the transport itself (wire.WireError reasons are used as they are).
 SEND_QUEUE_FULL = "send_queue_full"
@@ -63,6 +77,8 @@ class TransportStats:
     messages_sent: int = 0
     messages_received: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    handshake_messages: int = 0  # session handshake steps sent and received (their bytes are in the totals)
+    sessions_accepted: int = 0  # sessions neighbours' processes agreed with us and we accepted
 
 
 class Transport:
@@ -94,15 +110,20 @@ class Transport:
             raise ValueError(str(exc)) from None
         self._address = peers[node_id].address
         self._peers = {j: peers[j] for j in neighbours}
-        # keys once, up front: a send or receive is then only symmetric crypto
+        self._private_key = private_key
+        # static keys once, up front: the handshake's first steps are sealed with them
         self._keys = {j: crypto.pairwise_key(private_key, node_id, peers[j].public_key, j, KEY_CONTEXT)
                       for j in neighbours}
         self._context = context if context is not None else zmq.Context.instance()
         self._router: zmq.Socket | None = None
         self._poller = zmq.Poller()  # one for the node's life: Socket.poll builds a new one per call
         self._dealers: dict[int, zmq.Socket] = {}
+        self._dealer_of: dict[zmq.Socket, int] = {}
+        self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
+        self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
+        self._handshaking = 0  # outbound sessions not yet established (0: the fast path only)
+        self._last_reset: dict[int, float] = {}
         self._counter = 0
-        self._last_counter: dict[int, int] = {}  # highest counter accepted per sender
         self._stats = TransportStats()
         self._last_log: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
@@ -124,8 +145,13 @@ class Transport:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.RCVHWM, QUEUE_DEPTH)
+        router.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
         # libzmq refuses a frame larger than this before allocating it (and drops that connection)
         router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
+        # A send to a routing id whose connection is gone fails (EHOSTUNREACH) instead of vanishing:
+        # that is how a second session for a node id learns whether the first one's process is alive.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        _set_heartbeats(router)
         try:
             router.bind(self._address)
         except zmq.ZMQError:
@@ -133,13 +159,25 @@ class Transport:
             raise
         self._router = router
         self._poller.register(router, zmq.POLLIN)
+        ephemeral = session.Ephemeral.generate()  # this process's, for every neighbour; never stored
         for j, peer in self._peers.items():
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
             dealer.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
+            _set_heartbeats(dealer)
             # No IMMEDIATE: messages queue for a neighbour that is not up yet and go when it is.
             dealer.connect(peer.address)
             self._dealers[j] = dealer
+            self._dealer_of[dealer] = j
+            self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
+            bind = crypto.pairwise_key(self._private_key, self.node_id, peer.public_key, j, session.SESSION_CONTEXT)
+            me = crypto.public_from_private(self._private_key)
+            self._out[j] = Outbound(Identity(self.node_id, j, me, peer.public_key), self._private_key, bind, ephemeral)
+            self._in[j] = Inbound(Identity(j, self.node_id, peer.public_key, me), self._private_key, bind, ephemeral)
+        self._handshaking = len(self._out)
+        now = time.monotonic()
+        for j, out in self._out.items():
+            self._send_handshake(self._dealers[j], j, out.start(now))
 
     def close(self, linger: float = 0.0) -> None:
         """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
@@ -150,12 +188,17 @@ class Transport:
         """
         self._closed = True
         for sock in self._dealers.values():
+            self._poller.unregister(sock)
             sock.close(linger=int(linger * 1000))
         if self._router is not None:
             self._poller.unregister(self._router)
             self._router.close(linger=0)
         self._dealers.clear()
+        self._dealer_of.clear()
         self._router = None
+        # Forget every session: forward secrecy rests on no copy of these keys outliving the process.
+        self._out.clear()
+        self._in.clear()
 
     def __enter__(self) -> Transport:
         self.start()
@@ -170,19 +213,32 @@ class Transport:
         """Seal `msg` for neighbour `to` and queue it; False (and counted) if its queue is full.
 
         Never blocks. The message's arrays may be changed as soon as this returns (only the
-        sealed copy is queued). Sending to a non-neighbour, or a message that is not from this
-        node or does not fit the limits, is a programming error (ValueError / wire.WireError).
+        sealed copy, or before the session is agreed a copy, is queued). Sending to a
+        non-neighbour, or a message that is not from this node or does not fit the limits, is a
+        programming error (ValueError / wire.WireError).
         """
         dealer = self._dealers.get(to)
         if dealer is None:
             raise ValueError(f"node {to} is not a neighbour of node {self.node_id} (or not started)")
         if msg.sender != self.node_id:
             raise ValueError(f"message from node {msg.sender} sent by node {self.node_id}")
+        out = self._out[to]
+        if not out.established:
+            if len(out.queued) >= session.MAX_QUEUED:
+                return self._send_failed(to)
+            # a copy: the caller may change its arrays once send returns
+            out.queued.append(replace(msg, tensors={k: v.copy() for k, v in msg.tensors.items()}))
+            return True
+        return self._seal_and_send(dealer, to, out, msg)
+
+    def _seal_and_send(self, dealer: zmq.Socket, to: int, out: Outbound, msg: Message) -> bool:
         # Check for room before sealing: a dead neighbour must not cost a model's worth of crypto.
         if not dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             return self._send_failed(to)
+        assert out.agreed is not None
         self._counter += 1
-        frames = wire.seal(msg, to, self._counter, self._keys[to], self.limits, cipher=self.cipher)
+        frames = wire.seal(msg, to, self._counter, out.agreed.key, self.limits, cipher=self.cipher,
+                           session=out.agreed.sid)
         try:
             # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
             dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -197,10 +253,37 @@ class Transport:
         self._log_drop(SEND_QUEUE_FULL, f"queue to node {to} is full")
         return False
 
+    def _send_handshake(self, sock: zmq.Socket, to: int, meta: dict, key: bytes | None = None,
+                        sid: bytes = b"", route: bytes | None = None) -> bool:
+        """Seal one handshake step (static key unless `key`/`sid` name a session) and send it.
+
+        On the ROUTER, `route` is the connection to answer on; False if it is gone or full.
+        """
+        self._counter += 1
+        msg = Message(Kind.HANDSHAKE, self.node_id, 0, meta=meta)
+        frames = wire.seal(msg, to, self._counter, self._keys[to] if key is None else key, self.limits,
+                           cipher=self.cipher, session=sid)
+        try:
+            sock.send_multipart(frames if route is None else [route, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:  # Again (full), EHOSTUNREACH (that connection is gone)
+            return False
+        self._stats.handshake_messages += 1
+        self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        return True
+
+    def established(self, j: int) -> bool:
+        """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
+        out = self._out.get(j)
+        return out is not None and out.established
+
     # -- receiving -------------------------------------------------------------------------------
 
     def recv(self, timeout: float) -> Message | None:
-        """The next authenticated, fresh message, or None once `timeout` seconds have passed."""
+        """The next authenticated, fresh message, or None once `timeout` seconds have passed.
+
+        Handshakes run in here too (answers, retries); session.DuplicateIdentity if neighbours
+        have refused this process for DUPLICATE_GRACE_S.
+        """
         if self._router is None:
             raise RuntimeError("recv before start (or after close)")
         deadline = time.monotonic() + max(0.0, timeout)
@@ -210,41 +293,195 @@ class Transport:
             try:
                 msg = self._accept(self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False))
             except zmq.Again:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                wait = deadline - now
+                if self._handshaking:
+                    wait = min(wait, self._tick(now))
+                if deadline - now <= 0:
                     return None
                 # ceil: a poll of 0 ms with time left would spin instead of waiting
-                self._poller.poll(math.ceil(remaining * 1000))
+                for sock, _ in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
+                    if sock is not self._router:
+                        self._drain_dealer(sock)
                 continue
             if msg is not None:
                 return msg
             if time.monotonic() >= deadline:
                 return None
 
+    def _tick(self, now: float) -> float:
+        """Retry handshakes that went unanswered; seconds until the next one is due."""
+        wait = RETRY_S
+        for j, out in self._out.items():
+            if out.established:
+                continue
+            if out.refused_since is not None and now - out.refused_since >= DUPLICATE_GRACE_S:
+                raise session.DuplicateIdentity(
+                    f"node {self.node_id}: neighbour {j} has refused this process for {now - out.refused_since:.0f}s "
+                    f"because another live process already runs as node {self.node_id}; stop one of them")
+            if out.due(now, RETRY_S) <= 0:
+                self._send_handshake(self._dealers[j], j, out.start(now))
+            wait = min(wait, max(0.0, out.due(now, RETRY_S)))
+        return wait
+
     def _accept(self, frames: list[zmq.Frame]) -> Message | None:
-        """Check one received frame set (routing id first); the message, or None if dropped."""
-        parts = frames[1:]  # the ROUTER's routing id says nothing trustworthy: drop it
+        """Check one frame set from the ROUTER (routing id first); the message, or None if dropped."""
+        route, parts = frames[0].bytes, frames[1:]  # the routing id names a connection, not a sender
         self._stats.bytes_received += sum(len(f) for f in parts)
         sender: int | str = "?"
         try:
             header = wire.read_header(parts, self.limits)
             sender = header.sender
-            key = self._keys.get(sender)
-            if key is None:
+            inbound = self._in.get(sender)
+            if inbound is None:
                 return self._drop(UNKNOWN_PEER, sender, frames, "not a neighbour")
             if header.recipient != self.node_id:
                 return self._drop(WRONG_RECIPIENT, sender, frames, f"addressed to node {header.recipient}")
-            aead = wire.message_aead(header, key)
+            if header.kind == Kind.HANDSHAKE:
+                return self._on_initiator_step(inbound, header, parts, route)
+            current = inbound.accepted(header.session)
+            if current is None:
+                self._reset(sender, header.session, route)
+                return self._drop(session.NO_SESSION, sender, frames, "sealed for a session this process did not agree")
+            aead = wire.message_aead(header, current.agreed.key)
             meta = wire.open_meta(header, parts, aead, self.limits)  # authenticates the header
             # Before decrypting the tensors: a replayed model costs no bulk crypto.
-            if header.counter <= self._last_counter.get(sender, 0):
+            if header.counter <= current.last_counter:
                 return self._drop(REPLAY, sender, frames, f"counter {header.counter} not above the last accepted")
             tensors = wire.open_tensors(header, parts, aead)
         except wire.WireError as exc:
             return self._drop(exc.reason, sender, frames, exc.detail)
-        self._last_counter[sender] = header.counter
+        except session.HandshakeError as exc:
+            return self._drop(exc.reason, sender, frames, exc.detail)
+        current.last_counter = header.counter
+        current.route = route  # its process may have reconnected: probe the connection it uses now
         self._stats.messages_received += 1
         return wire.to_message(header, meta, tensors)
+
+    # -- handshake: the responder's side (on the ROUTER) -------------------------------------------
+
+    def _on_initiator_step(self, inbound: Inbound, header: wire.Header, parts: list, route: bytes) -> None:
+        """INIT (static key) or CONFIRM (the proposed session's key) from a neighbour's process."""
+        j = header.sender
+        self._stats.handshake_messages += 1
+        if not header.session:
+            meta = wire.open_meta(header, parts, self._keys[j], self.limits)
+            session.read(meta, {session.INIT})
+            resp, _ = inbound.on_init(meta, route)
+            self._send_handshake(self._router, j, resp, route=route)
+            return None
+        proposed = inbound.get(header.session)
+        if proposed is None:
+            raise session.HandshakeError(session.NO_SESSION, "confirm of a session this process did not agree")
+        meta = wire.open_meta(header, parts, proposed.agreed.key, self.limits)
+        if header.counter <= proposed.last_counter:
+            raise session.HandshakeError(REPLAY, f"counter {header.counter} not above the last accepted")
+        session.read(meta, {session.CONFIRM})
+        proposed.last_counter, proposed.route = header.counter, route
+        rival = inbound.rival(proposed)
+        if rival is not None and self._alive(j, rival):
+            inbound.refuse(proposed)
+            self.count_drop(session.DUPLICATE_IDENTITY)
+            log.error("node %d: refused a second live process presenting node %d's identity (node %d's current "
+                      "process is still connected); the current one keeps its session", self.node_id, j, j)
+            self._send_handshake(self._router, j, {"t": session.REFUSE, "reason": session.DUPLICATE_IDENTITY},
+                                 proposed.agreed.key, proposed.agreed.sid, route)
+            return None
+        inbound.accept(proposed)
+        self._stats.sessions_accepted += 1
+        self._send_handshake(self._router, j, {"t": session.ACCEPT}, proposed.agreed.key, proposed.agreed.sid, route)
+        if rival is not None:
+            log.warning("node %d: node %d restarted (its earlier process is gone); new sessions", self.node_id, j)
+            # What we send j is still sealed for its earlier process: agree anew now rather than
+            # lose a message to find out.
+            init = self._out[j].restart(time.monotonic())
+            if init is not None:
+                self._handshaking += 1
+                self._send_handshake(self._dealers[j], j, init)
+        return None
+
+    def _alive(self, j: int, rival: session.Proposed) -> bool:
+        """Whether the process of `rival` is still connected; it is told someone uses its id."""
+        return self._send_handshake(self._router, j, {"t": session.CONFLICT}, rival.agreed.key, rival.agreed.sid,
+                                    rival.route)
+
+    def _reset(self, j: int, sid: bytes, route: bytes) -> None:
+        """Tell the process on `route` we do not know its session `sid` (rate-limited per sender)."""
+        now = time.monotonic()
+        if not sid or now - self._last_reset.get(j, -math.inf) < RESET_EVERY_S:
+            return
+        self._last_reset[j] = now
+        self._send_handshake(self._router, j, {"t": session.RESET, "sid": sid}, route=route)
+
+    # -- handshake: the initiator's side (answers on a DEALER) -------------------------------------
+
+    def _drain_dealer(self, dealer: zmq.Socket) -> None:
+        j = self._dealer_of.get(dealer)
+        while j is not None:
+            try:
+                frames = dealer.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._stats.bytes_received += sum(len(f) for f in frames)
+            try:
+                self._on_responder_step(j, frames)
+            except wire.WireError as exc:
+                self._drop(exc.reason, j, frames, exc.detail)
+            except session.HandshakeError as exc:
+                self._drop(exc.reason, j, frames, exc.detail)
+
+    def _on_responder_step(self, j: int, frames: list) -> None:
+        """RESP or RESET (static key), ACCEPT, REFUSE or CONFLICT (session key) from neighbour `j`."""
+        header = wire.read_header(frames, self.limits)
+        if header.sender != j or header.recipient != self.node_id or header.kind != Kind.HANDSHAKE:
+            raise session.HandshakeError(session.BAD_HANDSHAKE, f"{header.kind.name} from {header.sender} to "
+                                         f"{header.recipient} on the connection to node {j}")
+        self._stats.handshake_messages += 1
+        out, now = self._out[j], time.monotonic()
+        if not header.session:
+            meta = wire.open_meta(header, frames, self._keys[j], self.limits)
+            kind = session.read(meta, {session.RESP, session.RESET})
+            if kind == session.RESP:
+                confirm = out.on_resp(meta)
+                if confirm is not None:  # None: a late answer to an earlier attempt of ours
+                    assert out.agreed is not None
+                    self._send_handshake(self._dealers[j], j, confirm, out.agreed.key, out.agreed.sid)
+                return
+            init = out.on_reset(meta, now)
+            if init is None:
+                return  # about a session of ours we already replaced
+            self._handshaking += 1
+            log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
+                        self.node_id, j)
+            self._send_handshake(self._dealers[j], j, init)
+            return
+        key = out.key_for(header.session)
+        if key is None:
+            raise session.HandshakeError(session.STALE_HANDSHAKE, "sealed for a session that is not one of ours")
+        meta = wire.open_meta(header, frames, key, self.limits)
+        if header.counter <= out.last_counter:
+            raise session.HandshakeError(REPLAY, f"counter {header.counter} not above the last accepted")
+        out.last_counter = header.counter
+        kind = session.read(meta, {session.ACCEPT, session.REFUSE, session.CONFLICT})
+        if kind == session.CONFLICT:
+            self.count_drop(session.DUPLICATE_IDENTITY)
+            log.error("node %d: another process presented this node's identity to node %d and was refused; this "
+                      "process keeps its session. Find and stop the other one (same key file).", self.node_id, j)
+            return
+        if not out.on_verdict(kind, header.session, now):
+            return  # the verdict on an earlier attempt of ours: a retry overtook it
+        if kind == session.REFUSE:
+            self.count_drop(session.DUPLICATE_IDENTITY)
+            if out.tries > 1:
+                return  # logged at the first refusal
+            log.error("node %d: node %d refused this process: another live process already runs as node %d "
+                      "(same key file). Retrying for %.0fs in case it is a crashed predecessor.",
+                      self.node_id, j, self.node_id, DUPLICATE_GRACE_S)
+            return
+        self._handshaking -= 1
+        queued, out.queued = out.queued, []
+        for msg in queued:
+            self._seal_and_send(self._dealers[j], j, out, msg)
 
     # -- accounting ------------------------------------------------------------------------------
 
@@ -261,7 +498,7 @@ class Transport:
         self.count_drop(reason)
         try:
             origin = frames[0].get("Peer-Address")  # the TCP peer, the only clue for garbage
-        except zmq.ZMQError:
+        except (zmq.ZMQError, AttributeError):
             origin = "?"
         self._log_drop(reason, f"from node {sender} ({origin}): {detail}")
         return None
@@ -281,3 +518,9 @@ class Transport:
         more = self._unlogged.pop(reason, 0)
         log.warning("node %d dropped a message (%s) %s%s", self.node_id, reason, detail,
                     f" [+{more} more since the last warning]" if more else "")
+
+
+def _set_heartbeats(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats: libzmq pings the peer and closes a connection that stays silent too long."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)

@@ -19,6 +19,9 @@ import zmq
 
 from p2pfl import crypto, wire
 from p2pfl.messages import Kind, Message
+from helpers.handshake import Initiator
+
+from p2pfl import session
 from p2pfl.transport import KEY_CONTEXT, QUEUE_DEPTH, Peer, Transport
 
 LIMITS = wire.Limits.for_model(100_000)
@@ -104,11 +107,37 @@ def assert_same(got: Message | None, sent: Message) -> None:
         assert np.array_equal(got.tensors[name], sent.tensors[name])
 
 
-def sealed(cluster: Cluster, msg: Message, to: int, counter: int | None = None, key: bytes | None = None,
-           recipient: int | None = None, cipher: str = "auto") -> list:
-    """Frames exactly as a transport of `msg.sender` would send them (or with the given fields)."""
-    return wire.seal(msg, to if recipient is None else recipient, counter or time.time_ns(),
-                     key or cluster.key(msg.sender, to), LIMITS, cipher=cipher)
+def handshake(*transports: Transport, timeout: float = WAIT) -> dict[int, list[Message]]:
+    """Pump every transport (as their nodes would) until all sessions among them are agreed.
+
+    A session needs both ends receiving; a test that calls one transport's recv at a time must
+    agree sessions first. Returns what each transport received meanwhile, by node id.
+    """
+    got: dict[int, list[Message]] = {t.node_id: [] for t in transports}
+    ids = {t.node_id for t in transports}
+    deadline = time.monotonic() + timeout
+    while not all(t.established(j) for t in transports for j in ids if j != t.node_id and j in t._out):
+        assert time.monotonic() < deadline, "sessions not agreed in time"
+        for t in transports:
+            msg = t.recv(0.005)
+            if msg is not None:
+                got[t.node_id].append(msg)
+    return got
+
+
+class RawPeer:
+    """Node `sender` played by hand on a raw DEALER to `victim`, with a session agreed as a Transport would."""
+
+    def __init__(self, c: Cluster, victim: Transport, sender: int = 0) -> None:
+        self.dealer = c.raw(zmq.DEALER, c.peers[victim.node_id].address)
+        self.session = Initiator(sender, c.keys[sender][0], victim.node_id, c.peers[victim.node_id].public_key, LIMITS)
+        self.session.agree(self.dealer, pump=lambda: victim.recv(0))
+
+    def seal(self, msg: Message, **changes) -> list[bytes]:
+        return self.session.seal(msg, **changes)
+
+    def send(self, frames: list) -> None:
+        self.dealer.send_multipart(frames)
 
 
 # -- delivery --------------------------------------------------------------------------------
@@ -119,13 +148,14 @@ def test_two_transports_exchange_messages_intact(make_cluster, cipher):
     c = make_cluster(2)
     a, b = c.transport(0, cipher=cipher), c.transport(1, cipher=cipher)
     assert a.cipher == b.cipher == cipher
+    assert handshake(a, b) == {0: [], 1: []}
     to_b, to_a = model_msg(0, seed=1), model_msg(1, seed=2)
     assert a.send(1, to_b) and b.send(0, to_a)
     assert_same(b.recv(WAIT), to_b)
     assert_same(a.recv(WAIT), to_a)
     assert a.stats.messages_sent == 1 and b.stats.messages_received == 1
     assert b.stats.bytes_received == a.stats.bytes_sent
-    overhead = a.stats.bytes_sent - to_b.payload_bytes()
+    overhead = a.stats.bytes_sent - to_b.payload_bytes()  # the handshake's bytes included
     assert 0 < overhead < 0.01 * to_b.payload_bytes()
     assert a.stats.dropped == b.stats.dropped == {}
 
@@ -133,6 +163,7 @@ def test_two_transports_exchange_messages_intact(make_cluster, cipher):
 def test_auto_is_aes_gcm_where_available_and_mixed_ciphers_interoperate(make_cluster):
     c = make_cluster(2)
     a, b = c.transport(0), c.transport(1, cipher="xchacha20poly1305")  # b sends with the fallback
+    handshake(a, b)
     assert a.cipher == crypto.choose_cipher("auto")
     assert b.cipher == crypto.XCHACHA20POLY1305
     to_b, to_a = model_msg(0, seed=1), model_msg(1, seed=2)
@@ -155,6 +186,7 @@ def test_cipher_argument_is_checked(make_cluster, monkeypatch):
 def test_three_transports_all_to_all(make_cluster):
     c = make_cluster(3)
     ts = [c.transport(i) for i in range(3)]
+    handshake(*ts)
     sent = {}
     for i, t in enumerate(ts):
         for j in range(3):
@@ -180,15 +212,20 @@ def test_messages_sent_before_the_neighbour_starts_are_delivered(make_cluster):
     c = make_cluster(2)
     a = c.transport(0)
     hello = Message(Kind.HEARTBEAT, 0, 0)
-    assert a.send(1, hello)
+    assert a.send(1, hello)  # kept until the session is agreed
+    assert a.stats.messages_sent == 0
     b = c.transport(1)  # starts later, like a node still importing torch
-    assert_same(b.recv(WAIT), hello)
+    got = handshake(a, b)
+    assert len(got[1]) == 1 and got[0] == []
+    assert_same(got[1][0], hello)
+    assert a.stats.dropped == b.stats.dropped == {}
 
 
 def test_a_restarted_sender_is_not_taken_for_a_replay(make_cluster):
     c = make_cluster(2)
     b = c.transport(1)
     first = c.transport(0)
+    handshake(b, first)
     assert first.send(1, model_msg(0, seed=1))
     assert b.recv(WAIT) is not None
     first.close()
@@ -201,22 +238,23 @@ def test_a_restarted_sender_is_not_taken_for_a_replay(make_cluster):
         except zmq.ZMQError:
             assert time.monotonic() < deadline, "the old socket never released its port"
             time.sleep(0.01)
+    handshake(b, again)  # b sees the earlier process's connection gone: a restart, not a duplicate
     msg = model_msg(0, round_=2, seed=2)
     assert again.send(1, msg)
     assert_same(b.recv(WAIT), msg)
     assert b.stats.dropped == {}
+    assert b.stats.sessions_accepted == 2
 
 
 # -- drops: each counted with its reason, the good message after it still delivered --------
 
 
-def inject_then_good(c: Cluster, victim: Transport, bad: list[list]) -> Message:
-    """Send `bad` frame sets then a good message from node 0 on one raw connection to `victim`."""
-    raw = c.raw(zmq.DEALER, c.peers[victim.node_id].address)
+def inject_then_good(raw: RawPeer, victim: Transport, bad: list[list]) -> Message:
+    """Send `bad` frame sets then a good message from node 0 on its session's connection to `victim`."""
     for frames in bad:
-        raw.send_multipart(frames)
+        raw.send(frames)
     good = model_msg(0, round_=3, seed=5)
-    raw.send_multipart(sealed(c, good, victim.node_id))
+    raw.send(raw.seal(good))
     got = victim.recv(WAIT)
     assert_same(got, good)
     return good
@@ -226,10 +264,11 @@ def inject_then_good(c: Cluster, victim: Transport, bad: list[list]) -> Message:
 def test_tampered_frame_dropped_counted_and_logged(make_cluster, caplog, cipher):
     c = make_cluster(2)
     b = c.transport(1)
-    frames = [bytes(f) for f in sealed(c, model_msg(0), 1, cipher=cipher)]
+    raw = RawPeer(c, b)
+    frames = raw.seal(model_msg(0), cipher=cipher)
     frames[2] = frames[2][:100] + bytes([frames[2][100] ^ 1]) + frames[2][101:]
     with caplog.at_level("WARNING", logger="p2pfl.transport"):
-        inject_then_good(c, b, [frames])
+        inject_then_good(raw, b, [frames])
     assert b.stats.dropped == {"tampered": 1}
     assert any("tampered" in r.message and "from node 0" in r.message for r in caplog.records)
 
@@ -237,25 +276,32 @@ def test_tampered_frame_dropped_counted_and_logged(make_cluster, caplog, cipher)
 def test_forged_sender_with_a_key_not_in_the_cluster_dropped(make_cluster):
     c = make_cluster(3)
     b = c.transport(1, neighbours=[0])  # node 2 is in the cluster but not a neighbour
+    raw = RawPeer(c, b)
     outsider_private, _ = crypto.generate_keypair()
-    stranger = sealed(c, model_msg(7), 1, key=c.key(0, 1, private=outsider_private))  # id 7: nobody
-    not_neighbour = sealed(c, model_msg(2), 1, key=c.key(2, 1))
-    impostor = sealed(c, model_msg(0), 1, key=c.key(0, 1, private=outsider_private))  # claims to be 0
-    inject_then_good(c, b, [stranger, not_neighbour, impostor])
-    assert b.stats.dropped == {"unknown_peer": 2, "tampered": 1}
+    stranger = raw.seal(model_msg(7), key=c.key(0, 1, private=outsider_private))  # id 7: nobody
+    not_neighbour = raw.seal(model_msg(2), key=c.key(2, 1))
+    impostor = raw.seal(model_msg(0), key=c.key(0, 1, private=outsider_private))  # 0's session, not 0's key
+    static = raw.seal(model_msg(0), key=c.key(0, 1), sid=b"")  # 0's static key, but no session
+    inject_then_good(raw, b, [stranger, not_neighbour, impostor, static])
+    assert b.stats.dropped == {"unknown_peer": 2, "tampered": 1, "no_session": 1}
 
 
 @needs_aes
 def test_cipher_this_machine_cannot_run_or_unknown_id_dropped(make_cluster, monkeypatch, caplog):
     c = make_cluster(2)
     b = c.transport(1)
-    aes = sealed(c, model_msg(0), 1, cipher=crypto.AES256GCM)
+    raw = RawPeer(c, b)
+    aes = raw.seal(model_msg(0), cipher=crypto.AES256GCM)
     fields = msgpack.unpackb(bytes(aes[0]))
     fields[9] = 9  # a cipher id this version does not know
     unknown = [msgpack.packb(fields), *aes[1:]]
     monkeypatch.setattr(crypto, "aes256gcm_available", lambda: False)  # now b cannot run AES-GCM
     with caplog.at_level("WARNING", logger="p2pfl.transport"):
-        inject_then_good(c, b, [aes, unknown])  # the good one: sealed with the fallback ("auto")
+        raw.send(aes)
+        raw.send(unknown)
+        good = model_msg(0, round_=3, seed=5)
+        raw.send(raw.seal(good, cipher=crypto.XCHACHA20POLY1305))
+        assert_same(b.recv(WAIT), good)
     assert b.stats.dropped == {"bad_cipher": 1, "bad_header": 1}
     assert any("bad_cipher" in r.message and "xchacha20poly1305" in r.message for r in caplog.records)
     assert any("unknown cipher id 9" in r.message for r in caplog.records)
@@ -264,15 +310,17 @@ def test_cipher_this_machine_cannot_run_or_unknown_id_dropped(make_cluster, monk
 def test_frame_addressed_to_someone_else_dropped(make_cluster):
     c = make_cluster(3)
     b = c.transport(1)
-    inject_then_good(c, b, [sealed(c, model_msg(0), 1, recipient=2)])
+    raw = RawPeer(c, b)
+    inject_then_good(raw, b, [raw.seal(model_msg(0), recipient=2)])
     assert b.stats.dropped == {"wrong_recipient": 1}
 
 
 def test_garbage_frames_dropped_and_counted_in_bytes(make_cluster):
     c = make_cluster(2)
     b = c.transport(1)
+    raw = RawPeer(c, b)
     garbage = [[b"garbage"], [b"\xc1" * 50, b"x"], [b"\x92\x01", b"", b""]]
-    inject_then_good(c, b, garbage)
+    inject_then_good(raw, b, garbage)
     assert b.stats.dropped == {"bad_header": 2, "truncated": 1}
     assert b.stats.messages_received == 1
     assert b.stats.bytes_received > sum(len(f) for fs in garbage for f in fs) + 400_000
@@ -281,26 +329,18 @@ def test_garbage_frames_dropped_and_counted_in_bytes(make_cluster):
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_replayed_frames_dropped(make_cluster, cipher):
     c = make_cluster(2)
-    spy_address = f"tcp://127.0.0.1:{free_port()}"
-    spy = c.raw(zmq.ROUTER, spy_address)
-    # node 0 believes node 1 listens at the spy: the spy captures exactly what node 0 sends
-    a = c.transport(0, peers={**c.peers, 1: Peer(spy_address, c.peers[1].public_key)}, cipher=cipher)
     b = c.transport(1)
+    raw = RawPeer(c, b)
     sent = [model_msg(0, seed=i) for i in range(3)]
-    assert all(a.send(1, m) for m in sent)
-    captured = []
-    while len(captured) < 3:
-        assert spy.poll(int(WAIT * 1000))
-        captured.append(spy.recv_multipart()[1:])  # drop the routing id
-    raw = c.raw(zmq.DEALER, c.peers[1].address)
-    raw.send_multipart(captured[0])
-    assert_same(b.recv(WAIT), sent[0])  # captured frames are genuine: accepted once
-    raw.send_multipart(captured[0])  # the same again
-    raw.send_multipart(captured[1])
+    captured = [raw.seal(m, cipher=cipher) for m in sent]  # genuine frames of one session, in order
+    raw.send(captured[0])
+    assert_same(b.recv(WAIT), sent[0])  # accepted once
+    raw.send(captured[0])  # the same again
+    raw.send(captured[1])
     assert_same(b.recv(WAIT), sent[1])
-    raw.send_multipart(captured[0])  # older ones after a newer one
-    raw.send_multipart(captured[1])
-    raw.send_multipart(captured[2])  # same connection: arrives after the replays
+    raw.send(captured[0])  # older ones after a newer one
+    raw.send(captured[1])
+    raw.send(captured[2])  # same connection: arrives after the replays
     assert_same(b.recv(WAIT), sent[2])
     assert b.stats.dropped == {"replay": 3}
 
@@ -311,6 +351,7 @@ def test_oversized_frame_refused_by_libzmq_then_service_goes_on(make_cluster):
     raw = c.raw(zmq.DEALER, c.peers[1].address)
     raw.send_multipart([b"x" * (LIMITS.max_frame_bytes + 1)])  # libzmq closes that connection
     a = c.transport(0)
+    handshake(a, b)
     good = model_msg(0)
     assert a.send(1, good)
     assert_same(b.recv(WAIT), good)
@@ -333,11 +374,24 @@ def test_node_counts_its_own_drops_in_the_same_table(make_cluster):
 
 def test_send_to_a_neighbour_that_is_not_running_never_blocks(make_cluster):
     c = make_cluster(2)
-    a = c.transport(0)  # node 1 never starts
+    a = c.transport(0)  # node 1 never starts: no session, so messages wait for one, up to a bound
     results = [a.send(1, model_msg(0, n=1000)) for _ in range(10 * QUEUE_DEPTH)]
     assert results[0] and not results[-1]
     refused = results.count(False)
     assert results == [True] * (len(results) - refused) + [False] * refused  # full stays full
+    assert refused == len(results) - session.MAX_QUEUED
+    assert a.stats.dropped == {"send_queue_full": refused}
+    assert a.stats.messages_sent == 0
+
+
+def test_send_to_a_dead_neighbour_with_a_session_never_blocks(make_cluster):
+    c = make_cluster(2)
+    a, b = c.transport(0), c.transport(1)
+    handshake(a, b)
+    b.close()  # the session stays agreed on a's side; the queue to the dead process fills
+    results = [a.send(1, model_msg(0, n=1000)) for _ in range(10 * QUEUE_DEPTH)]
+    assert results[0] and not results[-1]
+    refused = results.count(False)
     assert a.stats.dropped == {"send_queue_full": refused}
     assert a.stats.messages_sent == len(results) - refused
 
