@@ -7,6 +7,7 @@ It holds no protocol or training logic.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import sys
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from p2pfl.config import ConfigError, ExperimentConfig
+from p2pfl.config import Cluster, ConfigError, ExperimentConfig
 
 console = Console(stderr=True)
 if not console.is_terminal:
@@ -28,7 +29,7 @@ def _experiment_options(f: Any) -> Any:
     opts = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment TOML file."),
         click.option("--task", help="digits-mlp (default), digits-cnn, apps (next-app recommendation), or package.module:function."),
-        click.option("--nodes", "-n", type=int, help="Number of nodes (default 8)."),
+        click.option("--nodes", "-n", type=int, help="Number of nodes (default 8; node: the cluster file's count)."),
         click.option("--rounds", "-r", type=int, help="Training rounds (default 40)."),
         click.option("--local-epochs", type=int, help="Local epochs per round (default 1)."),
         click.option("--local-steps", type=int, help="Local SGD steps per round (overrides epochs)."),
@@ -67,11 +68,37 @@ def _experiment_options(f: Any) -> Any:
     return f
 
 
-def _config(config_file: str | None, **overrides: Any) -> ExperimentConfig:
+def _config(config_file: str | None, defaults: dict[str, Any] | None = None, **overrides: Any) -> ExperimentConfig:
+    """The validated experiment: built-in defaults < `defaults` < the config file < the options."""
     try:
-        return ExperimentConfig.load(config_file, overrides)
+        cfg = ExperimentConfig.load(config_file, overrides, defaults)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    _check_task(cfg.task)
+    return cfg
+
+
+def _check_task(spec: str) -> None:
+    """A plug-in task's module and function must exist before anything starts.
+
+    The config already refused unknown built-in names; importing a plug-in means importing torch,
+    so only plug-in specs get this far.
+    """
+    if ":" not in spec:
+        return
+    from p2pfl.training import check_task
+
+    try:
+        check_task(spec)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: a float option that means nothing as nan or inf (click's FLOAT accepts both)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 @click.group()
@@ -113,7 +140,8 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
               help="Comma-separated variants run on every topology, e.g. plain,secure,secure+dp "
                    "(tokens joined by +: plain, secure, dp, q8, q16). Replaces --secure-mode.")
 @click.option("--processes", type=int)
-@click.option("--target", type=float, default=0.9, show_default=True, help="Target accuracy for the table.")
+@click.option("--target", type=float, default=0.9, show_default=True, callback=_finite,
+              help="Target accuracy for the table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
 def compare(config_file: str | None, topologies: str | None, secure_mode: str, variants: str | None, target: float,
             out: str | None, **overrides: Any) -> None:
@@ -146,7 +174,7 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
 @main.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the table and plots.")
-@click.option("--target", type=float, default=0.9, show_default=True)
+@click.option("--target", type=float, default=0.9, show_default=True, callback=_finite)
 def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> None:
     """Re-render the table and plots of finished runs (or a compare directory)."""
     from p2pfl import report
@@ -163,38 +191,50 @@ def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> Non
 @click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key (default: key_file of the cluster entry).")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="Append this node's per-round metrics (JSON Lines).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Checkpoint every round here; resume from it on restart.")
+@click.option("--fresh", is_flag=True, help="Start from round 1: delete this node's checkpoints in --checkpoint-dir first "
+                                            "(a node refuses to start over on its own when none of them is usable).")
 @click.option("--down-after", type=int, help="Rounds a neighbour may stay silent before it is no longer waited for.")
 @_experiment_options
-def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, metrics: str | None, **overrides: Any) -> None:
+def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, metrics: str | None,
+         fresh: bool, **overrides: Any) -> None:
     """Run one node of a cluster until its rounds are done (one per machine, or several)."""
     import json
 
     import torch
 
-    from p2pfl.config import Cluster
+    from p2pfl.checkpoint import CheckpointRefused, CheckpointStore
     from p2pfl.crypto import KeyFileError, load_private_key, public_from_private
     from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
     from p2pfl.training import load_task, partition_task
 
-    cfg = _config(config_file, **overrides)
     try:
-        cluster = Cluster.load(cluster_file, seed=cfg.seed)
+        cfg, cluster = _node_setup(config_file, cluster_file, overrides)
         entry = cluster.require(node_id)
-        if len(cluster.nodes) != cfg.nodes:
-            raise ConfigError("nodes", f"the experiment says {cfg.nodes} nodes, the cluster file has {len(cluster.nodes)}")
         path = Path(key_file) if key_file else entry.key_file
         if path is None:
             raise ConfigError("key", f"no --key given and the cluster entry of node {node_id} has no key_file")
         private_key = load_private_key(path)
         if public_from_private(private_key) != entry.public_key:
             raise ConfigError("key", f"{path} is not node {node_id}'s key: its public key differs from the cluster entry")
+        if fresh and not cfg.checkpoint_dir:
+            raise ConfigError("fresh", "--fresh discards checkpoints: it needs --checkpoint-dir")
         _check_resources(entry.address, metrics, cfg.checkpoint_dir, node_id)
     except (ConfigError, KeyFileError) as exc:
         raise click.UsageError(str(exc)) from exc
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    task = load_task(cfg.task, cfg.seed)
-    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    try:
+        task = load_task(cfg.task, cfg.seed)
+        parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    except ValueError as exc:  # a plug-in task that fails when called, or cannot be split this way
+        raise click.UsageError(str(exc)) from exc
+    if fresh:
+        store_dir = Path(cfg.checkpoint_dir) / f"node-{node_id}"
+        try:
+            gone = CheckpointStore(store_dir).discard()
+        except OSError as exc:
+            raise click.ClickException(f"--fresh: cannot delete the checkpoints in {store_dir} ({exc})") from exc
+        console.print(f"node {node_id}: --fresh: starting from round 1, {gone} old checkpoint file(s) in {store_dir} deleted")
     sink = open(metrics, "a") if metrics else None
 
     def on_round(record: Any) -> None:
@@ -204,11 +244,32 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
 
     try:
         records = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round).run()
+    except CheckpointRefused as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         if sink is not None:
             sink.close()
+    if not records:
+        console.print(f"node {node_id}: finished already: its checkpoint completes all {cfg.rounds} rounds; nothing to do")
+        return
     last = records[-1]
     console.print(f"node {node_id}: {len(records)} rounds, final accuracy {last.test_acc:.3f}, dropped {last.dropped}")
+
+
+def _node_setup(config_file: str | None, cluster_file: str, overrides: dict[str, Any]) -> tuple[ExperimentConfig, Cluster]:
+    """The experiment and the cluster of `p2pfl node`; ConfigError if they disagree.
+
+    The cluster file lists every node, so it gives the node count; --nodes or the experiment
+    file may repeat it but not contradict it.
+    """
+    size = len(Cluster.load(cluster_file).nodes)  # how many entries does not depend on the seed
+    cfg = _config(config_file, defaults={"nodes": size}, **overrides)
+    cluster = Cluster.load(cluster_file, seed=cfg.seed)  # the seed shapes a generated topology
+    if cfg.nodes != size:
+        given = "--nodes gives" if overrides.get("nodes") is not None else "the experiment file says"
+        raise ConfigError("nodes", f"{given} {cfg.nodes} nodes, but the cluster file {cluster_file} has {size} (leave it out: "
+                          "node takes the count from the cluster file)")
+    return cfg, cluster
 
 
 @main.command()
@@ -266,7 +327,7 @@ def _check_resources(address: str, metrics: str | None, checkpoint_dir: str, nod
     if checkpoint_dir:
         target = Path(checkpoint_dir) / f"node-{node_id}"
         try:
-            target.mkdir(parents=True, exist_ok=True)
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the private model
         except OSError as exc:
             raise ConfigError("checkpoint_dir", f"{checkpoint_dir}: cannot create {target} ({exc.strerror})") from exc
 

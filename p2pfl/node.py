@@ -37,7 +37,7 @@ import numpy as np
 import zmq
 
 from p2pfl import privacy, topology
-from p2pfl.checkpoint import CheckpointStore, NodeState
+from p2pfl.checkpoint import CheckpointRefused, CheckpointStore, NodeState
 from p2pfl.crypto import pairwise_key
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
@@ -183,9 +183,19 @@ class Node:
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> list[RoundRecord]:
-        """Run every round (resuming from a checkpoint if there is one); returns the records."""
-        records = []
+        """Run every round (resuming from a checkpoint if there is one); returns the records.
+
+        Returns no records when the checkpoint says every round is done already. Raises
+        `CheckpointRefused` (before any socket opens) when the checkpoints cannot be resumed from.
+        """
+        records: list[RoundRecord] = []
         r = self._restore() + 1
+        if r > self.config.rounds:
+            # Restarted after its last round: the neighbours are done too, so waiting for them
+            # would only run into startup_timeout. Nothing to do.
+            log.warning("node %d: the checkpoint of round %d completes the run's %d rounds; nothing left to do",
+                        self.id, r - 1, self.config.rounds)
+            return records
         self.transport.start()
         try:
             self._t0 = time.monotonic()
@@ -241,15 +251,32 @@ class Node:
         return target
 
     def _restore(self) -> int:
-        """Load the newest good checkpoint, if any; returns the last completed round (0 if none)."""
+        """Load the newest good checkpoint, if any; returns the last completed round (0 if none).
+
+        Raises `CheckpointRefused` rather than start over silently when the directory holds
+        checkpoints but none is usable (corrupted, unreadable, or another node's or model's):
+        starting from round 1 must be asked for (`p2pfl node --fresh` discards them).
+        """
         if self._store is None:
             return 0
-        found = self._store.load_latest()
+        store = self._store
+        found = store.load_latest()
         if found is None:
+            bad = store.unusable or [f"{p} (set aside as corrupted by an earlier start)" for p in store.quarantined()]
+            if bad:
+                raise CheckpointRefused(f"{store.directory}: no usable checkpoint ({len(bad)} unusable, e.g. {bad[0]}); "
+                                        "rerun with --fresh to discard them and start from round 1")
             return 0
         r, state = found
-        if state.meta.get("node") != self.id or state.meta.get("num_params") != self.trainer.num_params:
-            raise ValueError(f"checkpoint in {self._store.directory} belongs to another node or model: {state.meta}")
+        owner, size = state.meta.get("node"), state.meta.get("num_params")
+        if owner != self.id:
+            raise CheckpointRefused(
+                f"{store.directory}: its checkpoint of round {r} was written by node {owner}, not node {self.id}: "
+                f"point --checkpoint-dir at the directory node {self.id} used before, or rerun with --fresh to discard it")
+        if size != self.trainer.num_params:
+            raise CheckpointRefused(
+                f"{store.directory}: its checkpoint of round {r} holds a {size}-parameter model, this task's has "
+                f"{self.trainer.num_params}: resume with the task it was written for, or rerun with --fresh to discard it")
         self.trainer.load_state_dict(state.trainer)
         self._delta = self.trainer.get_flat() - self.reference
         log.warning("node %d: resumed from the checkpoint of round %d", self.id, r)
