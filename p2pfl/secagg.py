@@ -1279,7 +1279,10 @@ class SecureFedAvgRound(_SecAggBase):
     share phase waits for; default all). The hub adds its own model
     in plain, divides by the total weight and sends the average to every leaf as
     `Kind.GLOBAL` with tensor "delta"; on failure it sends "abort" and everyone keeps `fallback`
-    (default: its own model) this round. A leaf's phase advances on every message from the hub and on every
+    (default: its own model) this round. The hub never sends a model that is not mixed with
+    at least `min_contributors` leaves' sum: with fewer active leaves (none included; everyone
+    knows the active set) every party fails the round with "privacy_floor" at once, the hub
+    sends nothing and each keeps its `fallback`. A leaf's phase advances on every message from the hub and on every
     deadline; it gives up (keeps `fallback`) after `params.patience` silent deadlines.
 
     active: the leaves that contribute this round (`protocols.Schedule`; default all): only they
@@ -1330,17 +1333,16 @@ class SecureFedAvgRound(_SecAggBase):
         room = dp.headroom(m) if dp is not None else 0.0
         self.enc = FixedPoint(max(params.clip, 1.0) + room, float(max(m, 1)), max(m, 1), params.bits)
         if self.is_hub:
-            if m == 0:
-                self._result = self._hub_alone()
-            elif m < params.min_contributors:
+            if m < params.min_contributors:
+                # The hub's answer would be its own model, or the one leaf's input: send nothing.
                 self.failures.append(Failure(hub, "aggregator", "privacy_floor", f"{m} leaf/leaves, floor {params.min_contributors}"))
-                self._result = self.fallback
+                self._result = self._hub_alone() if m == 0 else self.fallback
             else:
                 self.agg = _Aggregator(GroupSpec(round_, hub, self.active, length, self.enc, params), expected)
         else:
             if node_id not in self.leaves:
                 raise ValueError(f"node {node_id} is neither the hub nor a leaf")
-            if 0 < m < params.min_contributors:
+            if m < params.min_contributors:  # the hub sends no average this round (none at all when m = 0)
                 self._fail_member(hub, "privacy_floor", f"{m} leaf/leaves, floor {params.min_contributors}")
                 self._result = self.fallback
             elif node_id in self.active:
@@ -1359,8 +1361,9 @@ class SecureFedAvgRound(_SecAggBase):
                 self.members[hub] = _Member(spec, node_id, self.weight, ext, secret, rng, noise)
 
     def _hub_alone(self) -> np.ndarray:
-        """No leaf takes part: the hub's own model, or `fallback` if its data sits out too or if
-        publishing it would bypass DP (its term is protected only by the leaves' noise)."""
+        """No leaf takes part: what the hub keeps (it is never sent). Its own model, or
+        `fallback` if its data sits out too or under DP (its term is protected only by the
+        leaves' noise, so the un-noised model must not become its state)."""
         return self.own if self.weight > 0 and self.dp is None else self.fallback
 
     @property
@@ -1370,9 +1373,8 @@ class SecureFedAvgRound(_SecAggBase):
     def start(self) -> list[Outbound]:
         if self.agg is not None:
             return self._after_hub(False, self.agg.start())
-        if self.is_hub and not self.active and self._result is not None:  # no leaf takes part: say so
-            msg = Message(Kind.GLOBAL, self.node_id, self.round, tensors={DELTA: self._result})
-            return [(j, msg) for j in self.leaves]
+        # Below the floor the hub sends nothing: every leaf knows the active set and has failed
+        # the round already. (It used to send its own model when no leaf took part.)
         return [m.start() for m in self.members.values()]
 
     def on_message(self, msg: Message) -> list[Outbound]:
