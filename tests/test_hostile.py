@@ -61,7 +61,7 @@ RSS_BOUND_MB = 200
 
 TRANSPORT_REASONS = {"truncated", "bad_header", "bad_version", "bad_kind", "bad_dtype", "bad_shape",
                      "bad_frames", "bad_meta", "bad_value", "too_large", "tampered", "unknown_peer",
-                     "wrong_recipient", "replay"}
+                     "wrong_recipient", "replay", "no_session", "bad_handshake", "stale_handshake"}
 
 
 # -- running a cluster -----------------------------------------------------------------------
@@ -189,7 +189,8 @@ STRANGER = bytes([7]) * 32  # a private key that belongs to nobody in the cluste
 # What node 0 must count per round for the attack below (reason -> messages).
 ATTACK_PER_ROUND = {
     "replay": 1,  # exact bytes of an earlier honest frame
-    "tampered": 4,  # meta ciphertext byte, data ciphertext byte, header byte, impostor key for node 1
+    "tampered": 3,  # meta ciphertext byte, data ciphertext byte, header byte
+    "no_session": 1,  # an impostor of node 1: no session of node 1's has the id it names
     "unknown_peer": 2,  # sender 9 (not in the cluster), sender 0 (the victim itself)
     "wrong_recipient": 1,  # a genuine frame for node 1 delivered to node 0
     "too_large": 1,  # a tensor above Limits.for_model
@@ -230,7 +231,7 @@ def attack(nb: ScriptedNeighbour, r: int) -> None:
     f = sealed(nb.model(r))
     send([*f[:2], flip(f[2], 1000), *f[3:]])  # tampered: data ciphertext (meta authenticates)
     send(header_counter_flipped(sealed(nb.model(r))))  # tampered: header (the associated data)
-    send(sealed(nb.model(r, sender=1), key=nb.key_for(VICTIM, STRANGER, as_id=1)))  # tampered: impostor of 1
+    send(sealed(nb.model(r, sender=1), key=nb.key_for(VICTIM, STRANGER, as_id=1)))  # no_session: impostor of 1
     send(sealed(nb.model(r, sender=9), key=nb.key_for(VICTIM, STRANGER, as_id=9)))  # unknown_peer
     send(sealed(nb.model(r, sender=VICTIM), key=bytes(range(32))))  # unknown_peer: "from" itself
     send(nb.seal(nb.model(r), 1))  # wrong_recipient: node 1's genuine frame, to node 0
@@ -318,9 +319,10 @@ def test_fuzzed_frames_are_all_counted_while_the_node_trains(task: Task, control
     oversize = 0
 
     def prepare(nb: ScriptedNeighbour) -> None:
-        # Valid sealed messages to mutate. Their counters are below node 2's start-up heartbeat,
-        # which node 0 accepts before round 1: an unmutated copy is a replay, and a mutation
-        # cannot authenticate; so no fuzz message can be accepted, and each must be counted.
+        # Valid sealed messages to mutate, made once node 2's sessions are agreed (on_start). Their
+        # counters are below node 2's start-up heartbeat, which node 0 accepts before round 1: an
+        # unmutated copy is a replay, and a mutation cannot authenticate (or names no session);
+        # so no fuzz message can be accepted, and each must be counted.
         n = nb.delta_length
         rich = Message(Kind.MODEL, nb.id, 1, {"samples": 7, "tags": ["a", 1, None, b"\x00"]},
                        {DELTA: honest_delta(1, n), "mask": np.arange(10) % 2 == 0, "ids": np.arange(3, dtype=np.int64)})
@@ -345,7 +347,7 @@ def test_fuzzed_frames_are_all_counted_while_the_node_trains(task: Task, control
 
     rss_before = vm_rss_mb()
     with caplog.at_level(logging.WARNING):
-        run = run_cluster(tmp_path, task, on_round=on_round, prepare=prepare)
+        run = run_cluster(tmp_path, task, on_round=on_round, on_start=prepare)
     rss_growth = vm_rss_mb() - rss_before
     assert_finished_every_round(run)
     victim = run.nodes[VICTIM].transport.stats

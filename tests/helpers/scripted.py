@@ -1,8 +1,10 @@
 """A scripted neighbour: a cluster member that speaks the wire protocol by hand.
 
 It is not a `p2pfl.node.Node`: it binds its own ROUTER at its cluster address, connects raw
-DEALERs to its neighbours, seals every frame itself with `wire.seal` and its own counter
-sequence, and decodes what it receives with `wire.read_header` / `open_meta` / `open_tensors`.
+DEALERs to its neighbours, agrees sessions on them by hand (tests/helpers/handshake.py: as
+initiator on its DEALERs, as responder on its ROUTER), seals every frame itself with `wire.seal`
+and its own counter sequence, and decodes what it receives with `wire.read_header` /
+`open_meta` / `open_tensors`.
 Because it holds every frame it ever sent, it can re-send exact old bytes (replays) or anything
 else a test scripts, on the very connection its honest traffic uses.
 
@@ -33,6 +35,8 @@ from p2pfl.config import Cluster
 from p2pfl.messages import Kind, Message
 from p2pfl.protocols import DELTA
 from p2pfl.transport import KEY_CONTEXT
+
+from helpers.handshake import Counter, Initiator, Responder
 
 POLL_MS = 50
 
@@ -82,15 +86,17 @@ class ScriptedNeighbour:
         self.timeout = timeout
         self.hello_meta: dict = {"hello": True, "round": 1}  # what a node starting at round 1 says
         self.neighbours = cluster.neighbours(node_id)
-        self.keys = {j: self.key_for(j) for j in self.neighbours}
-        self._counter = time.time_ns()
+        self.counter = Counter()
+        publics = {j: cluster.nodes[j].public_key for j in self.neighbours}
+        self.sessions = {j: Initiator(node_id, private_key, j, publics[j], limits, self.counter) for j in self.neighbours}
+        self.responder = Responder(node_id, private_key, publics, limits, self.counter)
         self.sent: dict[tuple[int, int], list[bytes]] = {}  # (to, round) -> honest frames as sent
         self.heartbeat_frames: dict[int, list[bytes]] = {}
         self.received: list[wire.Header] = []  # every message neighbours sent us, authenticated
         self.decode_errors: list[str] = []  # honest nodes never produce one
         self.rounds_done = 0
         self.error: str | None = None
-        self._last_counter: dict[int, int] = {}
+        self._last_counter: dict[bytes, int] = {}  # per session
         self._seen_models: set[tuple[int, int]] = set()  # (sender, round)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,22 +107,19 @@ class ScriptedNeighbour:
     # -- keys, counters, sealing -------------------------------------------------------------
 
     def key_for(self, peer: int, private_key: bytes | None = None, as_id: int | None = None) -> bytes:
-        """Pairwise wire key of (`as_id`, default us) with `peer`, from `private_key` (default ours)."""
+        """Static pairwise wire key of (`as_id`, default us) with `peer`, from `private_key` (default ours)."""
         return crypto.pairwise_key(private_key or self.private_key, self.id if as_id is None else as_id,
                                    self.cluster.nodes[peer].public_key, peer, KEY_CONTEXT)
 
     def next_counter(self) -> int:
-        self._counter += 1
-        return self._counter
+        return self.counter()
 
     def seal(self, msg: Message, to: int, *, recipient: int | None = None, key: bytes | None = None,
              counter: int | None = None, limits: wire.Limits | None = None,
              chunk_bytes: int = wire.CHUNK_BYTES) -> list[bytes]:
-        """Frames of `msg` sealed for `to` with a fresh counter (or the given fields), as bytes."""
-        frames = wire.seal(msg, to if recipient is None else recipient,
-                           self.next_counter() if counter is None else counter,
-                           self.keys[to] if key is None else key, limits or self.limits, chunk_bytes)
-        return [bytes(f) for f in frames]
+        """Frames of `msg` sealed in our session with `to`, with a fresh counter (or the given fields)."""
+        return self.sessions[to].seal(msg, recipient=recipient, key=key, counter=counter, limits=limits,
+                                      chunk_bytes=chunk_bytes)
 
     def model(self, round_: int, delta: np.ndarray | None = None, *, sender: int | None = None,
               kind: Kind = Kind.MODEL, meta: dict | None = None) -> Message:
@@ -172,6 +175,8 @@ class ScriptedNeighbour:
                 dealer.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))  # a dead node fails the script
                 dealer.connect(self.address(j))
                 self._dealers[j] = dealer
+            for j in self.neighbours:  # answering the nodes' own handshakes meanwhile
+                self.sessions[j].agree(self._dealers[j], pump=lambda: self._receive_one(0), timeout=self.timeout)
             if self.on_start is not None:  # before our hello: processed during the nodes' start-up
                 self.on_start(self)
             for j in self.neighbours:
@@ -209,20 +214,27 @@ class ScriptedNeighbour:
         """Receive and authenticate at most one message; record it (or the decode error)."""
         if not self._router.poll(timeout_ms, zmq.POLLIN):
             return
-        parts = self._router.recv_multipart()[1:]
+        route, *parts = self._router.recv_multipart()
         try:
             header = wire.read_header(parts, self.limits)
-            key = self.keys.get(header.sender)
-            if key is None or header.recipient != self.id:
-                raise wire.WireError("unknown_peer", f"{header.sender} -> {header.recipient}")
+            if header.recipient != self.id:
+                raise wire.WireError("wrong_recipient", f"{header.sender} -> {header.recipient}")
+            if header.kind == Kind.HANDSHAKE:
+                reply = self.responder.answer(route, parts)
+                if reply is not None:
+                    self._router.send_multipart(reply)
+                return
+            key = self.responder.key(header.sender, header.session)
+            if key is None:
+                raise wire.WireError("no_session", f"from {header.sender}")
             wire.open_meta(header, parts, key, self.limits)
-            if header.counter <= self._last_counter.get(header.sender, 0):
+            if header.counter <= self._last_counter.get(header.session, 0):
                 raise wire.WireError("replay", str(header.counter))
             tensors = wire.open_tensors(header, parts, key)
         except wire.WireError as exc:
             self.decode_errors.append(str(exc))
             return
-        self._last_counter[header.sender] = header.counter
+        self._last_counter[header.session] = header.counter
         self.received.append(header)
         if header.kind == Kind.MODEL:
             vec = tensors.get(DELTA)
