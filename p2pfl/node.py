@@ -55,6 +55,8 @@ MAX_BUFFERED_PER_PEER = 64  # messages of later rounds kept per neighbour while 
 FINAL_LINGER = 2.0  # seconds the last round's messages get to leave after the node is done
 COMPRESSION_BITS = {"q8": 8, "q16": 16}
 _CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
+HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round and per this
+HELLO_RESEND = 2.0  # seconds: start-up asks again the neighbours that have not answered (a hello can be lost)
 
 
 @dataclass
@@ -134,7 +136,8 @@ class Node:
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._running = False  # past start-up
         self._missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
-        self._syncs: dict[int, tuple[int, np.ndarray]] = {}  # hello answers: (round, delta)
+        self._syncs: dict[int, tuple[int, np.ndarray | None]] = {}  # hello answers: (round, delta; None if secure)
+        self._hellos: dict[int, tuple[int, float]] = {}  # per neighbour: (our round, time) of the last hello answered
         # The last finished secure round: its surplus reveals arrive after we moved on (see _admit).
         self._finished_secure: SecureGossipRound | SecureFedAvgRound | None = None
         self._prepared: Prepared | None = None  # what the last secure gossip round set up for the next
@@ -215,20 +218,26 @@ class Node:
         neighbours are up"). A node starts when every neighbour is ready, so its whole two-hop
         neighbourhood (the co-members of secure aggregation groups) is up: without this, nodes
         that start seconds apart (importing torch takes a while) burn their first deadlines.
-        Neighbours already running answer a hello with their round and model (a sync): a node
-        that restarts behind them adopts their average and round instead of dragging stale
-        weights into the next averages.
+        Neighbours already running answer a hello with their round (a sync; in plain mode also
+        their model): a node that restarts behind them catches up (`_catch_up`) instead of
+        dragging stale rounds and weights into the next averages. A hello can be lost (a
+        neighbour agreeing a new session with a restarted process, say), so the neighbours we hear
+        but that have not answered are asked again every `HELLO_RESEND` seconds (one not up yet
+        gets our first hello, or says hello itself, when it comes).
         """
-        hello = Message(Kind.HEARTBEAT, self.id, 0, meta={"hello": True, "round": start})
-        self._send_all([(j, hello) for j in self.neighbours])
+        self._say_hello(start, self.neighbours)
         everyone, said_ready = set(self.neighbours), False
         deadline = time.monotonic() + self.config.startup_timeout
+        resend = time.monotonic() + HELLO_RESEND
         while not everyone <= self._ready and (remaining := deadline - time.monotonic()) > 0:
             if not said_ready and everyone <= self._heard:
                 ready = Message(Kind.HEARTBEAT, self.id, 0, meta={"ready": True})
                 self._send_all([(j, ready) for j in self.neighbours])
                 said_ready = True
-            msg = self.transport.recv(remaining)
+            if time.monotonic() >= resend:
+                self._say_hello(start, sorted((everyone & self._heard) - self._ready - set(self._syncs)))
+                resend = time.monotonic() + HELLO_RESEND
+            msg = self.transport.recv(min(remaining, max(resend - time.monotonic(), 0.0)))
             if msg is not None:
                 self._admit(msg, start - 1)
         if not everyone <= self._ready:
@@ -237,18 +246,52 @@ class Node:
         self._running = True
         return self._catch_up(start)
 
+    def _say_hello(self, start: int, to: list[int]) -> None:
+        hello = Message(Kind.HEARTBEAT, self.id, 0, meta={"hello": True, "round": start})
+        self._send_all([(j, hello) for j in to])
+
     def _catch_up(self, start: int) -> int:
-        ahead = {j: (rnd, d) for j, (rnd, d) in self._syncs.items() if rnd > start}
+        """The round to run first: `start`, or the neighbours' round if they are ahead of us.
+
+        Plain mode adopts their round and the average of the models their syncs carried.
+        Under secure aggregation no message carries a single node's model, so a sync holds the
+        round only: we adopt the round and keep our own (checkpointed) model, and the next
+        secure round gives us the secure aggregate of our neighbours (`_adopt_round_only`).
+        """
+        ahead = {j: sync for j, sync in self._syncs.items() if sync[0] > start}
         if not ahead:
             return start
         target = max(rnd for rnd, _ in ahead.values())
-        delta = np.mean([d for _, d in ahead.values()], axis=0).astype(np.float32)
-        self.trainer.set_flat(self.reference + delta)
-        self._delta = delta
-        log.warning("node %d: neighbours are at round %d, we were at %d; adopting their average model",
-                    self.id, target, start)
+        if self.config.secure_agg:
+            self._adopt_round_only(start, target, sorted(ahead))
+        else:
+            delta = np.mean([d for _, d in ahead.values() if d is not None], axis=0).astype(np.float32)
+            self.trainer.set_flat(self.reference + delta)
+            self._delta = delta
+            log.warning("node %d: neighbours are at round %d, we were at %d; adopting their average model",
+                        self.id, target, start)
         self._drop_buffered_before(target)
         return target
+
+    def _adopt_round_only(self, start: int, target: int, ahead: list[int]) -> None:
+        """Secure catch-up: say what happens to our model, since no neighbour sent us theirs.
+
+        Our model changes only through a secure round: mixed with the sum of at least
+        `min_contributors` inputs (gossip: our neighbours'; FedAvg: the hub's average of the
+        leaves), or, when that round fails safely, not at all. A node with fewer neighbours than
+        the floor can never get such a sum: its catch-up to their models is refused.
+        """
+        c = self.config
+        log.warning("node %d: neighbours %s are at round %d, we were at %d; secure aggregation: adopting their round, "
+                    "not a model (a sync carries none)", self.id, ahead, target, start)
+        if c.aggregation == "gossip" and len(self.neighbours) < c.min_contributors:
+            log.warning("node %d: catch-up to the neighbours' models refused: %d neighbour(s), below the privacy floor "
+                        "of %d; we keep our own model", self.id, len(self.neighbours), c.min_contributors)
+            return
+        source = "the hub's secure average" if c.aggregation == "fedavg" and self.id != self.hub else \
+            "the secure aggregate of our neighbours"
+        log.warning("node %d: we keep our own model until round %d mixes it with %s (at least %d contributors); "
+                    "if that round fails safely we keep our own model", self.id, target, source, c.min_contributors)
 
     def _restore(self) -> int:
         """Load the newest good checkpoint, if any; returns the last completed round (0 if none).
@@ -526,23 +569,51 @@ class Node:
         return False
 
     def _on_heartbeat(self, msg: Message, r: int) -> None:
-        """Answer a hello with our round and model; remember the sync answers we get."""
+        """Answer a hello (rate-limited) with a sync; remember the sync answers we get."""
         if msg.meta.get("hello") is True:
-            meta = {"sync": True, "running": self._running}
-            sync = Message(Kind.HEARTBEAT, self.id, max(r, 0), meta=meta, tensors={DELTA: self._delta})
-            self.transport.send(msg.sender, sync)
+            self._answer_hello(msg.sender, r)
         elif msg.meta.get("ready") is True:
             self._ready.add(msg.sender)
         elif msg.meta.get("sync") is True:
-            if msg.meta.get("running") is True:
-                self._ready.add(msg.sender)  # it is past its own start-up: as good as ready
-            if msg.round > self.config.rounds:
-                self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
+            self._take_sync(msg)
+
+    def _answer_hello(self, j: int, r: int) -> None:
+        """Tell `j` our round (plain mode: and our model); within a round at most once per `HELLO_MIN_INTERVAL`.
+
+        The protocol needs an answer in two states only: while we both start (meeting) and when
+        `j` restarts while we run (it learns our round). Either takes one hello, or a few
+        `HELLO_RESEND` apart if they get lost; faster ones are counted as `hello_rate` drops
+        and not answered, so a neighbour cannot make us send on its demand. Under secure
+        aggregation the sync carries no tensor at all: our model after a failed secure round is
+        our own trained input.
+        """
+        now = time.monotonic()
+        last = self._hellos.get(j)
+        if last is not None and last[0] == r and now - last[1] < HELLO_MIN_INTERVAL:
+            self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago")
+            return
+        self._hellos[j] = (r, now)
+        tensors = {} if self.config.secure_agg else {DELTA: self._delta}
+        meta = {"sync": True, "running": self._running}
+        self.transport.send(j, Message(Kind.HEARTBEAT, self.id, max(r, 0), meta=meta, tensors=tensors))
+
+    def _take_sync(self, msg: Message) -> None:
+        """Remember a neighbour's round (plain mode: and its model) for `_catch_up`."""
+        if msg.meta.get("running") is True:
+            self._ready.add(msg.sender)  # it is past its own start-up: as good as ready
+        if msg.round > self.config.rounds:
+            self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
+            return
+        if self.config.secure_agg:
+            if msg.tensors:  # an honest secure node never sends one: do not even look at it
+                self._drop("sync_with_model", f"sync from {msg.sender} carries {sorted(msg.tensors)} under secure aggregation")
                 return
-            try:
-                self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
-            except Rejected as exc:
-                self._drop(exc.reason, str(exc))
+            self._syncs[msg.sender] = (msg.round, None)
+            return
+        try:
+            self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
+        except Rejected as exc:
+            self._drop(exc.reason, str(exc))
 
     def _feed(self, protocol: RoundProtocol, msg: Message) -> None:
         try:
