@@ -203,6 +203,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     import torch
 
     from p2pfl.checkpoint import CheckpointRefused, CheckpointStore
+    from p2pfl.session import DuplicateIdentity
     from p2pfl.crypto import KeyFileError, load_private_key, public_from_private
     from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
@@ -244,7 +245,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
 
     try:
         records = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round).run()
-    except CheckpointRefused as exc:
+    except (CheckpointRefused, DuplicateIdentity) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         if sink is not None:

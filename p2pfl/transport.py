@@ -479,6 +479,7 @@ class Transport:
                       self.node_id, j, self.node_id, DUPLICATE_GRACE_S)
             return
         self._handshaking -= 1
+        log.info("node %d: session to node %d agreed", self.node_id, j)
         queued, out.queued = out.queued, []
         for msg in queued:
             self._seal_and_send(self._dealers[j], j, out, msg)

@@ -22,10 +22,10 @@ def make_cluster(tmp_path: Path, nodes: int = NODES, topology: str = "ring") -> 
 
 
 def start_node(cluster: Path, k: int, tmp_path: Path, rounds: int, *extra: str, nodes: int = NODES,
-               round_timeout: float = 4.0) -> subprocess.Popen:
+               round_timeout: float = 4.0, verbose: bool = False) -> subprocess.Popen:
     # The deadline is generous for a loaded 2-core machine: a live neighbour must never miss it,
     # so the tests can tell "dead" from "slow" without timing luck.
-    cmd = [sys.executable, "-m", "p2pfl.cli", "node", "--cluster", str(cluster), "--id", str(k),
+    cmd = [sys.executable, "-m", "p2pfl.cli", *(["-v"] if verbose else []), "node", "--cluster", str(cluster), "--id", str(k),
            "--nodes", str(nodes), "--rounds", str(rounds), "--seed", "0", "--round-timeout", str(round_timeout),
            "--metrics", str(tmp_path / f"metrics-{k}.jsonl"), *extra]
     log = open(tmp_path / f"node-{k}.log", "a")
