@@ -35,6 +35,7 @@ SESSION_CONTEXT = b"session"  # purpose of the static pairwise key that binds se
 NONCE_BYTES = 16  # the initiator's per-attempt nonce (a retry is a new attempt)
 MAX_PENDING = 4  # proposed sessions kept per sender: a replayed INIT cannot crowd out the rest
 MAX_QUEUED = 16  # messages kept per neighbour while its session is being agreed
+UNSENT_RETRY_S = 0.1  # an INIT that could not leave (the connection is not up yet) is tried again this soon
 RECENT_ATTEMPTS = 8  # our attempts remembered, so that late answers to retried ones are not counted as attacks
 _KEY_PERSON = b"p2pfl-session"
 _SID_PERSON = b"p2pfl-sid"
@@ -163,6 +164,7 @@ class Outbound:
     agreed: Agreed | None = None  # the confirmed attempt's session; sealing uses it once ESTABLISHED
     attempt_at: float = 0.0  # when the current attempt's INIT went out
     tries: int = 0  # attempts since the last ESTABLISHED: retries back off
+    sent: bool = True  # whether the current attempt's INIT left (False: no connection yet)
     refused_since: float | None = None  # first refusal of an unbroken run of refusals
     queued: list[Any] = field(default_factory=list)  # messages waiting for ESTABLISHED
     last_counter: int = 0  # replay rule for the answers sealed under the session key
@@ -186,7 +188,7 @@ class Outbound:
         self.attempts[nonce] = None
         while len(self.attempts) > RECENT_ATTEMPTS:
             del self.attempts[next(iter(self.attempts))]
-        self.attempt_at, self.tries = now, self.tries + 1
+        self.attempt_at, self.tries, self.sent = now, self.tries + 1, True
         return {"t": INIT, "e": self.ephemeral.public, "n": nonce}
 
     def on_resp(self, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -241,6 +243,10 @@ class Outbound:
             return None
         raise HandshakeError(STALE_HANDSHAKE, "reset of a session that is not one of ours")
 
+    def unsent(self) -> None:
+        """The current attempt's INIT could not leave (no connection yet): it costs no backoff."""
+        self.sent, self.tries = False, max(self.tries - 1, 0)
+
     def restart(self, now: float) -> dict[str, Any] | None:
         """The neighbour's process changed (we accepted its new process's session): our session
         with the old one is useless, so a new attempt's INIT; None if none is established."""
@@ -256,6 +262,8 @@ class Outbound:
         """
         if self.stage is Stage.ESTABLISHED:
             return float("inf")
+        if not self.sent:  # nothing left: try again as soon as the connection may be up
+            return self.attempt_at + UNSENT_RETRY_S - now
         return self.attempt_at + retry_s * 2 ** min(max(self.tries - 1, 0), 3) - now
 
     @property

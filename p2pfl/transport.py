@@ -51,7 +51,9 @@ RESET_EVERY_S = 0.5  # at most one "unknown session" notice per sender per this 
 DUPLICATE_GRACE_S = 12.0  # refused this long (> the heartbeat timeout: a crashed predecessor's
 # connection is gone by then) means another live process holds our id
 HEARTBEAT_IVL_MS = 1000  # ZMTP heartbeats: a connection to a vanished process (a host that crashed,
-HEARTBEAT_TIMEOUT_MS = 5000  # a cut cable) is closed after this long, not after TCP's minutes
+HEARTBEAT_TIMEOUT_MS = 3000  # a cut cable) is closed after this long, not after TCP's minutes
+CONNECT_TIMEOUT_MS = 1000  # a connect attempt into a cut gives up after this, instead of riding TCP's
+# SYN backoff (1, 3, 7 s ...): reconnecting after a heal takes one attempt, not the next retransmission
 
 # Drop reasons of the transport itself (wire.WireError reasons are used as they are).
 SEND_QUEUE_FULL = "send_queue_full"
@@ -160,24 +162,36 @@ class Transport:
         self._router = router
         self._poller.register(router, zmq.POLLIN)
         ephemeral = session.Ephemeral.generate()  # this process's, for every neighbour; never stored
+        me = crypto.public_from_private(self._private_key)
         for j, peer in self._peers.items():
             dealer = self._context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
             dealer.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
             _set_heartbeats(dealer)
-            # No IMMEDIATE: messages queue for a neighbour that is not up yet and go when it is.
+            # IMMEDIATE: libzmq queues only on a live connection, and a connection that is lost (the
+            # heartbeat timeout: a partition, a crashed host) takes its queue with it. So a healed
+            # link carries fresh messages, not a backlog of stale rounds; sends in between fail at
+            # once (send_queue_full). Messages for a neighbour not up yet wait in our own queue
+            # until its session is agreed, and the handshake retries until the connection is up.
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             dealer.connect(peer.address)
             self._dealers[j] = dealer
             self._dealer_of[dealer] = j
             self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
             bind = crypto.pairwise_key(self._private_key, self.node_id, peer.public_key, j, session.SESSION_CONTEXT)
-            me = crypto.public_from_private(self._private_key)
             self._out[j] = Outbound(Identity(self.node_id, j, me, peer.public_key), self._private_key, bind, ephemeral)
             self._in[j] = Inbound(Identity(j, self.node_id, peer.public_key, me), self._private_key, bind, ephemeral)
         self._handshaking = len(self._out)
         now = time.monotonic()
-        for j, out in self._out.items():
-            self._send_handshake(self._dealers[j], j, out.start(now))
+        for j in self._out:
+            self._initiate(j, now)
+
+    def _initiate(self, j: int, now: float) -> None:
+        """Send neighbour `j` the INIT of a new attempt (it is retried soon if not connected yet)."""
+        out = self._out[j]
+        if not self._send_handshake(self._dealers[j], j, out.start(now)):
+            out.unsent()
 
     def close(self, linger: float = 0.0) -> None:
         """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
@@ -320,7 +334,7 @@ class Transport:
                     f"node {self.node_id}: neighbour {j} has refused this process for {now - out.refused_since:.0f}s "
                     f"because another live process already runs as node {self.node_id}; stop one of them")
             if out.due(now, RETRY_S) <= 0:
-                self._send_handshake(self._dealers[j], j, out.start(now))
+                self._initiate(j, now)
             wait = min(wait, max(0.0, out.due(now, RETRY_S)))
         return wait
 
@@ -397,7 +411,8 @@ class Transport:
             init = self._out[j].restart(time.monotonic())
             if init is not None:
                 self._handshaking += 1
-                self._send_handshake(self._dealers[j], j, init)
+                if not self._send_handshake(self._dealers[j], j, init):
+                    self._out[j].unsent()
         return None
 
     def _alive(self, j: int, rival: session.Proposed) -> bool:
@@ -453,7 +468,8 @@ class Transport:
             self._handshaking += 1
             log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
                         self.node_id, j)
-            self._send_handshake(self._dealers[j], j, init)
+            if not self._send_handshake(self._dealers[j], j, init):
+                out.unsent()
             return
         key = out.key_for(header.session)
         if key is None:

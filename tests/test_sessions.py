@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from helpers.handshake import Initiator
-from test_transport import LIMITS, WAIT, RawPeer, assert_same, free_port, handshake, make_cluster, model_msg  # noqa: F401
+from test_transport import (LIMITS, WAIT, RawPeer, assert_same, closed_and_seen, free_port, handshake,  # noqa: F401
+                            make_cluster, model_msg)
 
 from p2pfl import session, transport, wire
 from p2pfl.messages import Kind, Message
@@ -58,12 +59,13 @@ def test_a_recorded_session_replayed_at_a_restarted_receiver_is_refused_frame_by
 
 def test_frames_of_a_senders_earlier_process_are_refused_after_it_restarts(make_cluster):
     c = make_cluster(2)
-    a, b = c.transport(0), c.transport(1)
+    b = c.transport(1)
     raw = RawPeer(c, b)  # node 0's earlier process, played by hand
     old = raw.seal(model_msg(0, seed=1))
     raw.send(old)
     assert b.recv(WAIT) is not None
-    raw.dealer.close(linger=0)  # that process is gone
+    closed_and_seen(b, lambda: raw.dealer.close(linger=0))  # that process is gone
+    a = c.transport(0)
     handshake(a, b)  # node 0 again: a new process, a new session
     raw2 = c.raw(zmq.DEALER, c.peers[1].address)
     raw2.send_multipart(old)
