@@ -55,7 +55,7 @@ MAX_BUFFERED_PER_PEER = 64  # messages of later rounds kept per neighbour while 
 FINAL_LINGER = 2.0  # seconds the last round's messages get to leave after the node is done
 COMPRESSION_BITS = {"q8": 8, "q16": 16}
 _CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
-HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round and per this
+HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round of ours and per this
 HELLO_RESEND = 2.0  # seconds: start-up asks again the neighbours that have not answered (a hello can be lost)
 
 
@@ -578,18 +578,19 @@ class Node:
             self._take_sync(msg)
 
     def _answer_hello(self, j: int, r: int) -> None:
-        """Tell `j` our round (plain mode: and our model); within a round at most once per `HELLO_MIN_INTERVAL`.
+        """Tell `j` our round (plain mode: and our model), at most once per round of ours and `HELLO_MIN_INTERVAL`.
 
         The protocol needs an answer in two states only: while we both start (meeting) and when
-        `j` restarts while we run (it learns our round). Either takes one hello, or a few
-        `HELLO_RESEND` apart if they get lost; faster ones are counted as `hello_rate` drops
-        and not answered, so a neighbour cannot make us send on its demand. Under secure
-        aggregation the sync carries no tensor at all: our model after a failed secure round is
-        our own trained input.
+        `j` restarts while we run (it learns our round). Either takes one answered hello (a
+        starting node repeats only a hello that got no answer); more are counted as `hello_rate`
+        drops and not answered, so a neighbour cannot make us send on its demand. If our answer
+        itself is lost, `j`'s repeated hello is answered in our next round (in start-up, our
+        ready tells it we are up). Under secure aggregation the sync carries no tensor at all:
+        our model after a failed secure round is our own trained input.
         """
         now = time.monotonic()
         last = self._hellos.get(j)
-        if last is not None and last[0] == r and now - last[1] < HELLO_MIN_INTERVAL:
+        if last is not None and (last[0] == r or now - last[1] < HELLO_MIN_INTERVAL):
             self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago")
             return
         self._hellos[j] = (r, now)
