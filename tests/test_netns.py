@@ -252,6 +252,22 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         return sum(recs[i][r]["dropped"].get(k, 0) for k in ("stale_round", "skipped_round")) if r in recs[i] else 0
 
     stale_after_heal = {i: _stale(i, max(recs[i])) - _stale(i, heal_seen[i]) for i in boundary}
+
+    def _heard_across(i: int) -> int | None:
+        """The first round after the heal in which boundary node i got anything over the healed link:
+        a full round, a stale message counted, or a skip ahead (it saw a later round's message)."""
+        rounds = [r for r in sorted(recs[i]) if r > heal_seen[i]]
+        for prev, r in zip([heal_seen[i], *rounds], rounds):
+            if recs[i][r]["arrived"] == degree[i] or _stale(i, r) > _stale(i, prev) or r > prev + 1:
+                return r
+        return None
+
+    # Rounds from the first message across the healed link to the first round that heard every
+    # neighbour: what the round logic costs once the link carries traffic again (the time before
+    # it does is the reconnection's: at most the connect timeout plus libzmq's reconnect interval).
+    # Recorded, not checked: issue 17's goal is 2, and runs give 0-4 (docs/faults.md).
+    fresh_after_heard = {i: None if (h := _heard_across(i)) is None or first_fresh[i] is None
+                         else heal_seen[i] + first_fresh[i] - h for i in boundary}
     full_rounds = {i: 0 if full_from[i] is None else sum(r >= full_from[i] for r in recs[i]) for i in range(NODES)}
     recovery_rounds = {i: None if full_from[i] is None else full_from[i] - heal_seen[i] for i in range(NODES)}
     recovery_s = {i: None if full_from[i] is None else round(first_seen[i][full_from[i]] - heal_time, 1)
@@ -310,7 +326,8 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
                             f"{min(heal_seen.values())}-{max(heal_seen.values())}; boundary nodes {boundary} missed their "
                             f"cross-cut neighbour in all {sum(len(v) for v in inside.values())} rounds wholly inside the cut; "
                             f"every neighbour heard again {_span(recovery_rounds)} rounds ({_span(recovery_s)} s) after the "
-                            f"heal, {_span(stale_after_heal)} stale messages after it; accuracy spread {spread_heal:.3f} at the heal, {spread:.3f} at the end "
+                            f"heal, the first full round {_span(fresh_after_heard)} rounds after the link carried traffic again, "
+                            f"{_span(stale_after_heal)} old-round messages after the heal; accuracy spread {spread_heal:.3f} at the heal, {spread:.3f} at the end "
                             f"(final {min(final.values(), default=0):.3f}-{max(final.values(), default=0):.3f})")},
     ]
     results = {
@@ -325,6 +342,7 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         "cut_seen": cut_seen, "heal_seen": heal_seen,
         "recovery_rounds": recovery_rounds, "recovery_s": recovery_s,
         "first_fresh_round_after_heal": first_fresh, "stale_after_heal": stale_after_heal,
+        "fresh_rounds_after_link_back": fresh_after_heard,
         "final_acc": final,
         "faults": faults,
         "checks": [{"name": n, "ok": g, "detail": d} for n, g, d in checks],
