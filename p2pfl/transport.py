@@ -189,9 +189,15 @@ class Transport:
 
     def _initiate(self, j: int, now: float) -> None:
         """Send neighbour `j` the INIT of a new attempt (it is retried soon if not connected yet)."""
-        out = self._out[j]
-        if not self._send_handshake(self._dealers[j], j, out.start(now)):
+        self._send_init(j, self._out[j].start(now))
+
+    def _send_init(self, j: int, init: dict) -> None:
+        out, dealer = self._out[j], self._dealers[j]
+        sent = self._send_handshake(dealer, j, init)
+        if not sent:
             out.unsent()
+        # Not connected yet (IMMEDIATE): wake up the moment the connection is (POLLOUT), not a poll later.
+        self._poller.modify(dealer, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
 
     def close(self, linger: float = 0.0) -> None:
         """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
@@ -314,8 +320,12 @@ class Transport:
                 if deadline - now <= 0:
                     return None
                 # ceil: a poll of 0 ms with time left would spin instead of waiting
-                for sock, _ in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
-                    if sock is not self._router:
+                for sock, events in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
+                    if sock is self._router:
+                        continue
+                    if events & zmq.POLLOUT:  # a connection came up under an INIT that could not leave
+                        self._initiate(self._dealer_of[sock], time.monotonic())
+                    if events & zmq.POLLIN:
                         self._drain_dealer(sock)
                 continue
             if msg is not None:
@@ -411,8 +421,7 @@ class Transport:
             init = self._out[j].restart(time.monotonic())
             if init is not None:
                 self._handshaking += 1
-                if not self._send_handshake(self._dealers[j], j, init):
-                    self._out[j].unsent()
+                self._send_init(j, init)
         return None
 
     def _alive(self, j: int, rival: session.Proposed) -> bool:
@@ -468,8 +477,7 @@ class Transport:
             self._handshaking += 1
             log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
                         self.node_id, j)
-            if not self._send_handshake(self._dealers[j], j, init):
-                out.unsent()
+            self._send_init(j, init)
             return
         key = out.key_for(header.session)
         if key is None:
