@@ -50,7 +50,6 @@ NO_SESSION = "no_session"  # sealed for a session this process never agreed (an 
 STALE_HANDSHAKE = "stale_handshake"  # a handshake answer for an attempt or session that is not ours now
 BAD_HANDSHAKE = "bad_handshake"  # malformed handshake meta, or a step out of order
 DUPLICATE_IDENTITY = "duplicate_identity"  # a second live process presents a node id that already has one
-REFUSED = "refused"  # what we queued for a neighbour that refused our session
 
 
 class DuplicateIdentity(Exception):
@@ -114,7 +113,7 @@ def derive(pair: Identity, static_key: bytes, dh: bytes, e_init: bytes, e_resp: 
 def read(meta: dict[str, Any], expected: set[str] | frozenset[str]) -> str:
     """The handshake type of `meta`, checked against `expected`; HandshakeError otherwise."""
     kind = meta.get("t")
-    if kind not in expected:
+    if type(kind) is not str or kind not in expected:  # `type is`: a list here must not raise TypeError
         raise HandshakeError(BAD_HANDSHAKE, f"handshake step {kind!r} where {sorted(expected)} may come")
     return kind
 
@@ -184,6 +183,7 @@ class Outbound:
         return self._init(now)
 
     def _init(self, now: float) -> dict[str, Any]:
+        self.last_counter = 0  # a new attempt: the answers come under a new key
         nonce = os.urandom(NONCE_BYTES)
         self.attempts[nonce] = None
         while len(self.attempts) > RECENT_ATTEMPTS:
@@ -197,9 +197,11 @@ class Outbound:
         None for an answer to one of our attempts while another one is already confirming.
         """
         nonce = meta.get("n")
-        if nonce not in self.attempts:
+        if type(nonce) is not bytes or nonce not in self.attempts:
             raise HandshakeError(STALE_HANDSHAKE, "answer to an attempt that is not one of ours")
-        if self.stage is not Stage.AWAIT_RESP:
+        # Only the current attempt's answer counts: an earlier one's may come from the neighbour's
+        # previous process (or be replayed), and confirming it would only wait out a retry.
+        if self.stage is not Stage.AWAIT_RESP or nonce != next(reversed(self.attempts)):
             return None
         e_resp = _field(meta, "e", crypto.KEY_BYTES)
         try:
@@ -264,6 +266,8 @@ class Outbound:
             return float("inf")
         if not self.sent:  # nothing left: try again as soon as the connection may be up
             return self.attempt_at + UNSENT_RETRY_S - now
+        if self.stage is Stage.REFUSED:  # no backoff: a crashed predecessor's connection is gone in seconds
+            return self.attempt_at + retry_s - now
         return self.attempt_at + retry_s * 2 ** min(max(self.tries - 1, 0), 3) - now
 
     @property
@@ -335,6 +339,11 @@ class Inbound:
         fail as `no_session`), other pending proposals stay until they are confirmed or evicted."""
         if self.active is not None and self.active != proposed.agreed.sid:
             self.sessions.pop(self.active, None)
+        # The same process's other attempts go too: a CONFIRM of one of them (a late one, or one an
+        # attacker held back and replays) must not replace the session just accepted.
+        for sid in [sid for sid, p in self.sessions.items()
+                    if p is not proposed and p.peer_ephemeral == proposed.peer_ephemeral]:
+            del self.sessions[sid]
         proposed.accepted = True
         self.active = proposed.agreed.sid
 

@@ -9,8 +9,8 @@ is delivered; round checks belong to the node), the byte layout of messages (`wi
 keys are made (`crypto`, `session`).
 
 Guarantees: `send` never blocks (it returns False and counts "send_queue_full" when the
-neighbour's queue is full; before the session with a neighbour is agreed, up to
-`session.MAX_QUEUED` messages wait for it); `recv` waits event-driven on the sockets and only
+neighbour's queue is full; before the session with a neighbour is agreed, the newest
+`session.MAX_QUEUED` messages wait for it, and each older one pushed out is counted the same way); `recv` waits event-driven on the sockets and only
 ever returns messages that a neighbour's current process sealed for this process, in a session
 this process accepted, with a counter higher than any accepted in that session before;
 everything else is dropped, counted in `stats.dropped[reason]` and logged. A second live
@@ -47,7 +47,8 @@ QUEUE_DEPTH = 16  # messages queued per neighbour (send) and per sender (receive
 KEY_CONTEXT = b"wire"  # purpose of the static pairwise key that seals the handshake's first steps
 LOG_EVERY_S = 1.0  # at most one warning per drop reason per second; the counters miss nothing
 RETRY_S = 1.0  # a handshake attempt with no answer for this long is made again
-RESET_EVERY_S = 0.5  # at most one "unknown session" notice per sender per this many seconds
+RESET_EVERY_S = 0.5  # at most one "unknown session" notice per connection per this many seconds
+RESET_ROUTES = 4096  # connections whose last notice is remembered
 DUPLICATE_GRACE_S = 12.0  # refused this long (> the heartbeat timeout: a crashed predecessor's
 # connection is gone by then) means another live process holds our id
 HEARTBEAT_IVL_MS = 1000  # ZMTP heartbeats: a connection to a vanished process (a host that crashed,
@@ -124,7 +125,7 @@ class Transport:
         self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
         self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
         self._handshaking = 0  # outbound sessions not yet established (0: the fast path only)
-        self._last_reset: dict[int, float] = {}
+        self._last_reset: dict[bytes, float] = {}  # per connection (routing id)
         self._counter = 0
         self._stats = TransportStats()
         self._last_log: dict[str, float] = {}
@@ -245,7 +246,9 @@ class Transport:
         out = self._out[to]
         if not out.established:
             if len(out.queued) >= session.MAX_QUEUED:
-                return self._send_failed(to)
+                # the oldest goes, not the newest: rounds move on, and a stale model is worth nothing
+                out.queued.pop(0)
+                self._send_failed(to)
             # a copy: the caller may change its arrays once send returns
             out.queued.append(replace(msg, tensors={k: v.copy() for k, v in msg.tensors.items()}))
             return True
@@ -425,16 +428,32 @@ class Transport:
         return None
 
     def _alive(self, j: int, rival: session.Proposed) -> bool:
-        """Whether the process of `rival` is still connected; it is told someone uses its id."""
-        return self._send_handshake(self._router, j, {"t": session.CONFLICT}, rival.agreed.key, rival.agreed.sid,
-                                    rival.route)
+        """Whether the process of `rival` is still connected; it is told someone uses its id.
+
+        Only EHOSTUNREACH (no such connection) means gone: a full queue (EAGAIN) is a live
+        process that is busy, and taking it for a dead one would let a flood displace it.
+        """
+        self._counter += 1
+        msg = Message(Kind.HANDSHAKE, self.node_id, 0, meta={"t": session.CONFLICT})
+        frames = wire.seal(msg, j, self._counter, rival.agreed.key, self.limits, cipher=self.cipher,
+                           session=rival.agreed.sid)
+        try:
+            self._router.send_multipart([rival.route, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
+        self._stats.handshake_messages += 1
+        self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        return True
 
     def _reset(self, j: int, sid: bytes, route: bytes) -> None:
-        """Tell the process on `route` we do not know its session `sid` (rate-limited per sender)."""
+        """Tell the process on `route` we do not know its session `sid` (rate-limited per connection:
+        the sender id is not authenticated yet, so forged frames must not use up an honest one's)."""
         now = time.monotonic()
-        if not sid or now - self._last_reset.get(j, -math.inf) < RESET_EVERY_S:
+        if not sid or now - self._last_reset.get(route, -math.inf) < RESET_EVERY_S:
             return
-        self._last_reset[j] = now
+        if len(self._last_reset) >= RESET_ROUTES:  # bounded: connections come and go
+            self._last_reset.clear()
+        self._last_reset[route] = now
         self._send_handshake(self._router, j, {"t": session.RESET, "sid": sid}, route=route)
 
     # -- handshake: the initiator's side (answers on a DEALER) -------------------------------------
@@ -487,6 +506,8 @@ class Transport:
             raise session.HandshakeError(REPLAY, f"counter {header.counter} not above the last accepted")
         out.last_counter = header.counter
         kind = session.read(meta, {session.ACCEPT, session.REFUSE, session.CONFLICT})
+        if kind == session.CONFLICT and not (out.established and out.agreed and header.session == out.agreed.sid):
+            raise session.HandshakeError(session.STALE_HANDSHAKE, "conflict notice for a session that is not our current one")
         if kind == session.CONFLICT:
             self.count_drop(session.DUPLICATE_IDENTITY)
             log.error("node %d: another process presented this node's identity to node %d and was refused; this "

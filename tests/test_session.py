@@ -76,8 +76,9 @@ def test_an_answer_to_no_attempt_of_ours_is_stale_and_one_to_an_earlier_attempt_
     second = out.start(1.0)  # a retry overtook the first
     resp_first, _ = inb.on_init(first, route=b"r")
     resp_second, _ = inb.on_init(second, route=b"r")
-    assert out.on_resp(resp_first) == {"t": session.CONFIRM}  # any attempt of this process will do
-    assert out.on_resp(resp_second) is None  # already confirming: the other answer is ignored
+    assert out.on_resp(resp_first) is None  # ours, but not the current attempt: ignored, not counted
+    assert out.on_resp(resp_second) == {"t": session.CONFIRM}
+    assert out.on_resp(resp_second) is None  # already confirming
     other, other_inb = _pair()
     replay, _ = other_inb.on_init(other.start(0.0), route=b"r")
     with pytest.raises(session.HandshakeError) as info:
@@ -157,3 +158,45 @@ def test_retries_back_off_but_an_unsent_init_does_not():
     out.unsent()  # the connection is not up yet: try again soon, no backoff
     assert out.due(3.0, 1.0) == pytest.approx(session.UNSENT_RETRY_S)
     assert out.tries == 2
+
+
+@pytest.mark.parametrize("meta", [{"t": [1]}, {"t": {"a": 1}}, {"t": None}, {"t": b"init"}])
+def test_a_handshake_type_of_the_wrong_type_is_refused_not_raised(meta):
+    with pytest.raises(session.HandshakeError) as info:
+        session.read(meta, {session.INIT})
+    assert info.value.reason == session.BAD_HANDSHAKE
+
+
+@pytest.mark.parametrize("nonce", [[1, 2], {"a": 1}, None, "n"])
+def test_a_resp_whose_nonce_is_not_bytes_is_refused_not_raised(nonce):
+    out, _ = _pair()
+    out.start(0.0)
+    with pytest.raises(session.HandshakeError):
+        out.on_resp({"t": session.RESP, "e": bytes(range(32)), "n": nonce})
+    assert out.stage is Stage.AWAIT_RESP
+
+
+def test_a_held_back_confirm_of_an_earlier_attempt_cannot_replace_the_accepted_session():
+    out, inb = _pair()
+    resp1, _ = inb.on_init(out.start(0.0), route=b"r")
+    nonce1 = next(iter(out.attempts))
+    out.stage = Stage.AWAIT_RESP
+    out.attempts = {nonce1: None}
+    out.on_resp(resp1)
+    held_back = out.agreed  # the attacker keeps this CONFIRM; the initiator's retry goes through
+    out.stage = Stage.REFUSED  # (any stage a retry starts from)
+    resp2, _ = inb.on_init(out.start(1.0), route=b"r")
+    out.on_resp(resp2)
+    current = inb.get(out.agreed.sid)
+    inb.accept(current)
+    assert inb.get(held_back.sid) is None  # the same process's other attempt went with the accept
+    assert inb.accepted(out.agreed.sid) is current
+
+
+def test_a_refused_initiator_retries_every_interval_without_backoff():
+    out, inb = _pair()
+    for t in range(6):
+        resp, _ = inb.on_init(out.start(float(t)), route=b"r")
+        out.on_resp(resp)
+        out.on_verdict(session.REFUSE, out.agreed.sid, float(t))
+        assert out.due(float(t), 1.0) == pytest.approx(1.0)

@@ -119,7 +119,7 @@ def test_a_second_live_process_with_the_same_identity_is_refused_and_the_first_k
     assert b.stats.sessions_accepted == 1
 
 
-@pytest.mark.parametrize("bad", ["low_order", "short", "no_nonce"])
+@pytest.mark.parametrize("bad", ["low_order", "short", "no_nonce", "type_a_list", "nonce_a_map"])
 def test_a_malformed_init_is_dropped_and_counted(make_cluster, bad):
     c = make_cluster(2)
     b = c.transport(1)
@@ -129,6 +129,10 @@ def test_a_malformed_init_is_dropped_and_counted(make_cluster, bad):
         meta["e"] = bytes(32)  # X25519 refuses it: the shared secret would be all zeros
     elif bad == "short":
         meta["e"] = meta["e"][:31]
+    elif bad == "type_a_list":  # unhashable where a str belongs: must be refused, not raise TypeError
+        meta["t"] = [1]
+    elif bad == "nonce_a_map":
+        meta["n"] = {"a": 1}
     else:
         del meta["n"]
     frames = wire.seal(Message(Kind.HANDSHAKE, 0, 0, meta=meta), 1, init.counter(), init.static, LIMITS)
