@@ -280,13 +280,14 @@ class Outbound:
 
 @dataclass
 class Proposed:
-    """A session a neighbour's process agreed with us; accepted once it passes `Inbound.confirm`."""
+    """A session a neighbour's process proposed (INIT); accepted once its CONFIRM passes the transport's checks."""
 
     agreed: Agreed
     peer_ephemeral: bytes
     route: bytes  # the ROUTER routing id of the connection it came on (updated by later frames)
     accepted: bool = False
     last_counter: int = 0  # replay rule within the session: counters only grow
+    last_heard: float = 0.0  # monotonic time of its last authenticated frame
 
 
 @dataclass

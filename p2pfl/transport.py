@@ -380,7 +380,7 @@ class Transport:
             return self._drop(exc.reason, sender, frames, exc.detail)
         except session.HandshakeError as exc:
             return self._drop(exc.reason, sender, frames, exc.detail)
-        current.last_counter = header.counter
+        current.last_counter, current.last_heard = header.counter, time.monotonic()
         current.route = route  # its process may have reconnected: probe the connection it uses now
         self._stats.messages_received += 1
         return wire.to_message(header, meta, tensors)
@@ -404,9 +404,15 @@ class Transport:
         if header.counter <= proposed.last_counter:
             raise session.HandshakeError(REPLAY, f"counter {header.counter} not above the last accepted")
         session.read(meta, {session.CONFIRM})
-        proposed.last_counter, proposed.route = header.counter, route
+        proposed.last_counter, proposed.route, proposed.last_heard = header.counter, route, time.monotonic()
         rival = inbound.rival(proposed)
-        if rival is not None and self._alive(j, rival):
+        alive = rival is not None and self._alive(j, rival)
+        if rival is not None and not alive and time.monotonic() - rival.last_heard < HEARTBEAT_TIMEOUT_MS / 1000:
+            # Its connection is gone but it spoke a moment ago: it may have reconnected on a
+            # connection we have not seen it use yet. No verdict: the new process retries, and is
+            # accepted once the old one has been silent for a heartbeat timeout (or refused if it speaks).
+            return None
+        if alive:
             inbound.refuse(proposed)
             self.count_drop(session.DUPLICATE_IDENTITY)
             log.error("node %d: refused a second live process presenting node %d's identity (node %d's current "
