@@ -35,7 +35,7 @@ SESSION_CONTEXT = b"session"  # purpose of the static pairwise key that binds se
 NONCE_BYTES = 16  # the initiator's per-attempt nonce (a retry is a new attempt)
 MAX_PENDING = 4  # proposed sessions kept per sender: a replayed INIT cannot crowd out the rest
 MAX_QUEUED = 16  # messages kept per neighbour while its session is being agreed
-UNSENT_RETRY_S = 0.1  # an INIT that could not leave (the connection is not up yet) is tried again this soon
+UNSENT_RETRY_S = 0.1  # an INIT that could not leave (its queue was full) is tried again this soon
 RECENT_ATTEMPTS = 8  # our attempts remembered, so that late answers to retried ones are not counted as attacks
 _KEY_PERSON = b"p2pfl-session"
 _SID_PERSON = b"p2pfl-sid"
@@ -163,7 +163,7 @@ class Outbound:
     agreed: Agreed | None = None  # the confirmed attempt's session; sealing uses it once ESTABLISHED
     attempt_at: float = 0.0  # when the current attempt's INIT went out
     tries: int = 0  # attempts since the last ESTABLISHED: retries back off
-    sent: bool = True  # whether the current attempt's INIT left (False: no connection yet)
+    sent: bool = True  # whether the current attempt's INIT left (False: its queue was full)
     refused_since: float | None = None  # first refusal of an unbroken run of refusals
     queued: list[Any] = field(default_factory=list)  # messages waiting for ESTABLISHED
     last_counter: int = 0  # replay rule for the answers sealed under the session key
@@ -246,7 +246,7 @@ class Outbound:
         raise HandshakeError(STALE_HANDSHAKE, "reset of a session that is not one of ours")
 
     def unsent(self) -> None:
-        """The current attempt's INIT could not leave (no connection yet): it costs no backoff."""
+        """The current attempt's INIT could not leave (its queue was full): it costs no backoff."""
         self.sent, self.tries = False, max(self.tries - 1, 0)
 
     def restart(self, now: float) -> dict[str, Any] | None:
@@ -264,7 +264,7 @@ class Outbound:
         """
         if self.stage is Stage.ESTABLISHED:
             return float("inf")
-        if not self.sent:  # nothing left: try again as soon as the connection may be up
+        if not self.sent:  # nothing left: try again soon
             return self.attempt_at + UNSENT_RETRY_S - now
         if self.stage is Stage.REFUSED:  # no backoff: a crashed predecessor's connection is gone in seconds
             return self.attempt_at + retry_s - now

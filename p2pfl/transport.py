@@ -169,12 +169,11 @@ class Transport:
             dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
             dealer.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
             _set_heartbeats(dealer)
-            # IMMEDIATE: libzmq queues only on a live connection, and a connection that is lost (the
-            # heartbeat timeout: a partition, a crashed host) takes its queue with it. So a healed
-            # link carries fresh messages, not a backlog of stale rounds; sends in between fail at
-            # once (send_queue_full). Messages for a neighbour not up yet wait in our own queue
-            # until its session is agreed, and the handshake retries until the connection is up.
-            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            # No IMMEDIATE: messages queue for a neighbour whose connection is not up (yet, or again
+            # after a blip) and go when it is. IMMEDIATE was tried (2026-12-06): a lost connection
+            # then takes its queue with it, but every send to a neighbour that has just finished
+            # fails at once and is counted as a drop, and recovery after a heal was no faster
+            # (docs/faults.md).
             dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             dealer.connect(peer.address)
             self._dealers[j] = dealer
@@ -197,7 +196,7 @@ class Transport:
         sent = self._send_handshake(dealer, j, init)
         if not sent:
             out.unsent()
-        # Not connected yet (IMMEDIATE): wake up the moment the connection is (POLLOUT), not a poll later.
+        # The queue is full: wake up the moment it has room (POLLOUT), not a poll later.
         self._poller.modify(dealer, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
 
     def close(self, linger: float = 0.0) -> None:
@@ -326,7 +325,7 @@ class Transport:
                 for sock, events in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
                     if sock is self._router:
                         continue
-                    if events & zmq.POLLOUT:  # a connection came up under an INIT that could not leave
+                    if events & zmq.POLLOUT:  # room for an INIT that could not leave
                         self._initiate(self._dealer_of[sock], time.monotonic())
                     if events & zmq.POLLIN:
                         self._drain_dealer(sock)

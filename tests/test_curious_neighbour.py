@@ -210,7 +210,10 @@ def test_secure_fedavg_hub_never_sends_its_lone_model(tmp_path: Path) -> None:
             if rec["round"] in lone:
                 assert rec["aggregation"] == "privacy_floor" and rec["arrived"] == 0, rec
     hub = {r["round"]: r for r in node_records(tmp_path, 0)}
-    assert all(hub[r]["aggregation"] == "privacy_floor" for r in lone), [hub[r] for r in lone]
+    # The leaves fail a lone round at once and move on; a hub still in the round before may then see
+    # them a round ahead and skip the lone round (Node._next_round): no record of it is no leak.
+    assert all(hub[r]["aggregation"] == "privacy_floor" for r in lone if r in hub), [hub.get(r) for r in lone]
+    assert all(r in hub for r in full)
     record_fault("secure FedAvg rounds with no active leaf or one (below the floor of 2), star of 4", len(lone),
                  "held: the hub sent no model in any of them; leaves kept their own model, round marked privacy_floor",
                  unit="rounds")
