@@ -43,7 +43,6 @@ _LABEL = b"p2pfl-session-v1"
 
 # Handshake message types (the "t" of a HANDSHAKE message's meta).
 INIT, RESP, CONFIRM, ACCEPT, REFUSE, RESET, CONFLICT = "init", "resp", "confirm", "accept", "refuse", "reset", "conflict"
-STATIC_TYPES = frozenset({INIT, RESP, RESET})  # sealed with the static key (no session exists yet, or any more)
 
 # Drop reasons of the handshake (transport counts them like any other).
 NO_SESSION = "no_session"  # sealed for a session this process never agreed (an earlier run, a restart)
