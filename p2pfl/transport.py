@@ -124,7 +124,6 @@ class Transport:
         self._dealer_of: dict[zmq.Socket, int] = {}
         self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
         self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
-        self._handshaking = 0  # outbound sessions not yet established (0: the fast path only)
         self._last_reset: dict[bytes, float] = {}  # per connection (routing id)
         self._counter = 0
         self._stats = TransportStats()
@@ -182,7 +181,6 @@ class Transport:
             bind = crypto.pairwise_key(self._private_key, self.node_id, peer.public_key, j, session.SESSION_CONTEXT)
             self._out[j] = Outbound(Identity(self.node_id, j, me, peer.public_key), self._private_key, bind, ephemeral)
             self._in[j] = Inbound(Identity(j, self.node_id, peer.public_key, me), self._private_key, bind, ephemeral)
-        self._handshaking = len(self._out)
         now = time.monotonic()
         for j in self._out:
             self._initiate(j, now)
@@ -281,17 +279,22 @@ class Transport:
 
         On the ROUTER, `route` is the connection to answer on; False if it is gone or full.
         """
+        return self._try_handshake(sock, to, meta, key, sid, route) is None
+
+    def _try_handshake(self, sock: zmq.Socket, to: int, meta: dict, key: bytes | None, sid: bytes,
+                       route: bytes | None) -> zmq.ZMQError | None:
+        """`_send_handshake`, returning why it failed: EAGAIN (full) or EHOSTUNREACH (connection gone)."""
         self._counter += 1
         msg = Message(Kind.HANDSHAKE, self.node_id, 0, meta=meta)
         frames = wire.seal(msg, to, self._counter, self._keys[to] if key is None else key, self.limits,
                            cipher=self.cipher, session=sid)
         try:
             sock.send_multipart(frames if route is None else [route, *frames], flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:  # Again (full), EHOSTUNREACH (that connection is gone)
-            return False
+        except zmq.ZMQError as exc:
+            return exc
         self._stats.handshake_messages += 1
         self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
-        return True
+        return None
 
     def established(self, j: int) -> bool:
         """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
@@ -317,7 +320,7 @@ class Transport:
             except zmq.Again:
                 now = time.monotonic()
                 wait = deadline - now
-                if self._handshaking:
+                if not all(out.established for out in self._out.values()):
                     wait = min(wait, self._tick(now))
                 if deadline - now <= 0:
                     return None
@@ -375,9 +378,7 @@ class Transport:
             if header.counter <= current.last_counter:
                 return self._drop(REPLAY, sender, frames, f"counter {header.counter} not above the last accepted")
             tensors = wire.open_tensors(header, parts, aead)
-        except wire.WireError as exc:
-            return self._drop(exc.reason, sender, frames, exc.detail)
-        except session.HandshakeError as exc:
+        except (wire.WireError, session.HandshakeError) as exc:
             return self._drop(exc.reason, sender, frames, exc.detail)
         current.last_counter, current.last_heard = header.counter, time.monotonic()
         current.route = route  # its process may have reconnected: probe the connection it uses now
@@ -428,7 +429,6 @@ class Transport:
             # lose a message to find out.
             init = self._out[j].restart(time.monotonic())
             if init is not None:
-                self._handshaking += 1
                 self._send_init(j, init)
         return None
 
@@ -438,17 +438,9 @@ class Transport:
         Only EHOSTUNREACH (no such connection) means gone: a full queue (EAGAIN) is a live
         process that is busy, and taking it for a dead one would let a flood displace it.
         """
-        self._counter += 1
-        msg = Message(Kind.HANDSHAKE, self.node_id, 0, meta={"t": session.CONFLICT})
-        frames = wire.seal(msg, j, self._counter, rival.agreed.key, self.limits, cipher=self.cipher,
-                           session=rival.agreed.sid)
-        try:
-            self._router.send_multipart([rival.route, *frames], flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:
-            return exc.errno != zmq.EHOSTUNREACH
-        self._stats.handshake_messages += 1
-        self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
-        return True
+        failed = self._try_handshake(self._router, j, {"t": session.CONFLICT}, rival.agreed.key, rival.agreed.sid,
+                                     rival.route)
+        return failed is None or failed.errno != zmq.EHOSTUNREACH
 
     def _reset(self, j: int, sid: bytes, route: bytes) -> None:
         """Tell the process on `route` we do not know its session `sid` (rate-limited per connection:
@@ -473,9 +465,7 @@ class Transport:
             self._stats.bytes_received += sum(len(f) for f in frames)
             try:
                 self._on_responder_step(j, frames)
-            except wire.WireError as exc:
-                self._drop(exc.reason, j, frames, exc.detail)
-            except session.HandshakeError as exc:
+            except (wire.WireError, session.HandshakeError) as exc:
                 self._drop(exc.reason, j, frames, exc.detail)
 
     def _on_responder_step(self, j: int, frames: list) -> None:
@@ -498,7 +488,6 @@ class Transport:
             init = out.on_reset(meta, now)
             if init is None:
                 return  # about a session of ours we already replaced
-            self._handshaking += 1
             log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
                         self.node_id, j)
             self._send_init(j, init)
@@ -528,7 +517,6 @@ class Transport:
                       "(same key file). Retrying for %.0fs in case it is a crashed predecessor.",
                       self.node_id, j, self.node_id, DUPLICATE_GRACE_S)
             return
-        self._handshaking -= 1
         log.info("node %d: session to node %d agreed", self.node_id, j)
         queued, out.queued = out.queued, []
         for msg in queued:

@@ -168,8 +168,7 @@ def encode(msg: Message, recipient: int, counter: int, limits: Limits,
         raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}]")
     if cipher not in crypto.CIPHER_IDS:
         raise ValueError(f"unknown cipher {cipher!r}; one of {sorted(crypto.CIPHER_IDS)}")
-    if type(session) is not bytes or len(session) not in (0, SESSION_ID_BYTES):
-        raise WireError(BAD_HEADER, f"session id must be 0 or {SESSION_ID_BYTES} bytes")
+    _read_session(session)  # the same rule a receiver applies
     kind = _encode_kind(msg.kind)
     fields = {"sender": msg.sender, "recipient": recipient, "round": msg.round}
     ids = {k: _encode_int(v, k, 0, crypto.U32_MAX) for k, v in fields.items()}
