@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from p2pfl.config import Cluster, ExperimentConfig, hub_of
 from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
+from p2pfl.record import RoundRecord
 from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise, Prepared, SecAggParams, SecureFedAvgRound, SecureGossipRound
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
@@ -57,34 +58,6 @@ COMPRESSION_BITS = {"q8": 8, "q16": 16}
 _CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
 HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round of ours and per this
 HELLO_RESEND = 2.0  # seconds: start-up asks again the neighbours that have not answered (a hello can be lost)
-
-
-@dataclass
-class RoundRecord:
-    """What one node reports after one round (the run directory's metrics.jsonl line)."""
-
-    round: int
-    node: int
-    train_loss: float | None  # None when the node sat the round out (no local training)
-    test_loss: float | None
-    test_acc: float | None
-    bytes_sent: int
-    bytes_received: int
-    wall_time: float
-    round_time: float
-    train_time: float  # seconds of local training within round_time
-    cpu_time: float  # CPU seconds of the node's own thread this round (not the sockets' I/O threads)
-    arrived: int
-    dropped: dict[str, int]
-    aggregation: str  # "ok", or why this node's aggregate failed safely (secure aggregation)
-    epsilon: float | None = None  # DP: privacy spent so far at dp_delta (None without DP)
-    participated: bool = True  # False: the node sat this round out (schedule or spent budget)
-    delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus
-
-    def to_json(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "delta"}
-        out["dropped"] = dict(self.dropped)
-        return out
 
 
 @dataclass
