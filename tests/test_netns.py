@@ -272,9 +272,12 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
     recovery_rounds = {i: None if full_from[i] is None else full_from[i] - heal_seen[i] for i in range(NODES)}
     recovery_s = {i: None if full_from[i] is None else round(first_seen[i][full_from[i]] - heal_time, 1)
                   for i in range(NODES)}
+    short_after_heal = {i: [(r, recs[i][r]["arrived"]) for r in sorted(recs[i])
+                            if r > heal_seen[i] and recs[i][r]["arrived"] < degree[i]] for i in range(NODES)}
     check("healed", all(n >= TAIL for n in full_rounds.values()),
           f"rounds hearing every neighbour from the heal's recovery to the end (need >= {TAIL}): {full_rounds}; "
-          f"recovered {recovery_rounds} rounds / {recovery_s} s after the heal")
+          f"recovered {recovery_rounds} rounds / {recovery_s} s after the heal; (round, arrived) of the short rounds "
+          f"after the heal: { {i: v for i, v in short_after_heal.items() if v} }")
 
     def acc_at(i: int, r: int) -> float | None:
         done = [q for q in recs[i] if q <= r and recs[i][q]["test_acc"] is not None]
@@ -357,7 +360,18 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
     _render_fault_table()
 
     failed = [f"{n}: {d}" for n, g, d in checks if not g]
-    assert not failed, "\n".join(failed) + f"\nlogs and metrics in {tmp_path}"
+    assert not failed, "\n".join(failed) + f"\nlogs and metrics in {tmp_path}\n" + _warnings(logs)
+
+
+def _warnings(logs: dict[int, Path], last: int = 12) -> str:
+    """The last warnings and errors each node logged: what a failed run leaves to diagnose it by
+    (CI keeps no tmp_path)."""
+    out = []
+    for i, path in logs.items():
+        lines = [line for line in path.read_text(errors="replace").splitlines() if "WARNING" in line or "ERROR" in line]
+        out.append(f"-- node {i}: {len(lines)} warnings/errors, the last {min(last, len(lines))}:")
+        out.extend(lines[-last:])
+    return "\n".join(out)
 
 
 def _render_fault_table() -> None:
