@@ -1,15 +1,19 @@
 """Node checkpoints: the on-disk checkpoint format and atomic persistence.
 
-Owns: the byte layout of a checkpoint file (a versioned msgpack header that
-describes the state's structure, followed by raw little-endian tensor bytes and
-a BLAKE2b-256 trailer), strict validation when reading one back, writing files
-atomically (temp file + fsync + rename + directory fsync), and a directory of
-rolling checkpoints that falls back to the newest *good* one after a crash.
+Owns: what a checkpoint file holds and how it is checked when read back (a
+safetensors file whose string metadata carries the non-tensor state as JSON
+and a SHA-256 of the whole file), writing files atomically (temp file + fsync
++ rename + directory fsync) and privately (0600 files, 0700 directories), and
+a directory of rolling checkpoints that falls back to the newest *good* one
+after a crash and sets corrupt ones aside.
 
-Must not touch: sockets, messages, training or round logic, and the decision of
-*when* to checkpoint (that is the node's). No pickle anywhere: nothing here
-imports it or calls ``torch.load``; a checkpoint can only ever decode to
-tensors, numpy arrays and plain Python values.
+Must not touch: sockets, messages, training or round logic, the decision of
+*when* to checkpoint, and the decision whether a good checkpoint belongs to
+this node and model (the node compares ``meta`` with itself and raises
+`CheckpointRefused`). No pickle anywhere: nothing here imports it or calls
+``torch.load``; tensors are read by safetensors (raw bytes, dtype and shape),
+everything else is JSON validated field by field, so a checkpoint can only
+ever decode to tensors, numpy arrays and plain Python values.
 
 What a checkpoint holds (`NodeState`, plus the round counter):
 
@@ -19,59 +23,68 @@ What a checkpoint holds (`NodeState`, plus the round counter):
 - ``reference``: the node's model delta/reference, if any (e.g. a flat float32
   numpy vector), or None;
 - ``metrics``: the node's cumulative metrics, a dict of plain values (no tensors);
-- ``meta``: a dict of plain values for the caller (node id, task spec, seed...).
+- ``meta``: a dict of plain values for the caller (node id, num_params, seed...).
 
 Storable values (checked on save, restored with the same Python types):
-``None``, ``bool``, ``int`` (-2**63 .. 2**64-1), ``float``, ``str``, ``bytes``,
-``list``, ``tuple``, ``dict`` with ``str`` or ``int`` keys, dense
-``torch.Tensor`` (restored on the CPU, detached, bit-exact, same dtype and
-shape, 0-d included) and ``numpy.ndarray`` (same dtype and shape). Plain values must have exactly
-these types: subclasses (numpy scalars, IntEnum...) raise TypeError on save.
-Tensor subclasses such as ``nn.Parameter`` are stored as their plain data.
-Tensor dtypes allowed: see `TORCH_DTYPES` / `NUMPY_DTYPES`.
+``None``, ``bool``, ``int`` (-2**63 .. 2**64-1), ``float`` (NaN and infinities
+included), ``str``, ``bytes``, ``list``, ``tuple``, ``dict`` with ``str`` or
+``int`` keys, dense ``torch.Tensor`` (restored on the CPU, detached, bit-exact,
+same dtype and shape, 0-d included) and ``numpy.ndarray`` (same dtype and
+shape, native byte order). Plain values must have exactly these types:
+subclasses (numpy scalars, IntEnum...) raise TypeError on save. Tensor
+subclasses such as ``nn.Parameter`` are stored as their plain data. Tensor
+dtypes allowed: see `TORCH_DTYPES` / `NUMPY_DTYPES`.
 
-File layout, version 1 (all integers little-endian)::
+File format, version 2: a standard safetensors file (readable with
+``safetensors.safe_open(path, "pt")``). Every tensor and array of the state is
+one safetensors tensor, named by its path in the state (e.g.
+``trainer['optimizer']['state'][0]['momentum_buffer']``). The header's
+``__metadata__`` has exactly four string fields::
 
-    offset 0    magic  b"P2PFLCKP"                          8 bytes
-    offset 8    format version (u32) = 1                     4 bytes
-    offset 12   header length H (u32)                        4 bytes
-    offset 16   header: msgpack map                          H bytes
-                zero padding up to a multiple of 64 (data start D0)
-    D0          data section: raw tensor bytes, each tensor at a
-                64-byte aligned offset, zero padding between   N bytes
-    D0+N        end marker b"P2PCKEND"                      8 bytes
-    D0+N+8      BLAKE2b-256 of every byte before it         32 bytes
+    "format":  "p2pfl-checkpoint"
+    "version": "2"
+    "state":   compact JSON: {"round": int >= 0, "created": unix time,
+                              "writer": {"p2pfl": str, "torch": str, "safetensors": str},
+                              "tree": <node>}
+    "sha256":  64 lowercase hex digits: SHA-256 of the whole file as written with
+               these 64 digits set to "0"
 
-The header map has exactly the keys ``round`` (int >= 0), ``created`` (unix
-time, float), ``writer`` (``{"p2pfl": str, "torch": str}``), ``data_nbytes``
-(N) and ``tree``. The tree mirrors the state: a plain leaf (None, bool, int,
-float, str, bytes) is stored as itself; every container or array is a
-single-key map whose key is its tag::
+The tree mirrors the state. ``null``, ``true``/``false``, JSON integers,
+finite JSON numbers with a fraction or exponent (Python floats) and strings
+stand for themselves; everything else is a single-key object whose key is its
+tag::
 
     {"dict":    [[key, node], ...]}     # keys str or int, unique, in order
     {"list":    [node, ...]}
     {"tuple":   [node, ...]}
-    {"tensor":  {"dtype": "float32", "shape": [...], "offset": o, "nbytes": n}}
-    {"ndarray": {"dtype": "float32", "shape": [...], "offset": o, "nbytes": n}}
+    {"float":   "nan" | "inf" | "-inf"}
+    {"bytes":   "<lowercase hex>"}
+    {"tensor":  {"key": name, "dtype": "float32", "shape": [...]}}
+    {"ndarray": {"key": name, "dtype": "float32", "shape": [...]}}
 
-``offset`` is relative to D0. Because dicts are stored as key/value pairs, int
-keys (the optimizer's per-parameter state) need no msgpack map with int keys:
-the header is decoded with msgpack's default ``strict_map_key=True``, and
-``raw=False`` (strings must be valid UTF-8).
+The root is a dict of exactly ``trainer``, ``reference``, ``metrics``, ``meta``
+in that order; tensors may appear only under the first two.
 
-Reading checks, in order: minimum size, magic, version, header length within
-the file, end marker, checksum, msgpack decoding, header keys and types, exact
-file size, then every tree node (tags, key types, duplicate keys, nesting
-depth, dtype allowlist, shape/size agreement, offsets within the data
-section, no overlapping tensors, bool bytes 0/1). Any failure raises
-`CheckpointError` with the reason; a single flipped byte anywhere, or any
-truncation, is always detected.
+Reading checks, in order: the header length fits the file, exactly one
+``"sha256":"`` field in the header, the SHA-256 (so a flipped byte anywhere,
+or any truncation, is always detected, before anything is parsed), the
+header JSON and its four metadata fields, the state JSON (strict: no NaN
+constants, no duplicate keys) and its keys and types, safetensors' own checks
+of the tensor table (dtypes, shapes, offsets covering the data exactly), then
+every tree node (tags, key types, duplicate keys, nesting depth, dtype
+allowlist, the tree's dtype and shape of each tensor against the file's, each
+tensor used exactly once, bool bytes 0/1). Any failure raises `CheckpointError`
+naming the file (`read_checkpoint`) and the reason. A version-1 file (the
+hand-made format before safetensors) is refused as such: rerun with
+``--fresh``.
 
 Directory layout (`CheckpointStore`): ``ckpt-{round:08d}.p2c`` files, written
 through ``.ckpt-*.tmp-*`` temp files (a crash leaves at most a temp file,
 which loading ignores and cleans); a checkpoint found corrupted by
-`CheckpointStore.load_latest` is renamed to ``*.p2c.corrupt`` and skipped.
-One writer per directory.
+`CheckpointStore.load_latest` is renamed to ``*.p2c.corrupt`` and skipped, so
+the newest good one (of the ``keep``, default two, kept) is resumed from.
+One writer per directory. A checkpoint is one file so that one rename
+commits it: there is no sidecar that a crash could leave out of step.
 
 A checkpoint holds the node's private model, so every file written here (and
 by `write_private`, which the simulator uses for its models) is created mode
@@ -82,20 +95,21 @@ it is being written.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import re
 import secrets
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import msgpack
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 __all__ = [
@@ -113,52 +127,45 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"P2PFLCKP"
-END_MARKER = b"P2PCKEND"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<8sII")  # magic, version, header length
-DIGEST_SIZE = 32  # BLAKE2b-256
-TRAILER_SIZE = len(END_MARKER) + DIGEST_SIZE
-ALIGN = 64
+FORMAT = "p2pfl-checkpoint"
+FORMAT_VERSION = 2
+LEGACY_MAGIC = b"P2PFLCKP"  # the first 8 bytes of a version-1 file
+DIGEST_FIELD = b'"sha256":"'  # as safetensors writes the metadata field (compact JSON)
+DIGEST_HEX = 64
+PLACEHOLDER = b"0" * DIGEST_HEX
 MAX_DEPTH = 64
 MAX_NDIM = 32
-MIN_SIZE = _PREFIX.size + TRAILER_SIZE
 SUFFIX = ".p2c"
 CORRUPT_SUFFIX = ".corrupt"
 _NAME_RE = re.compile(r"^ckpt-(\d{8,})\.p2c$")
 _TMP_RE = re.compile(r"^\.ckpt-.*\.tmp-[0-9a-f]+$")
-_HEADER_KEYS = {"round", "created", "writer", "data_nbytes", "tree"}
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
+_METADATA_KEYS = {"format", "version", "state", "sha256"}
+_DOCUMENT_KEYS = {"round", "created", "writer", "tree"}
 _STATE_KEYS = ("trainer", "reference", "metrics", "meta")
+_TENSOR_PARTS = ("trainer", "reference")  # metrics and meta hold plain values only
+_LEAF_KEYS = {"key", "dtype", "shape"}
+_NON_FINITE = {"nan", "inf", "-inf"}
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
-# dtype name -> (torch dtype, little-endian numpy dtype used to carry the bytes)
-TORCH_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "float16": (torch.float16, np.dtype("<f2")),
-    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # carried as its 16-bit pattern
-    "float32": (torch.float32, np.dtype("<f4")),
-    "float64": (torch.float64, np.dtype("<f8")),
-    "uint8": (torch.uint8, np.dtype("u1")),
-    "int8": (torch.int8, np.dtype("i1")),
-    "int16": (torch.int16, np.dtype("<i2")),
-    "int32": (torch.int32, np.dtype("<i4")),
-    "int64": (torch.int64, np.dtype("<i8")),
-    "bool": (torch.bool, np.dtype("?")),
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
 }
-_TORCH_NAMES = {tdt: name for name, (tdt, _) in TORCH_DTYPES.items()}
+_TORCH_NAMES = {tdt: name for name, tdt in TORCH_DTYPES.items()}
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype("<f2"),
-    "float32": np.dtype("<f4"),
-    "float64": np.dtype("<f8"),
-    "uint8": np.dtype("u1"),
-    "int8": np.dtype("i1"),
-    "uint16": np.dtype("<u2"),
-    "int16": np.dtype("<i2"),
-    "uint32": np.dtype("<u4"),
-    "int32": np.dtype("<i4"),
-    "uint64": np.dtype("<u8"),
-    "int64": np.dtype("<i8"),
-    "bool": np.dtype("?"),
+    name: np.dtype(name)
+    for name in ("float16", "float32", "float64", "uint8", "int8", "uint16", "int16",
+                 "uint32", "int32", "uint64", "int64", "bool")
 }
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
@@ -185,44 +192,18 @@ class NodeState:
 # ----------------------------------------------------------------------------- encoding
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
-
-
 class _Encoder:
-    """Walks a state tree, collecting tensor bytes and building the header tree."""
+    """Walks a state tree: tensors go to `self.tensors` (by path), the rest into a JSON tree."""
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def _add_bytes(self, raw: bytes) -> int:
-        pad = _align(self.size) - self.size
-        if pad:
-            self.chunks.append(bytes(pad))
-            self.size += pad
-        offset = self.size
-        self.chunks.append(raw)
-        self.size += len(raw)
-        return offset
-
-    def _array_leaf(self, arr: np.ndarray, dtype_name: str, wire: np.dtype) -> dict[str, Any]:
-        raw = np.ascontiguousarray(arr).astype(wire, copy=False).tobytes()
-        return {
-            "dtype": dtype_name,
-            "shape": [int(d) for d in arr.shape],
-            "offset": self._add_bytes(raw),
-            "nbytes": len(raw),
-        }
+        self.tensors: dict[str, torch.Tensor] = {}
 
     def node(self, value: Any, path: str, depth: int, arrays: bool = True) -> Any:
         if depth > MAX_DEPTH:
             raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels (a cycle?)")
         kind = type(value)
         if kind in _PLAIN:
-            if kind is int and not _INT_MIN <= value <= _INT_MAX:
-                raise ValueError(f"{path}: int {value} does not fit in 64 bits")
-            return value
+            return _plain(value, path)
         if kind is dict:
             pairs = []
             for k, v in value.items():
@@ -235,38 +216,50 @@ class _Encoder:
         if kind is list or kind is tuple:
             items = [self.node(v, f"{path}[{i}]", depth + 1, arrays) for i, v in enumerate(value)]
             return {"list" if kind is list else "tuple": items}
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) or kind is np.ndarray:
             if not arrays:
-                raise TypeError(f"{path}: tensors are not allowed here (plain values only)")
-            return {"tensor": self._tensor(value, path)}
-        if kind is np.ndarray:
-            if not arrays:
-                raise TypeError(f"{path}: arrays are not allowed here (plain values only)")
-            name = value.dtype.name
-            if name not in NUMPY_DTYPES or value.dtype.fields is not None:
-                raise TypeError(f"{path}: numpy dtype {value.dtype} is not storable")
-            return {"ndarray": self._array_leaf(value, name, NUMPY_DTYPES[name])}
+                raise TypeError(f"{path}: tensors and arrays are not allowed here (plain values only)")
+            tag = "tensor" if isinstance(value, torch.Tensor) else "ndarray"
+            name, data = _tensor(value, path) if tag == "tensor" else _ndarray(value, path)
+            return {tag: self._add(path, name, data)}
         raise TypeError(f"{path}: cannot store a value of type {kind.__module__}.{kind.__qualname__}")
 
-    def _tensor(self, t: torch.Tensor, path: str) -> dict[str, Any]:
-        if t.layout != torch.strided:
-            raise TypeError(f"{path}: only dense tensors are storable, got layout {t.layout}")
-        if t.is_quantized or t.is_complex():
-            raise TypeError(f"{path}: tensor dtype {t.dtype} is not storable")
-        name = _TORCH_NAMES.get(t.dtype)
-        if name is None:
-            raise TypeError(f"{path}: tensor dtype {t.dtype} is not storable")
-        data = t.detach().to("cpu").contiguous()
-        if t.dtype == torch.bfloat16:
-            data = data.view(torch.int16)
-        arr = data.numpy()
-        leaf = self._array_leaf(arr, name, TORCH_DTYPES[name][1])
-        leaf["shape"] = [int(d) for d in t.shape]
-        return leaf
+    def _add(self, path: str, dtype_name: str, data: torch.Tensor) -> dict[str, Any]:
+        # A path is a chain of repr()s, so distinct leaves never share one; checked all the same,
+        # because a collision would silently drop a tensor.
+        if path in self.tensors:
+            raise ValueError(f"{path}: two tensors would be stored under the same name")
+        self.tensors[path] = data
+        return {"key": path, "dtype": dtype_name, "shape": [int(d) for d in data.shape]}
 
 
-def _torch_version() -> str:
-    return str(torch.__version__)
+def _plain(value: Any, path: str) -> Any:
+    """A plain leaf as JSON: itself, or a tagged object for what JSON lacks (bytes, NaN, inf)."""
+    if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(f"{path}: int {value} does not fit in 64 bits")
+    if type(value) is float and not math.isfinite(value):
+        return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if type(value) is bytes:
+        return {"bytes": value.hex()}
+    return value
+
+
+def _tensor(t: torch.Tensor, path: str) -> tuple[str, torch.Tensor]:
+    """(dtype name, a contiguous CPU copy): a copy, so no two stored tensors share storage."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{path}: only dense tensors are storable, got layout {t.layout}")
+    name = _TORCH_NAMES.get(t.dtype)
+    if name is None or t.is_quantized:
+        raise TypeError(f"{path}: tensor dtype {t.dtype} is not storable")
+    return name, t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+
+
+def _ndarray(arr: np.ndarray, path: str) -> tuple[str, torch.Tensor]:
+    """(dtype name, a tensor over a native-order contiguous copy of `arr`)."""
+    name = arr.dtype.name
+    if name not in NUMPY_DTYPES or arr.dtype.fields is not None:
+        raise TypeError(f"{path}: numpy dtype {arr.dtype} is not storable")
+    return name, torch.from_numpy(np.array(arr, dtype=NUMPY_DTYPES[name], order="C", copy=True))
 
 
 def _package_version() -> str:
@@ -278,8 +271,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _encode_chunks(round: int, state: NodeState) -> tuple[list[bytes], bytes]:
-    """The file as a list of chunks (without the digest) and its BLAKE2b-256 digest."""
+def _check_state(round: int, state: NodeState) -> None:
     if type(round) is not int or round < 0:
         raise ValueError(f"round must be a non-negative int, got {round!r}")
     if not isinstance(state, NodeState):
@@ -287,34 +279,6 @@ def _encode_chunks(round: int, state: NodeState) -> tuple[list[bytes], bytes]:
     for name in ("metrics", "meta"):
         if type(getattr(state, name)) is not dict:
             raise TypeError(f"state.{name} must be a dict, got {type(getattr(state, name)).__name__}")
-    enc = _Encoder()
-    tree = {
-        "dict": [
-            ["trainer", enc.node(state.trainer, "trainer", 1)],
-            ["reference", enc.node(state.reference, "reference", 1)],
-            ["metrics", enc.node(state.metrics, "metrics", 1, arrays=False)],
-            ["meta", enc.node(state.meta, "meta", 1, arrays=False)],
-        ]
-    }
-    header = msgpack.packb(
-        {
-            "round": round,
-            "created": time.time(),
-            "writer": {"p2pfl": _package_version(), "torch": _torch_version()},
-            "data_nbytes": enc.size,
-            "tree": tree,
-        },
-        use_bin_type=True,
-    )
-    if len(header) > 0xFFFFFFFF:
-        raise ValueError("checkpoint header exceeds 4 GiB")
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header))
-    head_len = _PREFIX.size + len(header)
-    chunks = [prefix, header, bytes(_align(head_len) - head_len), *enc.chunks, END_MARKER]
-    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
-    for c in chunks:
-        h.update(c)
-    return chunks, h.digest()
 
 
 def encode(round: int, state: NodeState) -> bytes:
@@ -322,103 +286,219 @@ def encode(round: int, state: NodeState) -> bytes:
 
     Raises TypeError / ValueError if `state` holds something that cannot be stored.
     """
-    chunks, digest = _encode_chunks(round, state)
-    return b"".join(chunks) + digest
+    _check_state(round, state)
+    enc = _Encoder()
+    tree = {"dict": [[name, enc.node(getattr(state, name), name, 1, arrays=name in _TENSOR_PARTS)]
+                     for name in _STATE_KEYS]}
+    document = {
+        "round": round,
+        "created": time.time(),
+        "writer": {"p2pfl": _package_version(), "torch": str(torch.__version__),
+                   "safetensors": safetensors.__version__},
+        "tree": tree,
+    }
+    metadata = {
+        "format": FORMAT,
+        "version": str(FORMAT_VERSION),
+        # ASCII only: the metadata is then plain bytes in the header, whatever the strings held.
+        "state": json.dumps(document, ensure_ascii=True, allow_nan=False, separators=(",", ":")),
+        "sha256": PLACEHOLDER.decode(),
+    }
+    blob = bytearray(safetensors.torch.save(enc.tensors, metadata))
+    start = _digest_at(blob, _header_end(blob))
+    blob[start : start + DIGEST_HEX] = hashlib.sha256(blob).hexdigest().encode()
+    return bytes(blob)
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
+def _header_end(buf: bytes | bytearray) -> int:
+    """Offset where safetensors' JSON header ends (8-byte little-endian length, then the JSON)."""
+    size = len(buf)
+    if buf[: len(LEGACY_MAGIC)] == LEGACY_MAGIC:
+        raise CheckpointError(
+            f"unsupported checkpoint format version 1 (this reader knows {FORMAT_VERSION}, safetensors): "
+            "rerun with --fresh to discard it")
+    if size < 8:
+        raise CheckpointError(f"truncated: {size} bytes is shorter than any checkpoint")
+    length = int.from_bytes(buf[:8], "little")
+    if length > size - 8:
+        raise CheckpointError(
+            f"truncated, or not a p2pfl checkpoint (not safetensors): a header of {length} bytes "
+            f"does not fit in the file's {size}")
+    return 8 + length
+
+
+def _digest_at(buf: bytes | bytearray, header_end: int) -> int:
+    """Offset of the 64 hex digits of the header's one ``"sha256":"`` field.
+
+    Inside the JSON-in-a-string ``state`` field every quote is escaped, so this exact byte
+    sequence can only be the metadata field itself.
+    """
+    at = buf.find(DIGEST_FIELD, 8, header_end)
+    if at < 0 or buf.find(DIGEST_FIELD, at + 1, header_end) >= 0:
+        raise CheckpointError("corrupted, or not a p2pfl checkpoint: the header has no single sha256 field")
+    start = at + len(DIGEST_FIELD)
+    if not re.fullmatch(rb"[0-9a-f]{64}\"", bytes(buf[start : start + DIGEST_HEX + 1])):
+        raise CheckpointError("corrupted: the sha256 field is not 64 lowercase hex digits")
+    return start
+
+
+def _verify_digest(buf: bytes, header_end: int) -> str:
+    """Check the whole-file SHA-256 before anything is parsed; returns the digest."""
+    start = _digest_at(buf, header_end)
+    stored = buf[start : start + DIGEST_HEX]
+    h = hashlib.sha256(buf[:start])
+    h.update(PLACEHOLDER)
+    h.update(buf[start + DIGEST_HEX :])
+    if h.hexdigest().encode() != stored:
+        raise CheckpointError("checksum mismatch: the file is corrupted (its SHA-256 differs from the one it records)")
+    return stored.decode()
+
+
+def _strict_json(text: str | bytes, what: str) -> Any:
+    """json.loads without NaN/Infinity constants or duplicate keys; CheckpointError on anything wrong."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"bad {what}: not valid JSON ({exc})") from None
+
+
+def _metadata(buf: bytes, header_end: int, digest: str) -> dict[str, str]:
+    """The header's ``__metadata__``, checked: exactly our four string fields, our format and version."""
+    header = _strict_json(buf[8:header_end], "header")
+    meta = header.get("__metadata__") if type(header) is dict else None
+    if type(meta) is not dict or set(meta) != _METADATA_KEYS or any(type(v) is not str for v in meta.values()):
+        got = sorted(meta) if type(meta) is dict else type(meta).__name__
+        raise CheckpointError(f"not a p2pfl checkpoint: metadata must be strings {sorted(_METADATA_KEYS)}, got {got}")
+    if meta["format"] != FORMAT:
+        raise CheckpointError(f"not a p2pfl checkpoint (format {meta['format']!r})")
+    if meta["version"] != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"unsupported checkpoint format version {meta['version']} (this reader knows {FORMAT_VERSION})")
+    if meta["sha256"] != digest:
+        raise CheckpointError("bad header: the sha256 field found is not the metadata's")
+    return meta
+
+
+def _document(text: str) -> tuple[int, list[Any]]:
+    """(round, root pairs) from the ``state`` field, every field's type checked."""
+    doc = _strict_json(text, "state")
+    if type(doc) is not dict or set(doc) != _DOCUMENT_KEYS:
+        keys = sorted(doc) if type(doc) is dict else type(doc).__name__
+        raise CheckpointError(f"bad state: expected keys {sorted(_DOCUMENT_KEYS)}, got {keys}")
+    round_, writer, tree = doc["round"], doc["writer"], doc["tree"]
+    if type(round_) is not int or round_ < 0:
+        raise CheckpointError(f"bad state: round {round_!r} is not a non-negative int")
+    if type(doc["created"]) not in (int, float):
+        raise CheckpointError("bad state: created is not a number")
+    if type(writer) is not dict or any(type(v) is not str for v in writer.values()):
+        raise CheckpointError("bad state: writer must map str to str")
+    pairs = tree.get("dict") if type(tree) is dict and len(tree) == 1 else None
+    if (type(pairs) is not list
+            or [p[0] if type(p) is list and len(p) == 2 else None for p in pairs] != list(_STATE_KEYS)):
+        raise CheckpointError(f"bad structure: the tree root must be a dict of {list(_STATE_KEYS)}")
+    return round_, pairs
+
+
+def _load_tensors(buf: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load(buf)
+    except Exception as exc:  # SafetensorError, or KeyError/ValueError for a dtype torch lacks
+        raise CheckpointError(f"bad tensor data: safetensors cannot read it ({type(exc).__name__}: {exc})") from None
+
+
 class _Decoder:
-    def __init__(self, data: memoryview, start: int, nbytes: int) -> None:
-        self.data = data
-        self.start = start
-        self.nbytes = nbytes
-        self.spans: list[tuple[int, int, str]] = []
+    """Rebuilds the state from the JSON tree and the tensors safetensors read."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self.used: set[str] = set()
 
     def node(self, n: Any, path: str, depth: int, arrays: bool = True) -> Any:
         if depth > MAX_DEPTH:
             raise CheckpointError(f"bad structure: {path} nested deeper than {MAX_DEPTH} levels")
-        kind = type(n)
-        if kind in _PLAIN:
+        if n is None or type(n) in (bool, int, float, str):
             return n
-        if kind is not dict or len(n) != 1:
-            raise CheckpointError(f"bad structure: {path} is a {kind.__name__}, not a tagged node")
+        if type(n) is not dict or len(n) != 1:
+            raise CheckpointError(f"bad structure: {path} is a {type(n).__name__}, not a tagged node")
         ((tag, body),) = n.items()
         if tag == "dict":
-            if type(body) is not list:
-                raise CheckpointError(f"bad structure: {path} dict body is not a list of pairs")
-            out: dict[Any, Any] = {}
-            for pair in body:
-                if type(pair) is not list or len(pair) != 2:
-                    raise CheckpointError(f"bad structure: {path} has a dict entry that is not a pair")
-                k, v = pair
-                if type(k) not in (str, int):
-                    raise CheckpointError(f"bad structure: {path} has a {type(k).__name__} dict key")
-                if k in out:
-                    raise CheckpointError(f"bad structure: {path} has duplicate key {k!r}")
-                out[k] = self.node(v, f"{path}[{k!r}]", depth + 1, arrays)
-            return out
+            return self._dict(body, path, depth, arrays)
         if tag in ("list", "tuple"):
             if type(body) is not list:
                 raise CheckpointError(f"bad structure: {path} {tag} body is not a list")
             items = [self.node(v, f"{path}[{i}]", depth + 1, arrays) for i, v in enumerate(body)]
             return items if tag == "list" else tuple(items)
+        if tag == "float":
+            if type(body) is not str or body not in _NON_FINITE:
+                raise CheckpointError(f"bad structure: {path} has a bad float body {body!r} (nan, inf or -inf)")
+            return float(body)
+        if tag == "bytes":
+            if type(body) is not str or not _HEX_RE.fullmatch(body):
+                raise CheckpointError(f"bad structure: {path} has a bad bytes body (not lowercase hex)")
+            return bytes.fromhex(body)
         if tag in ("tensor", "ndarray"):
             if not arrays:
                 raise CheckpointError(f"bad structure: {path} holds a {tag} where plain values belong")
             return self._array(body, path, tag)
         raise CheckpointError(f"bad structure: {path} has unknown tag {tag!r}")
 
-    def _array(self, leaf: Any, path: str, tag: str) -> Any:
-        if type(leaf) is not dict or set(leaf) != {"dtype", "shape", "offset", "nbytes"}:
-            raise CheckpointError(
-                f"bad structure: {path} {tag} leaf must have exactly dtype, shape, offset, nbytes"
-            )
-        name, shape, offset, nbytes = leaf["dtype"], leaf["shape"], leaf["offset"], leaf["nbytes"]
-        table = TORCH_DTYPES if tag == "tensor" else NUMPY_DTYPES
+    def _dict(self, body: Any, path: str, depth: int, arrays: bool) -> dict[Any, Any]:
+        if type(body) is not list:
+            raise CheckpointError(f"bad structure: {path} dict body is not a list of pairs")
+        out: dict[Any, Any] = {}
+        for pair in body:
+            if type(pair) is not list or len(pair) != 2:
+                raise CheckpointError(f"bad structure: {path} has a dict entry that is not a pair")
+            k, v = pair
+            if type(k) not in (str, int):
+                raise CheckpointError(f"bad structure: {path} has a {type(k).__name__} dict key")
+            if k in out:
+                raise CheckpointError(f"bad structure: {path} has duplicate key {k!r}")
+            out[k] = self.node(v, f"{path}[{k!r}]", depth + 1, arrays)
+        return out
+
+    def _array(self, leaf: Any, path: str, tag: str) -> torch.Tensor | np.ndarray:
+        if type(leaf) is not dict or set(leaf) != _LEAF_KEYS:
+            raise CheckpointError(f"bad structure: {path} {tag} leaf must have exactly {sorted(_LEAF_KEYS)}")
+        key, name, shape = leaf["key"], leaf["dtype"], leaf["shape"]
+        table: dict[str, Any] = TORCH_DTYPES if tag == "tensor" else NUMPY_DTYPES
         if type(name) is not str or name not in table:
             raise CheckpointError(f"bad structure: {path} has disallowed dtype {name!r}")
-        wire = table[name][1] if tag == "tensor" else table[name]
-        if (
-            type(shape) is not list
-            or len(shape) > MAX_NDIM
-            or any(type(d) is not int or d < 0 for d in shape)
-        ):
+        if type(shape) is not list or len(shape) > MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
             raise CheckpointError(f"bad structure: {path} has invalid shape {shape!r}")
-        for what, v in (("offset", offset), ("nbytes", nbytes)):
-            if type(v) is not int or v < 0:
-                raise CheckpointError(f"bad structure: {path} has invalid {what} {v!r}")
-        count = math.prod(shape)
-        if count * wire.itemsize != nbytes:
+        if type(key) is not str or key not in self.tensors:
+            raise CheckpointError(f"bad structure: {path} names tensor {key!r}, which the file does not hold")
+        if key in self.used:
+            raise CheckpointError(f"bad structure: tensor {key!r} is used twice")
+        self.used.add(key)
+        t = self.tensors[key]
+        want = table[name] if tag == "tensor" else torch.from_numpy(np.zeros(0, table[name])).dtype
+        if t.dtype != want or list(t.shape) != shape:
             raise CheckpointError(
-                f"bad structure: {path} shape {shape} of {name} needs {count * wire.itemsize} "
-                f"bytes, header says {nbytes}"
-            )
-        if offset + nbytes > self.nbytes:
-            raise CheckpointError(
-                f"bad structure: {path} bytes [{offset}, {offset + nbytes}) lie outside the "
-                f"data section of {self.nbytes} bytes"
-            )
-        if nbytes:
-            self.spans.append((offset, offset + nbytes, path))
-        begin = self.start + offset
-        arr = np.frombuffer(self.data[begin : begin + nbytes], dtype=wire, count=count)
-        if wire.kind == "b" and count and arr.view(np.uint8).max() > 1:
+                f"bad structure: {path} is {name}{shape} in the state, {t.dtype}{list(t.shape)} in the tensor table")
+        if t.dtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:
             raise CheckpointError(f"bad structure: {path} bool data holds bytes other than 0/1")
-        arr = arr.reshape(shape).astype(wire.newbyteorder("="), copy=True)
-        if tag == "ndarray":
-            return arr
-        t = torch.from_numpy(arr)
-        if name == "bfloat16":
-            t = t.view(torch.bfloat16)
-        return t
+        return t if tag == "tensor" else t.numpy()
 
-    def check_overlaps(self) -> None:
-        self.spans.sort()
-        for (_, end, a), (begin, _, b) in zip(self.spans, self.spans[1:]):
-            if begin < end:
-                raise CheckpointError(f"bad structure: tensor data of {a} and {b} overlap")
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.tensors) - self.used)
+        if unused:
+            raise CheckpointError(f"bad structure: the file holds tensors the state does not name: {unused[:3]}")
 
 
 def decode(data: bytes | bytearray | memoryview) -> tuple[int, NodeState]:
@@ -426,71 +506,13 @@ def decode(data: bytes | bytearray | memoryview) -> tuple[int, NodeState]:
 
     Raises CheckpointError with the reason on anything wrong.
     """
-    buf = memoryview(data).cast("B")
-    size = len(buf)
-    if size < MIN_SIZE:
-        raise CheckpointError(f"truncated: {size} bytes is shorter than any checkpoint ({MIN_SIZE})")
-    magic, version, header_len = _PREFIX.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise CheckpointError(f"not a p2pfl checkpoint (magic {bytes(magic)!r})")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"unsupported checkpoint format version {version} (this reader knows {FORMAT_VERSION})"
-        )
-    data_start = _align(_PREFIX.size + header_len)
-    if data_start + TRAILER_SIZE > size:
-        raise CheckpointError(
-            f"truncated or corrupted: header length {header_len} does not fit in {size} bytes"
-        )
-    body_end = size - DIGEST_SIZE
-    if bytes(buf[body_end - len(END_MARKER) : body_end]) != END_MARKER:
-        raise CheckpointError("truncated or corrupted: end marker missing")
-    digest = hashlib.blake2b(buf[:body_end], digest_size=DIGEST_SIZE).digest()
-    if digest != bytes(buf[body_end:]):
-        raise CheckpointError("checksum mismatch: the file is corrupted")
-    try:
-        header = msgpack.unpackb(
-            buf[_PREFIX.size : _PREFIX.size + header_len], raw=False, use_list=True
-        )
-    except Exception as exc:
-        raise CheckpointError(f"bad header: cannot decode msgpack ({exc})") from exc
-    if type(header) is not dict or set(header) != _HEADER_KEYS:
-        keys = sorted(map(str, header)) if type(header) is dict else type(header).__name__
-        raise CheckpointError(f"bad header: expected keys {sorted(_HEADER_KEYS)}, got {keys}")
-    round_, data_nbytes = header["round"], header["data_nbytes"]
-    if type(round_) is not int or round_ < 0:
-        raise CheckpointError(f"bad header: round {round_!r} is not a non-negative int")
-    if type(header["created"]) not in (int, float):
-        raise CheckpointError("bad header: created is not a number")
-    writer = header["writer"]
-    if type(writer) is not dict or any(type(k) is not str or type(v) is not str for k, v in writer.items()):
-        raise CheckpointError("bad header: writer must map str to str")
-    if type(data_nbytes) is not int or data_nbytes < 0:
-        raise CheckpointError(f"bad header: data_nbytes {data_nbytes!r} is not a non-negative int")
-    expected = data_start + data_nbytes + TRAILER_SIZE
-    if expected != size:
-        raise CheckpointError(
-            f"bad structure: header describes a {expected}-byte file, the file has {size} bytes"
-        )
-    if any(buf[_PREFIX.size + header_len : data_start]):
-        raise CheckpointError("bad structure: header padding is not zero")
-
-    dec = _Decoder(buf, data_start, data_nbytes)
-    tree = header["tree"]
-    if (
-        type(tree) is not dict
-        or set(tree) != {"dict"}
-        or type(tree["dict"]) is not list
-        or [p[0] if type(p) is list and p else None for p in tree["dict"]] != list(_STATE_KEYS)
-    ):
-        raise CheckpointError(f"bad structure: the tree root must be a dict of {list(_STATE_KEYS)}")
-    parts: dict[str, Any] = {}
-    for pair in tree["dict"]:
-        if len(pair) != 2:
-            raise CheckpointError("bad structure: the tree root has an entry that is not a pair")
-        key, node = pair
-        parts[key] = dec.node(node, key, 1, arrays=key in ("trainer", "reference"))
-    dec.check_overlaps()
+    buf = bytes(data)
+    header_end = _header_end(buf)
+    digest = _verify_digest(buf, header_end)
+    round_, pairs = _document(_metadata(buf, header_end, digest)["state"])
+    dec = _Decoder(_load_tensors(buf))
+    parts = {key: dec.node(node, key, 1, arrays=key in _TENSOR_PARTS) for key, node in pairs}
+    dec.check_all_used()
     for key in ("metrics", "meta"):
         if type(parts[key]) is not dict:
             raise CheckpointError(f"bad structure: {key} is a {type(parts[key]).__name__}, not a dict")
@@ -539,8 +561,7 @@ def write_private(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path
 
 def write_checkpoint(path: str | os.PathLike[str], round: int, state: NodeState) -> Path:
     """Write a checkpoint to `path` atomically and privately (see `write_private`)."""
-    chunks, digest = _encode_chunks(round, state)
-    return write_private(path, [*chunks, digest])
+    return write_private(path, [encode(round, state)])
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[int, NodeState]:
