@@ -19,9 +19,8 @@ from typing import Any
 
 import networkx as nx
 
-from p2pfl import topology
+from p2pfl import strategies, topology
 
-AGGREGATIONS = ("gossip", "fedavg")
 PARTITIONS = ("iid", "dirichlet", "personas")
 OPTIMIZERS = ("sgd", "adam")
 DP_MODES = ("off", "local", "central", "distributed")
@@ -49,7 +48,7 @@ class ExperimentConfig:
     task: str = "digits-mlp"
     nodes: int = 8
     topology: str = "ring"
-    aggregation: str = "gossip"  # "fedavg": star baseline, the hub averages everyone
+    aggregation: str = "gossip"  # a strategy's name (`strategies.names()`); "fedavg": the star baseline
     rounds: int = 40
     local_epochs: int = 1
     local_steps: int = 0  # > 0 overrides local_epochs
@@ -109,7 +108,7 @@ class ExperimentConfig:
             raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}", source)
         if not 0.5 <= self.secagg_threshold < 1:
             raise ConfigError("secagg_threshold", f"must be in [0.5, 1) (see docs/secagg.md), got {self.secagg_threshold}", source)
-        _check_choice("aggregation", self.aggregation, AGGREGATIONS, source)
+        _check_choice("aggregation", self.aggregation, strategies.names(), source)
         _check_choice("partition", self.partition, PARTITIONS, source)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS, source)
         if self.nodes < 2:
@@ -141,19 +140,27 @@ class ExperimentConfig:
             raise ConfigError("fedavg_sample", f"must be >= 0 (0 = every leaf), got {self.fedavg_sample}", source)
         if self.dp == "off" and self.dp_budget > 0:
             raise ConfigError("dp_budget", "a privacy budget needs differential privacy: set dp to local, central or distributed", source)
-        if self.dp == "central" and self.aggregation != "fedavg":
-            raise ConfigError("dp", "central DP needs a trusted aggregator, which only aggregation = fedavg has "
-                              "(the star hub); use dp = local for gossip", source)
+        strategy = strategies.get(self.aggregation)
+        if self.secure_agg and not strategy.secure:
+            secure = ", ".join(n for n in strategies.names() if strategies.get(n).secure)
+            raise ConfigError("secure_agg", f"aggregation = {self.aggregation} has no secure-aggregation protocol "
+                              f"(secure aggregation runs with aggregation = {secure})", source)
+        # Placement problems in the order the messages are most useful: a strategy without a
+        # trusted aggregator before secure_agg's conflict with one; distributed DP's need for
+        # secure_agg before the strategy's support for it.
+        problem = strategy.dp_problem(self.dp, self.secure_agg) if self.dp_enabled else None
+        if self.dp == "central" and problem:
+            raise ConfigError("dp", problem, source)
         if self.dp == "central" and self.secure_agg:
             raise ConfigError("dp", "central DP trusts the hub with every un-noised update, which secure_agg is there "
                               "to avoid; with secure_agg use dp = distributed (each leaf adds a share of the noise)", source)
         if self.dp == "distributed" and not self.secure_agg:
             raise ConfigError("dp", "distributed DP needs secure_agg: without it every message would carry only "
                               "1/sqrt(m) of the noise; use dp = local", source)
-        if self.dp == "distributed" and self.aggregation != "fedavg":
-            raise ConfigError("dp", "distributed DP is implemented for the secure FedAvg star only: in secure gossip "
-                              "it costs degree + 1 releases of each update per round, so dp = local (with secure_agg) "
-                              "protects as well for less noise (docs/privacy.md)", source)
+        if problem:
+            raise ConfigError("dp", problem, source)
+        if self.compression != "none" and not strategy.compression:
+            raise ConfigError("compression", f"aggregation = {self.aggregation} sends no quantizable vectors", source)
         if self.compression != "none" and self.secure_agg:
             raise ConfigError("compression", "quantized vectors do not compose with secure aggregation's masked "
                               "integers; secure aggregation already sends fixed-point uint32", source)
@@ -161,8 +168,9 @@ class ExperimentConfig:
             raise ConfigError("compression", "with central DP the leaves send un-noised updates, and error feedback "
                               "would carry them into later rounds (quantize only after noise: use dp = local)", source)
         if self.fedavg_sample:
-            if self.aggregation != "fedavg":
-                raise ConfigError("fedavg_sample", "sampling leaves needs aggregation = fedavg (a star hub)", source)
+            if not strategy.needs_hub:
+                raise ConfigError("fedavg_sample", f"sampling leaves needs a star hub, which aggregation = "
+                                  f"{self.aggregation} does not have (use aggregation = fedavg)", source)
             if self.fedavg_sample > self.nodes - 1:
                 raise ConfigError("fedavg_sample", f"must be at most the {self.nodes - 1} leaves of {self.nodes} nodes, "
                                   f"got {self.fedavg_sample}", source)
@@ -181,14 +189,15 @@ class ExperimentConfig:
             topology.validate(g, range(self.nodes))
         except topology.TopologyError as exc:
             raise ConfigError("topology", str(exc)) from exc
-        if self.aggregation == "fedavg" and hub_of(g) is None:
-            raise ConfigError("aggregation", "fedavg needs a star topology (one hub linked to every other node)")
+        if strategies.get(self.aggregation).needs_hub and hub_of(g) is None:
+            raise ConfigError("aggregation", f"{self.aggregation} needs a star topology (one hub linked to every other node)")
         return g
 
     def display_label(self) -> str:
         if self.label:
             return self.label
-        base = "star-fedavg" if self.aggregation == "fedavg" else Path(self.topology).stem if _is_file(self.topology) else self.topology
+        topo = Path(self.topology).stem if _is_file(self.topology) else self.topology
+        base = strategies.get(self.aggregation).label(topo)
         return base + ("+secagg" if self.secure_agg else "") + self.knob_suffix()
 
     def knob_suffix(self) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from p2pfl import privacy, topology
+from p2pfl import privacy, strategies, topology
 from p2pfl.checkpoint import CheckpointRefused, CheckpointStore, NodeState
 from p2pfl.crypto import pairwise_key
 from p2pfl.config import Cluster, ExperimentConfig, hub_of
@@ -44,8 +44,9 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
-from p2pfl.protocols import DELTA, FedAvgRound, GossipRound, Rejected, RoundProtocol, Schedule, check_vector
-from p2pfl.secagg import DistributedNoise, Prepared, SecAggParams, SecureFedAvgRound, SecureGossipRound
+from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
+from p2pfl.secagg import DistributedNoise, SecAggParams
+from p2pfl.strategies import RoundContext
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, Transport
 from p2pfl.wire import Limits
@@ -85,7 +86,8 @@ class Node:
         self.config = spec.config
         self.graph = spec.cluster.graph
         self.neighbours = sorted(self.graph.neighbors(self.id))
-        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes}  # secure gossip
+        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes}
+        self.strategy = strategies.get(self.config.aggregation)
         self.on_round = on_round
         self.task = task
         self.samples = len(shard.y)
@@ -102,7 +104,7 @@ class Node:
             context=context,
         )
         self.weights = topology.mh_weights(self.graph, self.id)
-        self.hub = hub_of(self.graph) if self.config.aggregation == "fedavg" else None
+        self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
         self._buffer: list[Message] = []  # authenticated messages of rounds after the current one
         self._ahead = 0  # highest round a neighbour has been seen in
         self._heard: set[int] = set()  # neighbours heard from during the current round
@@ -111,9 +113,11 @@ class Node:
         self._missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
         self._syncs: dict[int, tuple[int, np.ndarray | None]] = {}  # hello answers: (round, delta; None if secure)
         self._hellos: dict[int, tuple[int, float]] = {}  # per neighbour: (our round, time) of the last hello answered
-        # The last finished secure round: its surplus reveals arrive after we moved on (see _admit).
-        self._finished_secure: SecureGossipRound | SecureFedAvgRound | None = None
-        self._prepared: Prepared | None = None  # what the last secure gossip round set up for the next
+        # The last finished round: secure aggregation's surplus reveals arrive after we moved on (see _admit).
+        self._finished: RoundProtocol | None = None
+        self._prepared: object | None = None  # what the last round set up for the next (`prepared_next`)
+        self._steps = 0  # optimizer steps taken so far (FedNova normalises by a round's steps)
+        self.trainer.optimizer.register_step_post_hook(self._count_step)
         self._delta = self.trainer.get_flat() - self.reference
         directory = self.config.checkpoint_dir
         self._store = CheckpointStore(Path(directory) / f"node-{self.id}") if directory else None
@@ -257,11 +261,11 @@ class Node:
         c = self.config
         log.warning("node %d: neighbours %s are at round %d, we were at %d; secure aggregation: adopting their round, "
                     "not a model (a sync carries none)", self.id, ahead, target, start)
-        if c.aggregation == "gossip" and len(self.neighbours) < c.min_contributors:
+        if self.hub is None and len(self.neighbours) < c.min_contributors:
             log.warning("node %d: catch-up to the neighbours' models refused: %d neighbour(s), below the privacy floor "
                         "of %d; we keep our own model", self.id, len(self.neighbours), c.min_contributors)
             return
-        source = "the hub's secure average" if c.aggregation == "fedavg" and self.id != self.hub else \
+        source = "the hub's secure average" if self.hub is not None and self.id != self.hub else \
             "the secure aggregate of our neighbours"
         log.warning("node %d: we keep our own model until round %d mixes it with %s (at least %d contributors); "
                     "if that round fails safely we keep our own model", self.id, target, source, c.min_contributors)
@@ -337,19 +341,19 @@ class Node:
         takes_part = self.id in active
         self._log_budget(r, takes_part)
         start = self.trainer.get_flat() if self.config.dp_enabled and takes_part else None
+        steps_before = self._steps
         train_loss = self.trainer.train() if takes_part else None
         train_time = time.monotonic() - started
         own, fallback = self._contribution(takes_part, start)
-        protocol = self._protocol(r, own, fallback, active)
+        ctx = self._context(r, own, fallback, active, self._steps - steps_before)
+        protocol = self.strategy.protocol(ctx)
         new_delta = self._exchange(protocol, r)
-        if isinstance(protocol, (SecureGossipRound, SecureFedAvgRound)):
-            protocol.release()
-            self._finished_secure = protocol
-        if isinstance(protocol, SecureGossipRound):
-            self._prepared = protocol.prepared_next()  # next round's share phase, done in this one
+        protocol.release()
+        self._finished = protocol
+        self._prepared = protocol.prepared_next()  # e.g. secure gossip's next share phase, done in this one
         self.trainer.set_flat(self.reference + new_delta)
         self._delta = new_delta
-        self._update_liveness(r, active)
+        self._update_liveness(r, self.strategy.senders(ctx))
         test_loss = test_acc = None
         if r % self.config.eval_every == 0 or r == self.config.rounds:
             data = self.task.dataset
@@ -373,7 +377,7 @@ class Node:
         return record
 
     def _outcome(self, protocol: RoundProtocol) -> str:
-        reason = getattr(protocol, "failure_reason", None)
+        reason = protocol.failure_reason
         if reason:
             log.warning("node %d round %d: secure aggregation failed safely (%s); keeping our own model",
                         self.id, protocol.round, reason)
@@ -381,13 +385,14 @@ class Node:
             return str(reason)
         return "ok"
 
-    def _update_liveness(self, r: int, active: frozenset[int]) -> None:
+    def _update_liveness(self, r: int, senders: frozenset[int]) -> None:
         """Count rounds each neighbour stayed silent; at `down_after` we stop waiting for it.
 
-        A FedAvg leaf that sat the round out had nothing to send the hub: not a miss.
+        Only a neighbour that owed us a message this round (`Strategy.senders`) can miss it: a
+        FedAvg leaf that sat the round out had nothing to send the hub.
         """
         for j in self.neighbours:
-            if self.id == self.hub and j not in active and j not in self._heard:
+            if j not in senders and j not in self._heard:
                 continue
             was_down = self._is_down(j)
             self._missed[j] = 0 if j in self._heard else self._missed[j] + 1
@@ -460,25 +465,22 @@ class Node:
                     "round %d on it trains and shares no new update", self.id, self.accountant.epsilon_after(steps),
                     self.config.dp_budget, self.accountant.epsilon_after(steps + 1), r)
 
-    def _protocol(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int]) -> RoundProtocol:
+    def _context(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int],
+                 steps: int) -> RoundContext:
+        """What the strategy needs to build round r's protocol; DP noise as the placement says."""
         c = self.config
-        secure, expected = c.secure_agg, self._expected()
-        if c.aggregation == "fedavg":
-            assert self.hub is not None
-            leaves = [v for v in sorted(self.graph.nodes) if v != self.hub]
-            samples = self._samples(self.id in active)
-            if secure:
-                dp = self._distributed_noise() if c.dp == "distributed" else None
-                return SecureFedAvgRound(self.id, r, self.hub, leaves, own, samples, self._secagg_params,
-                                         self._secret, expected=expected, active=active, fallback=fallback, dp=dp)
-            noise = self._central_noise if c.dp == "central" else None
-            return FedAvgRound(self.id, r, self.hub, leaves, own, samples, expected=expected, active=active,
-                               fallback=fallback, noise=noise, codec=self._codec)
-        if secure:
-            return SecureGossipRound(self.id, r, self._adjacency, self.weights, own, self._secagg_params,
-                                     self._secret, expected=expected, prepared=self._prepared,
-                                     prepare_next=r < c.rounds)
-        return GossipRound(self.id, r, self.weights, own, expected=expected, codec=self._codec)
+        secure = c.secure_agg
+        return RoundContext(
+            node_id=self.id, round=r, last_round=c.rounds, adjacency=self._adjacency, weights=self.weights,
+            hub=self.hub, own=own, start=self._delta, fallback=fallback, samples=self._samples(self.id in active),
+            local_steps=steps, expected=frozenset(self._expected()), active=active, prepared=self._prepared,
+            codec=self._codec, central_noise=self._central_noise if c.dp == "central" else None,
+            distributed_noise=self._distributed_noise() if c.dp == "distributed" and secure else None,
+            secagg=self._secagg_params if secure else None, secret=self._secret if secure else None,
+        )
+
+    def _count_step(self, *_: object) -> None:
+        self._steps += 1
 
     def _secret(self, peer: int, context: bytes) -> bytes:
         """End-to-end key shared with `peer` (up to two hops away), from the cluster's static keys."""
@@ -523,11 +525,11 @@ class Node:
             return False
         if msg.round == r:
             return True
-        late = self._finished_secure
-        if msg.kind == Kind.SECAGG and late is not None and msg.round == late.round:
-            # An aggregator unmasks as soon as it holds t shares of each secret, so the reveals of
-            # the other members arrive after the round ended: expected traffic, not a stale
-            # message. The finished protocol takes them (and refuses anything else, counted).
+        late = self._finished
+        if late is not None and msg.round == late.round and late.takes_late(msg):
+            # Expected traffic after the round ended (secure aggregation: the surplus reveals of
+            # an aggregator that unmasked early), not a stale message. The finished protocol takes
+            # it (and refuses anything else, counted).
             self._feed(late, msg)
             return False
         if r < msg.round <= self.config.rounds:

@@ -6,7 +6,9 @@ is there (`noise_std`), and the privacy accountant (`PrivacyAccountant`, on Goog
 `dp-accounting`). See docs/privacy.md for the unit of privacy, what a step is and the caveats.
 
 Must not touch: sockets, messages, torch, the round protocols, and the decision of *where* a
-node applies noise: the node picks a placement from its config and calls these functions.
+node applies noise: the node picks a placement from its config and calls these functions. What
+a placement needs of the aggregation (a trusted aggregator; how many sums an input enters) it
+asks the aggregation's strategy (`p2pfl.strategies`), never its name.
 
 Conventions: `noise_multiplier` (sigma) is the noise standard deviation divided by the clip norm
 C, i.e. the total noise protecting one contribution has std sigma * C in the domain where that
@@ -266,16 +268,28 @@ class Placement(str, Enum):
     CENTRAL = "central"
 
 
+def _strategy(aggregation: str):  # -> strategies.Strategy
+    # Imported here: the strategies build secagg's protocols, and secagg imports this module.
+    from p2pfl import strategies
+
+    return strategies.get(aggregation)
+
+
 def validate_placement(placement: Placement | str, aggregation: str, secure_agg: bool) -> Placement:
-    """The placement as an enum, or ValueError where it would not give the guarantee it claims."""
+    """The placement as an enum, or ValueError where it would not give the guarantee it claims.
+
+    `aggregation` names a strategy; central noise needs one with a trusted aggregator (a hub).
+    Whether the strategy *implements* the placement is config's question (`Strategy.dp_problem`).
+    """
     try:
         p = Placement(placement)
     except ValueError:
         raise ValueError(f"placement must be one of {[x.value for x in Placement]}, got {placement!r}") from None
     if p is Placement.DISTRIBUTED and not secure_agg:
         raise ValueError("distributed DP needs secure aggregation: each plain message would carry only 1/sqrt(m) of the noise")
-    if p is Placement.CENTRAL and aggregation != "fedavg":
-        raise ValueError("central DP needs a trusted aggregator: only the FedAvg star has one")
+    if p is Placement.CENTRAL and not _strategy(aggregation).needs_hub:
+        raise ValueError(f"central DP needs a trusted aggregator: aggregation = {aggregation} has none "
+                         "(the FedAvg star's hub is one)")
     return p
 
 
@@ -323,7 +337,7 @@ def releases_per_round(placement: Placement | str, aggregation: str, degree: int
     that its state never holds an un-noised update (see docs/privacy.md): degree + 1.
     """
     p = Placement(placement)
-    if p is Placement.DISTRIBUTED and aggregation == "gossip":
+    if p is Placement.DISTRIBUTED and _strategy(aggregation).overlapping_groups:
         return max(1, int(degree)) + 1
     return 1
 

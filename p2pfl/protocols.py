@@ -51,7 +51,16 @@ class Rejected(Exception):
 
 
 class RoundProtocol(ABC):
-    """One node's part in one round of aggregation."""
+    """One node's part in one round of aggregation: everything the node may call, and nothing more.
+
+    The node drives every protocol alike: `start()`, then `on_message()` for each message of
+    `round` until `finished()`, `on_deadline()` whenever the deadline of `phase` passes; then
+    `result()`, `arrived()`, `failure_reason`, `release()` and `prepared_next()` (handed to the
+    next round's protocol through its strategy). After the round, messages of `round` that
+    `takes_late()` accepts still go to `on_message()`; the rest are stale.
+    """
+
+    round: int  # the round this protocol runs (1-based)
 
     @abstractmethod
     def start(self) -> list[Outbound]:
@@ -81,6 +90,24 @@ class RoundProtocol(ABC):
     def arrived(self) -> int:
         """How many neighbours' contributions made it into this round's result."""
         return 0
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why this round's aggregate failed safely (the node kept its own model), or None."""
+        return None
+
+    def release(self) -> None:
+        """The round is over: drop what only the round needed (secrets, other nodes' vectors)."""
+
+    def prepared_next(self) -> object | None:
+        """What this finished round set up for the next one (secure gossip: the next round's
+        share phase; push-sum: the node's weight), handed to the next protocol; None: nothing."""
+        return None
+
+    def takes_late(self, msg: Message) -> bool:
+        """After `finished()`: True if `msg`, of this round, is expected traffic this protocol
+        still consumes (the node feeds it to `on_message`) rather than a stale message."""
+        return False
 
 
 def mix(own: np.ndarray, contributions: dict[int, tuple[float, np.ndarray]]) -> np.ndarray:
