@@ -48,7 +48,7 @@ from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vect
 from p2pfl.secagg import DistributedNoise, SecAggParams
 from p2pfl.strategies import RoundContext
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
-from p2pfl.transport import Peer, Transport
+from p2pfl.transport import Peer, create as create_transport
 from p2pfl.wire import Limits
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Node:
         self.reference = LocalTrainer(init_model(task, self.config.seed), shard, self._train_config(), 0).get_flat()
         start_seed = self.config.seed if self.config.same_init else self.config.seed + 1 + self.id
         self.trainer = LocalTrainer(init_model(task, start_seed), shard, self._train_config(), self.config.seed * 7919 + self.id)
-        self.transport = Transport(
+        self.transport = create_transport(
             self.id,
             spec.private_key,
             peers={j: Peer(e.address, e.public_key) for j, e in spec.cluster.nodes.items()},

@@ -16,7 +16,7 @@ from helpers.handshake import Initiator
 from test_transport import (LIMITS, WAIT, RawPeer, assert_same, closed_and_seen, free_port, handshake,  # noqa: F401
                             make_cluster, model_msg)
 
-from p2pfl import session, transport, wire
+from p2pfl import channel, session, wire
 from p2pfl.messages import Kind, Message
 from p2pfl.transport import Peer, Transport
 
@@ -89,7 +89,7 @@ def test_a_restarted_receiver_gets_new_sessions_without_losing_later_messages(ma
 
 def test_a_second_live_process_with_the_same_identity_is_refused_and_the_first_keeps_its_session(
         make_cluster, monkeypatch, caplog):
-    monkeypatch.setattr(transport, "DUPLICATE_GRACE_S", 1.5)
+    monkeypatch.setattr(channel, "DUPLICATE_GRACE_S", 1.5)
     c = make_cluster(2)
     real, b = c.transport(0), c.transport(1)
     handshake(real, b)

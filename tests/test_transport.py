@@ -119,7 +119,7 @@ def handshake(*transports: Transport, timeout: float = WAIT) -> dict[int, list[M
     got: dict[int, list[Message]] = {t.node_id: [] for t in transports}
     ids = {t.node_id for t in transports}
     deadline = time.monotonic() + timeout
-    while not all(t.established(j) for t in transports for j in ids if j != t.node_id and j in t._out):
+    while not all(t.established(j) for t in transports for j in ids if j != t.node_id and j in t.neighbours):
         assert time.monotonic() < deadline, "sessions not agreed in time"
         for t in transports:
             msg = t.recv(0.005)
