@@ -23,7 +23,9 @@ from p2pfl.protocols import FedAvgRound, GossipRound, Rejected, RoundProtocol, m
 from p2pfl.fixedpoint import FixedPoint
 from p2pfl.secagg import (
     MASKED,
+    AggStage,
     GroupSpec,
+    MemberStage,
     SecAggParams,
     SecureFedAvgRound,
     SecureGossipRound,
@@ -433,7 +435,7 @@ def test_member_refuses_unsafe_unmask_requests(survivors, dropped) -> None:
     with pytest.raises(Rejected) as exc:
         protos[1].on_message(_unmask_for(router, 1, survivors, dropped))
     assert exc.value.reason == "refused"
-    assert protos[1].members[0].stage == "masked"  # a refused request changes nothing
+    assert protos[1].members[0].stage is MemberStage.MASKED  # a refused request changes nothing
 
 
 def test_member_confirms_one_view_only_and_reveals_only_with_a_quorum() -> None:
@@ -473,7 +475,7 @@ def test_inconsistent_views_from_a_malicious_aggregator_reveal_nothing() -> None
         with pytest.raises(Rejected) as exc:
             protos[m].on_message(_from_agg("proof", {"macs": {u: macs[u][m] for u in views if u != m}, "next": None}))
         assert exc.value.reason == "refused"
-        assert protos[m].members[0].stage == "confirmed"  # nothing revealed
+        assert protos[m].members[0].stage is MemberStage.CONFIRMED  # nothing revealed
 
 
 @pytest.mark.parametrize("n,dropped,verify,needed", [
@@ -515,7 +517,7 @@ def test_an_unconfirmed_view_that_drops_no_one_does_not_help_an_inconsistent_agg
         with pytest.raises(Rejected) as exc:
             protos[m].on_message(_from_agg("proof", {"macs": {other: macs[other][m]}, "next": None}))
         assert exc.value.reason == "refused"
-        assert protos[m].members[0].stage == "confirmed"  # no c share revealed
+        assert protos[m].members[0].stage is MemberStage.CONFIRMED  # no c share revealed
 
 
 def test_a_member_masked_for_a_smaller_member_list_cannot_be_singled_out() -> None:
@@ -537,13 +539,13 @@ def test_a_member_masked_for_a_smaller_member_list_cannot_be_singled_out() -> No
         with pytest.raises(Rejected) as exc:
             protos[v].on_message(_from_agg("unmask", body))
         assert exc.value.reason == "refused" and "attest" in str(exc.value)
-        assert protos[v].members[0].stage == "masked"
+        assert protos[v].members[0].stage is MemberStage.MASKED
 
 
 def test_aggregator_refuses_reveals_beyond_its_request() -> None:
     protos, router, *_ = _group_paused_at("unmask")
     agg = protos[0].agg
-    assert agg.stage == 3 and agg.dropped == []
+    assert agg.stage is AggStage.REVEAL and agg.dropped == []
     share = b"\x00" * 65 + b"\x01"
     over = {"self": {1: share}, "mask": {2: share}}  # a c share nobody asked for
     msg = Message(Kind.SECAGG, 1, 4, meta={"step": "reveal", "body": msgpack.packb(over)})
