@@ -65,6 +65,7 @@ class Aggregator:
         # members whose shares phase 0 waits for (others still count if they share before it closes)
         self.expected = set(spec.members) if expected is None else set(expected) & set(spec.members)
         self._stage = AggStage.SHARES
+        self.moves: list[tuple[AggStage, AggEvent]] = []  # (stage, event) of every move made, in order
         self.pks: dict[int, bytes] = {}
         self.commits: dict[int, bytes] = {}
         self.cts: dict[int, dict[int, bytes]] = {}
@@ -101,7 +102,9 @@ class Aggregator:
         return self.done and self.failure is None
 
     def _move(self, event: AggEvent) -> None:
-        self._stage = advance(AGGREGATOR_TRANSITIONS, self._stage, event)
+        stage = advance(AGGREGATOR_TRANSITIONS, self._stage, event)
+        self.moves.append((self._stage, event))
+        self._stage = stage
 
     def expect(self, expected: Iterable[int]) -> None:
         """The members believed alive this round (a prepared group learns them a round late)."""

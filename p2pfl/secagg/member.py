@@ -50,6 +50,7 @@ class Member:
         self._rng = rng
         self._noise = noise
         self._stage = MemberStage.NEW
+        self.moves: list[tuple[MemberStage, MemberEvent]] = []  # (stage, event) of every move made, in order
         self.outcome = ""  # why it is done: revealed | aborted:<reason> | timeout | global
         self._c_sk = rng(32)
         self._c_pk = sealing.public_key(self._c_sk)
@@ -77,7 +78,9 @@ class Member:
         return self._stage is MemberStage.READY
 
     def _move(self, event: MemberEvent, outcome: str = "") -> None:
-        self._stage = advance(MEMBER_TRANSITIONS, self._stage, event)
+        stage = advance(MEMBER_TRANSITIONS, self._stage, event)
+        self.moves.append((self._stage, event))
+        self._stage = stage
         if outcome:
             self.outcome = outcome
 
