@@ -10,6 +10,7 @@ import logging
 import math
 import socket
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -189,16 +190,20 @@ def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> Non
 @click.option("--cluster", "cluster_file", required=True, type=click.Path(dir_okay=False), help="Cluster TOML file.")
 @click.option("--id", "node_id", required=True, type=int, help="This node's id in the cluster.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False), help="Private key (default: key_file of the cluster entry).")
-@click.option("--metrics", type=click.Path(dir_okay=False), help="Append this node's per-round metrics (JSON Lines).")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Write this node's run directory here (config.json, metrics.jsonl, summary.json, models/): the "
+                   "layout simulate writes, for one node. `p2pfl report` merges the directories of all the nodes.")
+@click.option("--metrics", type=click.Path(dir_okay=False),
+              help="Also append this node's per-round records (metrics.jsonl lines) to this file.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Checkpoint every round here; resume from it on restart.")
 @click.option("--fresh", is_flag=True, help="Start from round 1: delete this node's checkpoints in --checkpoint-dir first "
                                             "(a node refuses to start over on its own when none of them is usable).")
 @click.option("--down-after", type=int, help="Rounds a neighbour may stay silent before it is no longer waited for.")
 @_experiment_options
-def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, metrics: str | None,
-         fresh: bool, **overrides: Any) -> None:
+def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, run_dir: str | None,
+         metrics: str | None, fresh: bool, **overrides: Any) -> None:
     """Run one node of a cluster until its rounds are done (one per machine, or several)."""
-    import json
+    import time
 
     import torch
 
@@ -207,6 +212,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     from p2pfl.crypto import KeyFileError, load_private_key, public_from_private
     from p2pfl.data import shard
     from p2pfl.node import Node, NodeSpec
+    from p2pfl.record import RunDirError, record_line
     from p2pfl.training import load_task, partition_task
 
     try:
@@ -221,7 +227,9 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         if fresh and not cfg.checkpoint_dir:
             raise ConfigError("fresh", "--fresh discards checkpoints: it needs --checkpoint-dir")
         _check_resources(entry.address, metrics, cfg.checkpoint_dir, node_id)
-    except (ConfigError, KeyFileError) as exc:
+        ran = replace(cfg, topology=cluster.topology_spec)  # what the node runs: the cluster's topology
+        out = _open_run_dir(run_dir, ran, node_id)
+    except (ConfigError, KeyFileError, RunDirError) as exc:
         raise click.UsageError(str(exc)) from exc
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
@@ -240,21 +248,55 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
 
     def on_round(record: Any) -> None:
         if sink is not None:
-            sink.write(json.dumps(record.to_json()) + "\n")
+            sink.write(record_line(record))
             sink.flush()
+        if out is not None:
+            out.append(record)
 
+    started = time.monotonic()
     try:
-        records = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round).run()
+        built = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round)
+        records = built.run()
     except (CheckpointRefused, DuplicateIdentity) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         if sink is not None:
             sink.close()
+        if out is not None:
+            out.close()
+    if out is not None:
+        _finish_run_dir(out, ran, cluster, node_id, built.trainer.get_flat(), time.monotonic() - started)
     if not records:
         console.print(f"node {node_id}: finished already: its checkpoint completes all {cfg.rounds} rounds; nothing to do")
         return
     last = records[-1]
     console.print(f"node {node_id}: {len(records)} rounds, final accuracy {last.test_acc:.3f}, dropped {last.dropped}")
+
+
+def _open_run_dir(run_dir: str | None, cfg: ExperimentConfig, node_id: int) -> Any:
+    """The node's run directory (`record.NodeRunDirectory`), or None without --run-dir."""
+    if run_dir is None:
+        return None
+    from p2pfl.record import NodeRunDirectory
+
+    try:
+        return NodeRunDirectory(Path(run_dir), cfg.to_dict(), node_id)
+    except OSError as exc:
+        raise ConfigError("run_dir", f"{run_dir}: cannot write the run directory ({exc.strerror})") from exc
+
+
+def _finish_run_dir(out: Any, cfg: ExperimentConfig, cluster: Cluster, node_id: int, model: Any, wall: float) -> None:
+    """summary.json and models/node-K.npy of a node's run directory, from every record it holds."""
+    from p2pfl import topology
+    from p2pfl.record import build_summary, own_peak_rss_mb
+
+    records = out.records()
+    if not records:
+        return  # restarted after its last round into an empty directory: nothing to summarise
+    gap = topology.spectral_gap(topology.metropolis_hastings(cluster.graph))
+    summary = build_summary(cfg, topology=cluster.topology_spec, spectral_gap=gap, node_ids=[node_id],
+                            records=records, wall_time=wall, processes=1, peak_rss_mb=own_peak_rss_mb())
+    out.finish(summary, model)
 
 
 def _node_setup(config_file: str | None, cluster_file: str, overrides: dict[str, Any]) -> tuple[ExperimentConfig, Cluster]:

@@ -1,14 +1,17 @@
 """Tables and plots from finished run directories.
 
 This module owns the human-readable comparison of runs: what ``p2pfl compare`` shows at the end and what
-``p2pfl report RUN_DIR...`` prints and writes.  It only *reads* run directories (the format is documented in
-``docs/architecture.md``, section "Run directory"): ``config.json``, ``summary.json`` and ``metrics.jsonl``.
+``p2pfl report RUN_DIR...`` prints and writes.  It only *reads* run directories, and only through
+:mod:`p2pfl.record`, which owns their schema, validation and the merging of the directories that the nodes of
+one experiment wrote on different machines (``docs/architecture.md``, section "Run directory").
 It must not run anything and must not import torch or zmq.
 
 Public API
 ----------
-- :class:`ReportError` (a ``ValueError``): bad or missing data, naming the file, line and field.
-- :class:`RunData` and :func:`load_run`: one validated run with per-round helpers.
+- :class:`ReportError` (``record.RunDirError``, a ``ValueError``): bad or missing data, naming the file, line
+  and field.
+- :class:`RunData`, :func:`load_run` and :func:`load_runs`: validated runs (per-node directories of one
+  experiment merged into one) with per-round helpers.
 - :class:`Row` and :func:`summarize`: one table row per run for a target accuracy.
 - :func:`render_table` (rich), :func:`to_markdown`, :func:`to_csv`.
 - :func:`plot_accuracy_vs_round`, :func:`plot_accuracy_vs_bytes`, :func:`plot_consensus_vs_round` (PNG).
@@ -29,7 +32,6 @@ Conventions
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections import defaultdict
@@ -44,10 +46,14 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from p2pfl import record
+from p2pfl.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RoundRecord, RunDirError, RunSummary
+
 __all__ = [
     "ReportError",
     "RunData",
     "load_run",
+    "load_runs",
     "Row",
     "summarize",
     "render_table",
@@ -66,43 +72,14 @@ __all__ = [
     "METRICS_FILE",
 ]
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-
-#: Fields every metrics.jsonl record must carry (values may be null where noted in the contract).
-METRICS_REQUIRED = ("round", "node", "test_acc", "consensus_distance", "bytes_sent", "wall_time")
-#: Fields summary.json must carry.
-SUMMARY_REQUIRED = ("label", "topology", "aggregation", "secure_agg", "nodes", "rounds", "partition")
-
 DASH = "—"  # shown for "never reached" / unknown in markdown and terminal; CSV leaves the cell empty
 PNG_DPI = 120
 _TARGET_EPS = 1e-9
 
 
-class ReportError(ValueError):
-    """Bad or missing data in a run directory (or bad report arguments).
-
-    ``path``, ``line`` (1-based) and ``field`` are set where they are known and are part of the message as
-    ``path:line: field 'name': what is wrong``.
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
-        self.path = None if path is None else str(path)
-        self.line = line
-        self.field = field
-        self.reason = message
-        where = ""
-        if self.path is not None:
-            where = self.path + (f":{line}" if line is not None else "") + ": "
-        elif line is not None:
-            where = f"line {line}: "
-        what = f"field '{field}': " if field is not None else ""
-        if line is not None and self.path is not None:
-            # make "line N" greppable in messages too, not only "path:N"
-            message = f"{message} (line {line})"
-        super().__init__(f"{where}{what}{message}")
+#: One error type for everything a report refuses: bad run directories (raised by p2pfl.record, naming the
+#: file, line and field) and bad report arguments.
+ReportError = RunDirError
 
 
 # --------------------------------------------------------------------------------------------- run data
@@ -112,33 +89,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(value)
 
 
 @dataclass
 class RunData:
-    """One run directory, validated by :func:`load_run` (or built directly, e.g. in tests).
+    """One run, validated by :func:`load_run` / :func:`load_runs` (or built directly, e.g. in tests).
 
-    ``records`` are the metrics.jsonl objects as read.  The per-round helpers return numpy arrays, one entry
-    per round, sorted by round.
+    ``records`` are the metrics.jsonl records of every node (of every directory, for a run merged from the
+    directories of its nodes).  The per-round helpers return numpy arrays, one entry per round, sorted by round.
     """
 
     label: str
-    summary: dict[str, Any]
+    summary: RunSummary
     config: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[RoundRecord]
     path: Path | None = None
 
     # -- grouping -------------------------------------------------------------------------------------
-    def _by_round(self) -> dict[int, list[dict[str, Any]]]:
-        groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    def _by_round(self) -> dict[int, list[RoundRecord]]:
+        groups: dict[int, list[RoundRecord]] = defaultdict(list)
         for rec in self.records:
-            groups[int(rec["round"])].append(rec)
+            groups[rec.round].append(rec)
         return dict(sorted(groups.items()))
 
     @property
@@ -148,7 +121,7 @@ class RunData:
 
     @property
     def node_ids(self) -> list[int]:
-        return sorted({int(rec["node"]) for rec in self.records})
+        return sorted({rec.node for rec in self.records})
 
     # -- per-round series ------------------------------------------------------------------------------
     def accuracy_per_round(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,7 +131,7 @@ class RunData:
         """
         rounds, means, stds = [], [], []
         for rnd, recs in self._by_round().items():
-            accs = [float(r["test_acc"]) for r in recs if r.get("test_acc") is not None]
+            accs = [r.test_acc for r in recs if r.test_acc is not None]
             if not accs:
                 continue
             arr = np.asarray(accs, dtype=float)
@@ -169,10 +142,11 @@ class RunData:
 
     def consensus_per_round(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rounds, consensus distance)``; the value is the same for all nodes of a round (their mean is
-        taken to be safe).  Rounds without a finite value are left out."""
+        taken to be safe).  Rounds without a finite value are left out (a run merged from per-node
+        directories has none: no single process saw every model)."""
         rounds, values = [], []
         for rnd, recs in self._by_round().items():
-            vals = [float(r["consensus_distance"]) for r in recs if _finite(r.get("consensus_distance"))]
+            vals = [r.consensus_distance for r in recs if _finite(r.consensus_distance)]
             if vals:
                 rounds.append(rnd)
                 values.append(float(np.mean(vals)))
@@ -183,7 +157,7 @@ class RunData:
         rounds, values = [], []
         for rnd, recs in self._by_round().items():
             rounds.append(rnd)
-            values.append(float(np.mean([float(r["bytes_sent"]) for r in recs])))
+            values.append(float(np.mean([float(r.bytes_sent) for r in recs])))
         return np.asarray(rounds, dtype=int), np.asarray(values, dtype=float)
 
     def wall_time_per_round(self) -> tuple[np.ndarray, np.ndarray]:
@@ -191,25 +165,21 @@ class RunData:
         rounds, values = [], []
         for rnd, recs in self._by_round().items():
             rounds.append(rnd)
-            values.append(max(float(r["wall_time"]) for r in recs))
+            values.append(max(r.wall_time for r in recs))
         return np.asarray(rounds, dtype=int), np.asarray(values, dtype=float)
 
     # -- convenience -----------------------------------------------------------------------------------
     def total_wall_time(self) -> float | None:
-        """``summary.wall_time`` when present, else the last round's wall time."""
-        value = self.summary.get("wall_time")
-        if _finite(value):
-            return float(value)
-        _, walls = self.wall_time_per_round()
-        return float(walls[-1]) if len(walls) else None
+        """``summary.wall_time``."""
+        return self.summary.wall_time
 
     def partition_text(self) -> str:
-        return describe_partition(self.summary.get("partition"), self.config)
+        return describe_partition(self.summary.partition, self.config)
 
     def final_epsilon(self) -> float | None:
         """Largest ``epsilon`` over nodes in the last round that has any (None for runs without DP)."""
         for _, recs in reversed(list(self._by_round().items())):
-            eps = [float(r["epsilon"]) for r in recs if _finite(r.get("epsilon"))]
+            eps = [r.epsilon for r in recs if _finite(r.epsilon)]
             if eps:
                 return max(eps)
         return None
@@ -247,147 +217,28 @@ def _find_keys(obj: Any, keys: Sequence[str], depth: int = 0) -> list[Any]:
     return found
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReportError("file is missing", path=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"cannot read file: {exc}", path=path) from exc
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path, line=exc.lineno) from exc
-    if not isinstance(obj, dict):
-        raise ReportError(f"expected a JSON object, got {type(obj).__name__}", path=path)
-    return obj
-
-
-def _validate_summary(summary: dict[str, Any], path: Path) -> None:
-    for name in SUMMARY_REQUIRED:
-        if name not in summary:
-            raise ReportError("required field is missing", path=path, field=name)
-    for name in ("nodes", "rounds"):
-        if not _is_int(summary[name]) or summary[name] < 1:
-            raise ReportError(f"expected a positive integer, got {summary[name]!r}", path=path, field=name)
-    if summary["aggregation"] not in ("gossip", "fedavg"):
-        # not fatal for a report, but a wrong value usually means a wrong file
-        if not isinstance(summary["aggregation"], str):
-            raise ReportError(f"expected a string, got {summary['aggregation']!r}", path=path,
-                              field="aggregation")
-    for name in ("spectral_gap", "wall_time", "peak_rss_mb", "final_acc_mean", "final_acc_std"):
-        if summary.get(name) is not None and not _is_number(summary[name]):
-            raise ReportError(f"expected a number or null, got {summary[name]!r}", path=path, field=name)
-
-
-def _validate_record(rec: dict[str, Any], path: Path, lineno: int) -> None:
-    for name in METRICS_REQUIRED:
-        if name not in rec:
-            raise ReportError("required field is missing", path=path, line=lineno, field=name)
-    if not _is_int(rec["round"]) or rec["round"] < 1:
-        raise ReportError(f"expected a 1-based integer round, got {rec['round']!r}", path=path, line=lineno,
-                          field="round")
-    if not _is_int(rec["node"]) or rec["node"] < 0:
-        raise ReportError(f"expected a non-negative integer node id, got {rec['node']!r}", path=path,
-                          line=lineno, field="node")
-    acc = rec["test_acc"]
-    if acc is not None and not (_finite(acc) and 0.0 <= acc <= 1.0):
-        raise ReportError(f"expected null or an accuracy in [0, 1], got {acc!r}", path=path, line=lineno,
-                          field="test_acc")
-    cons = rec["consensus_distance"]
-    if cons is not None and not _is_number(cons):
-        raise ReportError(f"expected a number or null, got {cons!r}", path=path, line=lineno,
-                          field="consensus_distance")
-    for name in ("bytes_sent", "wall_time"):
-        value = rec[name]
-        if not (_finite(value) and value >= 0):
-            raise ReportError(f"expected a non-negative number, got {value!r}", path=path, line=lineno,
-                              field=name)
-
-
-def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    if not path.is_file():
-        raise ReportError("file is missing", path=path)
-    records: list[dict[str, Any]] = []
-    linenos: list[int] = []
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"cannot read file: {exc}", path=path) from exc
-    with handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ReportError(f"invalid JSON: {exc.msg} (column {exc.colno})", path=path,
-                                      line=lineno) from exc
-                if not isinstance(rec, dict):
-                    raise ReportError(f"expected a JSON object, got {type(rec).__name__}", path=path,
-                                      line=lineno)
-                _validate_record(rec, path, lineno)
-                records.append(rec)
-                linenos.append(lineno)
-        except UnicodeDecodeError as exc:
-            raise ReportError(f"file is not UTF-8: {exc}", path=path) from exc
-    if not records:
-        raise ReportError("no records", path=path)
-    return records, linenos
-
-
-def _check_complete(records: list[dict[str, Any]], linenos: list[int], summary: dict[str, Any],
-                    path: Path) -> None:
-    """Every node has exactly one record for every round 1..summary.rounds."""
-    n_rounds = int(summary["rounds"])
-    n_nodes = int(summary["nodes"])
-    seen: dict[tuple[int, int], int] = {}
-    lines_of_round: dict[int, list[int]] = defaultdict(list)
-    for rec, lineno in zip(records, linenos):
-        rnd, node = rec["round"], rec["node"]
-        if rnd > n_rounds:
-            raise ReportError(f"round {rnd} is beyond summary.rounds = {n_rounds}", path=path, line=lineno,
-                              field="round")
-        key = (node, rnd)
-        if key in seen:
-            raise ReportError(f"duplicate record for node {node} round {rnd} (first at line {seen[key]})",
-                              path=path, line=lineno, field="round")
-        seen[key] = lineno
-        lines_of_round[rnd].append(lineno)
-    nodes = sorted({node for node, _ in seen})
-    if len(nodes) != n_nodes:
-        raise ReportError(f"summary.nodes = {n_nodes} but records name {len(nodes)} node(s): {nodes}",
-                          path=path, field="node")
-    for rnd in range(1, n_rounds + 1):
-        for node in nodes:
-            if (node, rnd) not in seen:
-                others = lines_of_round.get(rnd)
-                hint = (f"other nodes' round-{rnd} records are at line(s) {', '.join(map(str, others[:8]))}"
-                        if others else f"no node has a record for round {rnd}")
-                raise ReportError(f"node {node} has no record for round {rnd} (expected rounds 1..{n_rounds}; "
-                                  f"{hint})", path=path, field="round")
+def _run_data(run: record.RunDirectory, label: str | None = None) -> RunData:
+    if label is None:
+        label = run.summary.label.strip() or run.path.resolve().name
+    return RunData(label=label, summary=run.summary, config=run.config, records=run.records, path=run.path)
 
 
 def load_run(path: str | os.PathLike[str], label: str | None = None) -> RunData:
-    """Read and validate one run directory.
+    """Read and validate one run directory that holds every node of its run.
 
     Raises :class:`ReportError` naming the file, line and field on missing files, bad JSON, missing
-    required fields, wrong types, duplicate records, or a node lacking a round.
+    required fields, wrong types, an unknown schema version, duplicate records, or a node lacking a round.
     """
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise ReportError("not a directory", path=run_dir)
-    config = _read_json_object(run_dir / CONFIG_FILE)
-    summary_path = run_dir / SUMMARY_FILE
-    summary = _read_json_object(summary_path)
-    _validate_summary(summary, summary_path)
-    metrics_path = run_dir / METRICS_FILE
-    records, linenos = _read_metrics(metrics_path)
-    _check_complete(records, linenos, summary, metrics_path)
-    if label is None:
-        label = str(summary["label"]).strip() or run_dir.resolve().name
-    return RunData(label=label, summary=summary, config=config, records=records, path=run_dir)
+    run = record.read_run(path)
+    record.check_complete(run)
+    return _run_data(run, label)
+
+
+def load_runs(paths: Iterable[str | os.PathLike[str]]) -> list[RunData]:
+    """Read every run directory of ``paths``; the directories that hold one node's share of a run
+    (``p2pfl node --run-dir`` on each machine) are merged into one run, refused with the differing field
+    if they are not the same experiment or with both places if a (node, round) is recorded twice."""
+    return [_run_data(run) for run in record.read_runs(paths)]
 
 
 # --------------------------------------------------------------------------------------------- summary rows
@@ -423,16 +274,6 @@ class Row:
         return self.rounds_to_target is not None
 
 
-def _opt_float(value: Any) -> float | None:
-    return float(value) if _is_number(value) else None
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 def _check_target(target_acc: float) -> float:
     if not _is_number(target_acc) or not (0.0 < float(target_acc) <= 1.0):
         raise ReportError(f"target accuracy must be in (0, 1], got {target_acc!r}")
@@ -461,12 +302,12 @@ def summarize(run: RunData, target_acc: float) -> Row:
     epsilon = run.final_epsilon()
     return Row(
         label=run.label,
-        topology=str(s.get("topology", "?")),
-        aggregation=str(s.get("aggregation", "?")),
-        secure_agg=_as_bool(s.get("secure_agg", False)),
+        topology=s.topology,
+        aggregation=s.aggregation,
+        secure_agg=s.secure_agg,
         partition=run.partition_text(),
-        nodes=int(s["nodes"]) if _is_int(s.get("nodes")) else len(run.node_ids),
-        rounds=int(s["rounds"]) if _is_int(s.get("rounds")) else (max(run.rounds) if run.records else 0),
+        nodes=s.nodes,
+        rounds=s.rounds,
         target_acc=target_acc,
         final_round=final_round,
         final_acc_mean=final_mean,
@@ -475,11 +316,11 @@ def summarize(run: RunData, target_acc: float) -> Row:
         bytes_to_target=bytes_to_target,
         wall_time_to_target=wall_to_target,
         total_wall_time=run.total_wall_time(),
-        spectral_gap=_opt_float(s.get("spectral_gap")),
+        spectral_gap=s.spectral_gap,
         final_consensus=float(cons[-1]) if len(cons) else None,
-        peak_rss_mb=_opt_float(s.get("peak_rss_mb")),
+        peak_rss_mb=s.peak_rss_mb,
         epsilon=epsilon,
-        dp_delta=_opt_float(run.config.get("dp_delta")) if epsilon is not None else None,
+        dp_delta=s.dp_delta if epsilon is not None else None,
     )
 
 
@@ -873,7 +714,8 @@ def _unique_labels(runs: list[RunData]) -> None:
 def main(run_dirs: Sequence[str], out_dir: str | None, target: float, console: Console | None = None) -> ReportFiles:
     """Entry point for ``p2pfl report RUN_DIR...`` (and the end of ``p2pfl compare``).
 
-    Loads every run (a directory of runs counts as all of them), writes the report files and prints the
+    Loads every run (a directory of runs counts as all of them; the directories that the nodes of one
+    experiment wrote on their own machines are merged into one run), writes the report files and prints the
     table.  ``out_dir`` defaults to the single directory given, or ``./report`` for several.  Raises
     :class:`ReportError` on bad input; the CLI turns it into a usage error.
     """
@@ -881,7 +723,7 @@ def main(run_dirs: Sequence[str], out_dir: str | None, target: float, console: C
     if not run_dirs:
         raise ReportError("no run directories given")
     target = _check_target(target)
-    runs = [load_run(p) for p in find_runs(run_dirs)]
+    runs = load_runs(find_runs(run_dirs))
     _unique_labels(runs)
     if out_dir is None:
         out_dir = str(run_dirs[0]) if len(run_dirs) == 1 else os.path.join(os.getcwd(), "report")

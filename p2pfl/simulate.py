@@ -1,27 +1,23 @@
 """Simulation on one host: many real nodes, real sockets, real crypto, as OS processes.
 
-Owns the run directory (keys, cluster file, resolved config, metrics.jsonl, summary.json), the
-worker processes that each host one or more nodes (one thread per node), the live progress
-display and the consensus distance (only the launcher sees every model). It does not know
-protocol details: nodes are started exactly as `p2pfl node` starts them, from a cluster file.
+Owns the cluster of a local run (keys, cluster file, topology file), the worker processes that
+each host one or more nodes (one thread per node), the live progress display and the consensus
+distance (only the launcher sees every model). The run directory's files are written through
+`p2pfl.record`, which owns their schema. It does not know protocol details: nodes are started
+exactly as `p2pfl node` starts them, from a cluster file.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import multiprocessing as mp
 import os
 import queue
-import resource
 import socket
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from p2pfl import topology
 from p2pfl.config import Cluster, ConfigError, ExperimentConfig, NodeEntry, write_cluster
 from p2pfl.crypto import decode_public, load_private_key, write_keypair
+from p2pfl.record import (MODELS_DIR, METRICS_FILE, MetricsWriter, RoundRecord, build_summary, own_peak_rss_mb,
+                          parse_record, save_model, write_config, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class RunResult:
     """Where a finished simulation wrote its files, and its headline figures."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # summary.json as written (`record.RunSummary.to_json()`)
 
 
 # -- preparing a run directory ---------------------------------------------------------------
@@ -87,18 +85,6 @@ def assign_processes(nodes: int, processes: int) -> list[list[int]]:
 # -- worker processes ------------------------------------------------------------------------
 
 
-def save_model(path: Path, flat: np.ndarray) -> None:
-    """A node's trained model, flat float32 (LocalTrainer.set_flat loads it back; no pickle).
-
-    Mode 0600 from the start, like a checkpoint: the model is what the node's data taught it.
-    """
-    from p2pfl.checkpoint import write_private  # imports torch: workers only, not the launcher
-
-    buf = io.BytesIO()
-    np.save(buf, flat, allow_pickle=False)
-    write_private(path, [buf.getvalue()])
-
-
 def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue) -> None:
     """Host `node_ids` in this process, one thread each, reporting every round to `events`."""
     # One compute thread per node thread: OpenMP's thread count is per thread, and N processes x
@@ -122,10 +108,11 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     task = load_task(cfg.task, cfg.seed)
     parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
     context = zmq.Context()
-    models = Path(cluster_path).parent / "models"
+    models = Path(cluster_path).parent / MODELS_DIR
     models.mkdir(mode=0o700, exist_ok=True)  # the nodes' private models
 
-    def report(record: Any) -> None:
+    def report(record: RoundRecord) -> None:
+        # Serialised now, not when the queue's feeder thread pickles it: the node drops `delta` on return.
         events.put(("round", record.to_json(), record.delta.tobytes()))
 
     def run_one(node_id: int) -> None:
@@ -155,16 +142,17 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
 class _Collector:
     """Gathers per-node records, writes complete rounds in order, computes consensus distance."""
 
-    def __init__(self, nodes: int, metrics_path: Path) -> None:
+    def __init__(self, nodes: int, writer: MetricsWriter) -> None:
         self.nodes = nodes
-        self.pending: dict[int, dict[int, tuple[dict, np.ndarray]]] = {}
-        self.file = metrics_path.open("w")
+        self.pending: dict[int, dict[int, tuple[RoundRecord, np.ndarray]]] = {}
+        self.writer = writer
+        self.written: list[RoundRecord] = []  # what metrics.jsonl holds, for the summary
         self.next_round = 1
         self.live = set(range(nodes))
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
 
-    def add(self, record: dict, delta: np.ndarray) -> None:
-        self.pending.setdefault(record["round"], {})[record["node"]] = (record, delta)
+    def add(self, record: RoundRecord, delta: np.ndarray) -> None:
+        self.pending.setdefault(record.round, {})[record.node] = (record, delta)
         self.flush()
 
     def node_gone(self, node_id: int) -> None:
@@ -180,24 +168,24 @@ class _Collector:
             del self.pending[self.next_round]
             self.next_round += 1
 
-    def _write(self, r: int, got: dict[int, tuple[dict, np.ndarray]]) -> None:
+    def _write(self, r: int, got: dict[int, tuple[RoundRecord, np.ndarray]]) -> None:
         deltas = np.stack([d for _, d in got.values()]).astype(np.float64)
         distance = float(((deltas - deltas.mean(axis=0)) ** 2).sum(axis=1).mean())
-        accs = [rec["test_acc"] for rec, _ in got.values() if rec["test_acc"] is not None]
         for node_id in sorted(got):
-            rec = dict(got[node_id][0], consensus_distance=distance)
-            rec.setdefault("epsilon", None)
-            self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
-        eps = [rec["epsilon"] for rec, _ in got.values() if rec.get("epsilon") is not None]
+            rec = replace(got[node_id][0], consensus_distance=distance)
+            self.writer.append(rec)
+            self.written.append(rec)
+        recs = [rec for rec, _ in got.values()]
+        accs = [rec.test_acc for rec in recs if rec.test_acc is not None]
+        eps = [rec.epsilon for rec in recs if rec.epsilon is not None]
         self.last = {"round": r, "consensus": distance, "acc_mean": float(np.mean(accs)) if accs else float("nan"),
                      "acc_std": float(np.std(accs)) if accs else float("nan"),
-                     "bytes": float(np.mean([rec["bytes_sent"] for rec, _ in got.values()])),
+                     "bytes": float(np.mean([rec.bytes_sent for rec in recs])),
                      "epsilon": max(eps) if eps else None}
 
     def close(self) -> None:
         self.flush(final=True)
-        self.file.close()
+        self.writer.close()
 
 
 def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | None = None) -> RunResult:
@@ -206,7 +194,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     run_dir.mkdir(parents=True, exist_ok=True)
     graph = config.graph()
     cluster_path = prepare_cluster(config, run_dir)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_config(run_dir, config.to_dict())
     groups = assign_processes(config.nodes, config.processes)
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited sockets or threads
     events: mp.Queue = ctx.Queue()
@@ -214,7 +202,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events), daemon=True) for g in groups]
     for p in procs:
         p.start()
-    collector = _Collector(config.nodes, run_dir / "metrics.jsonl")
+    collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE))
     errors: dict[int, str] = {}
     rss: list[float] = []
     try:
@@ -229,9 +217,12 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     if errors:
         node_id, tb = next(iter(sorted(errors.items())))
         raise RuntimeError(f"node {node_id} failed ({len(errors)} node(s) in all):\n{tb}")
-    summary = _summary(config, graph, run_dir, wall, rss)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return RunResult(run_dir, summary)
+    summary = build_summary(config, topology=config.topology,
+                            spectral_gap=topology.spectral_gap(topology.metropolis_hastings(graph)),
+                            node_ids=range(config.nodes), records=collector.written, wall_time=wall,
+                            processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss))
+    write_summary(run_dir, summary)
+    return RunResult(run_dir, summary.to_json())
 
 
 def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector: _Collector,
@@ -252,7 +243,8 @@ def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector:
                 continue
             kind = event[0]
             if kind == "round":
-                collector.add(event[1], np.frombuffer(event[2], dtype=np.float32))
+                record = parse_record(event[1], collector.writer.path)  # a worker sent a bad record: say which field
+                collector.add(record, np.frombuffer(event[2], dtype=np.float32))
                 if collector.last:
                     progress.update(bar, completed=collector.last["round"], figures=_figures(collector.last))
             elif kind == "done":
@@ -270,56 +262,6 @@ def _figures(last: dict[str, Any]) -> str:
     if last.get("epsilon") is not None:
         text += f"  ε max {last['epsilon']:.2f}"
     return text
-
-
-def _summary(config: ExperimentConfig, graph: Any, run_dir: Path, wall: float, rss: list[float]) -> dict[str, Any]:
-    last: dict[int, float] = {}
-    eps: dict[int, float] = {}
-    with (run_dir / "metrics.jsonl").open() as fh:
-        for line in fh:
-            rec = json.loads(line)
-            if rec["test_acc"] is not None:
-                last[rec["node"]] = rec["test_acc"]
-            if rec.get("epsilon") is not None:
-                eps[rec["node"]] = rec["epsilon"]
-    accs = list(last.values())
-    partition = "iid" if config.partition == "iid" else f"dirichlet(alpha={config.alpha})"
-    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "label": config.display_label(),
-        "topology": config.topology,
-        "aggregation": config.aggregation,
-        "secure_agg": config.secure_agg,
-        "nodes": config.nodes,
-        "rounds": config.rounds,
-        "partition": partition,
-        "seed": config.seed,
-        "spectral_gap": topology.spectral_gap(topology.metropolis_hastings(graph)),
-        "final_acc_mean": float(np.mean(accs)) if accs else None,
-        "final_acc_std": float(np.std(accs)) if accs else None,
-        "dp": config.dp,
-        "dp_delta": config.dp_delta if config.dp_enabled else None,
-        "epsilon_max": max(eps.values()) if eps else None,  # largest epsilon of any node after its last round
-        "compression": config.compression,
-        "participation": config.participation,
-        "fedavg_sample": config.fedavg_sample,
-        "fedprox_mu": config.fedprox_mu,
-        "wall_time": wall,
-        "processes": len(rss),
-        # Sum of every process's own peak: an upper bound on the simulation's peak footprint.
-        "peak_rss_mb": own_rss + sum(rss),
-        "versions": _versions(),
-    }
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("p2pfl", "torch", "pyzmq", "pynacl", "networkx", "msgpack", "numpy", "scikit-learn"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 # -- comparisons -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from matplotlib import image as mimage
 from rich.console import Console
 from rich.table import Table
 
-from p2pfl import report
+from p2pfl import record, report
+from p2pfl.record import RoundRecord, RunSummary
 from p2pfl.report import ReportError, Row, load_run, summarize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -52,7 +54,7 @@ def consensus(rnd: int) -> float:
 def write_run(root: Path, name: str, accs, *, label: str | None = None, partition="iid",
               topology="ring", aggregation="gossip", secure_agg=False, cons=consensus,
               summary_extra: dict | None = None, drop: tuple[int, int] | None = None) -> Path:
-    """Write config.json / summary.json / metrics.jsonl in the documented run-directory format.
+    """Write config.json / summary.json / metrics.jsonl through p2pfl.record, the run directory's writer.
 
     ``accs[r][n]`` is node n's test_acc at round r+1 (None = not evaluated). ``drop=(round, node)`` leaves that
     record out.
@@ -60,28 +62,35 @@ def write_run(root: Path, name: str, accs, *, label: str | None = None, partitio
     run = root / name
     run.mkdir(parents=True)
     n_rounds, n_nodes = len(accs), len(accs[0])
-    (run / "config.json").write_text(json.dumps({"name": name, "nodes": n_nodes, "rounds": n_rounds}))
-    lines = []
+    record.write_config(run, {"name": name, "nodes": n_nodes, "rounds": n_rounds})
+    writer = record.MetricsWriter(run / "metrics.jsonl")
     for r in range(1, n_rounds + 1):
         for n in range(n_nodes):
-            if drop == (r, n):
-                continue
-            lines.append(json.dumps({
-                "round": r, "node": n, "train_loss": 1.0 / r, "test_loss": 1.1 / r, "test_acc": accs[r - 1][n],
-                "consensus_distance": cons(r), "bytes_sent": bytes_sent(r, n),
-                "bytes_received": bytes_sent(r, n), "wall_time": wall_time(r, n), "round_time": 1.5,
-                "arrived": 2, "dropped": {}, "epsilon": None,
-            }))
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    summary = {
-        "label": label or name, "topology": topology, "aggregation": aggregation, "secure_agg": secure_agg,
-        "nodes": n_nodes, "rounds": n_rounds, "partition": partition, "seed": 0, "spectral_gap": 0.25,
-        "final_acc_mean": None, "final_acc_std": None, "wall_time": wall_time(n_rounds, n_nodes - 1) + 0.5,
-        "peak_rss_mb": 123.4, "versions": {"p2pfl": "0.1.0"},
-    }
-    summary.update(summary_extra or {})
-    (run / "summary.json").write_text(json.dumps(summary))
+            if drop != (r, n):
+                writer.append(round_record(r, n, accs[r - 1][n], cons(r)))
+    writer.close()
+    summary = make_summary(label=label or name, topology=topology, aggregation=aggregation, secure_agg=secure_agg,
+                           nodes=n_nodes, rounds=n_rounds, partition=partition,
+                           wall_time=wall_time(n_rounds, n_nodes - 1) + 0.5)
+    record.write_summary(run, replace(summary, **(summary_extra or {})))
     return run
+
+
+def round_record(r: int, n: int, acc: float | None, cons: float | None = None) -> RoundRecord:
+    return RoundRecord(round=r, node=n, train_loss=1.0 / r, test_loss=1.1 / r, test_acc=acc,
+                       bytes_sent=bytes_sent(r, n), bytes_received=bytes_sent(r, n), wall_time=wall_time(r, n),
+                       round_time=1.5, train_time=1.0, cpu_time=1.2, arrived=2, dropped={}, aggregation="ok",
+                       consensus_distance=cons)
+
+
+def make_summary(**fields) -> RunSummary:
+    base = dict(label="run", topology="ring", aggregation="gossip", secure_agg=False, nodes=3, rounds=5,
+                partition="iid", seed=0, spectral_gap=0.25, node_ids=list(range(fields.get("nodes", 3))),
+                final_acc_mean=None, final_acc_std=None, dp="off", dp_delta=None, epsilon_max=None,
+                compression="none", participation=1.0, fedavg_sample=0, fedprox_mu=0.0, wall_time=1.0,
+                processes=1, peak_rss_mb=123.4, versions={"p2pfl": "0.1.0"})
+    base.update(fields)
+    return RunSummary(**base)
 
 
 @pytest.fixture
@@ -99,7 +108,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
 def test_load_run_and_per_round_helpers(two_runs):
     run = load_run(two_runs[0])
     assert run.label == "ring gossip"
-    assert run.summary["topology"] == "ring" and run.config["name"] == "fast"
+    assert run.summary.topology == "ring" and run.config["name"] == "fast"
     assert len(run.records) == 15 and run.rounds == [1, 2, 3, 4, 5]
 
     rounds, mean, std = run.accuracy_per_round()
