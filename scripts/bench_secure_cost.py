@@ -4,12 +4,15 @@
 Three measurements (four with --in-situ), plain gossip against secure aggregation in the same run:
 
 1. Whole nodes: every node of the topology as a thread of this process (real sockets, real
-   crypto, `tests/helpers/inproc.run_nodes`), CPU time per node thread (`time.thread_time`)
-   divided by the rounds, the messages each node sent per round, and its wake-ups per round
-   (waits on its socket that ended with a message: a node thread put back on a core).
-2. The protocol alone: the sans-I/O round state machines of all nodes driven in memory (the
-   router of `tests/test_secagg.py`), with the static pairwise keys cached as the node caches
-   them: what the cryptography and bookkeeping cost without any message passing.
+   crypto, `p2pfl.inprocess.run_nodes` over loopback tcp://), CPU time per node thread
+   (`time.thread_time`) divided by the rounds, the messages each node sent per round, and its
+   wake-ups per round (waits on its socket that ended with a message: a node thread put back on
+   a core).
+2. The protocol alone: the sans-I/O round state machines of all nodes driven from one thread
+   over the package's in-memory transport (`p2pfl.transports.memory`: the same sessions, and
+   every message sealed and opened as over ZeroMQ, but no sockets, no other threads, no
+   wake-ups), with the static pairwise keys cached as the node caches them: what the
+   cryptography, the sealing and the bookkeeping cost without sockets.
 3. The primitives floor: only the cryptography and messaging a degree-d node cannot avoid in a
    fault-free pipelined round (docs/secagg.md 3.1, 3.3), timed on this thread with no protocol
    around them: d key pairs, d(d-1) X25519 agreements, d^2 + d model-sized keystreams with their
@@ -24,7 +27,8 @@ Three measurements (four with --in-situ), plain gossip against secure aggregatio
    than alone; the secure run's extra primitive CPU, added to the plain node's CPU, is the floor
    the benchmark's round-time ratio can reach with no protocol code at all.
 
-The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost.
+The difference between (1) secure and (1) plain, minus (2), is what the extra messages cost
+beyond their sealing: sockets, wake-ups, the node's own code.
 
     .venv/bin/python scripts/bench_secure_cost.py [--topology regular:d=4] [--nodes 16] [--rounds 30] [--no-verify-views]
     .venv/bin/python scripts/bench_secure_cost.py --task bench_round:digits_mlp_300k   # the 300k-parameter MLP
@@ -37,7 +41,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -46,24 +49,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import zmq
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
-# The in-process runner and the in-memory router are test helpers; reuse them rather than copy.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from helpers.inproc import run_nodes  # noqa: E402
-from test_secagg import Router, make_secrets  # noqa: E402
-
-import zmq  # noqa: E402
-from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base  # noqa: E402
-
-from p2pfl import crypto, masking, secagg, shamir, simulate, topology  # noqa: E402
-from p2pfl.config import ExperimentConfig  # noqa: E402
-from p2pfl.masking import mask_vector  # noqa: E402
-from p2pfl.node import Node  # noqa: E402
-from p2pfl.protocols import GossipRound  # noqa: E402
-from p2pfl.secagg import SecAggParams, SecureGossipRound  # noqa: E402
-from p2pfl.simulate import run_simulation  # noqa: E402
-from p2pfl.training import LocalTrainer  # noqa: E402
+from p2pfl import crypto, masking, secagg, shamir, simulate, topology, wire
+from p2pfl.config import ExperimentConfig
+from p2pfl.inprocess import run_nodes
+from p2pfl.masking import mask_vector
+from p2pfl.messages import Outbound
+from p2pfl.node import Node
+from p2pfl.protocols import GossipRound, Rejected, RoundProtocol
+from p2pfl.secagg import SecAggParams, SecureGossipRound
+from p2pfl.simulate import run_simulation
+from p2pfl.training import LocalTrainer
+from p2pfl.transport import Peer
+from p2pfl.transports.memory import MemoryNetwork, MemoryTransport
 
 
 def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, int]]:
@@ -176,12 +176,21 @@ def _timed_worker(out_dir: str, *args: object) -> None:
 
 
 def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int = 10) -> float:
-    """CPU ms per node and round of the round protocols alone, driven in memory."""
+    """CPU ms per node and round of the round protocols over in-memory transports, one thread."""
     graph = cfg.graph()
     adjacency = {v: sorted(graph.neighbors(v)) for v in graph.nodes}
     weights = {v: topology.mh_weights(graph, v) for v in graph.nodes}
-    secrets = {v: functools.lru_cache(None)(f) for v, f in make_secrets(graph.nodes).items()}
+    keys = {v: crypto.generate_keypair() for v in graph.nodes}
+    secrets = {v: _secret_of(v, keys) for v in graph.nodes}
     xs = {v: (np.random.default_rng(v).standard_normal(params) * 0.1).astype(np.float32) for v in graph.nodes}
+    peers = {v: Peer(f"mem://bench-{v}", keys[v][1]) for v in graph.nodes}
+    network, limits = MemoryNetwork(), wire.Limits.for_model(params)
+    transports = {v: MemoryTransport(v, keys[v][0], peers, adjacency[v], limits, network) for v in graph.nodes}
+    for t in transports.values():
+        t.start()
+    while not all(t.established(j) for t in transports.values() for j in t.neighbours):  # untimed
+        for t in transports.values():
+            t.recv(0.001)
 
     prepared: dict = {v: None for v in graph.nodes}
 
@@ -192,15 +201,58 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
                                            prepared=prepared[v]) for v in graph.nodes}
         else:
             protos = {v: GossipRound(v, r, weights[v], xs[v]) for v in graph.nodes}
-        Router(protos).run()
+        _drive(protos, transports)
         if secure:
             prepared.update({v: p.prepared_next() for v, p in protos.items()})
 
-    one(0)  # warm-up: the pairwise keys are made once, as a node makes them once
-    start = time.thread_time()
-    for r in range(1, rounds + 1):
-        one(r)
-    return 1e3 * (time.thread_time() - start) / (rounds * cfg.nodes)
+    try:
+        one(0)  # warm-up: the pairwise keys are made once, as a node makes them once
+        start = time.thread_time()
+        for r in range(1, rounds + 1):
+            one(r)
+        return 1e3 * (time.thread_time() - start) / (rounds * cfg.nodes)
+    finally:
+        for t in transports.values():
+            t.close()
+
+
+def _secret_of(v: int, keys: dict[int, tuple[bytes, bytes]]) -> Callable[[int, bytes], bytes]:
+    """Node v's pairwise secrets, cached as the node caches them (`Node._secret`)."""
+    @functools.lru_cache(None)
+    def secret(peer: int, context: bytes) -> bytes:
+        return crypto.pairwise_key(keys[v][0], v, keys[peer][1], peer, context)
+
+    return secret
+
+
+def _drive(protos: dict[int, RoundProtocol], transports: dict[int, MemoryTransport], max_deadlines: int = 20) -> None:
+    """Run one round of every node's protocol over `transports`, as the node loop does: send
+    `start()`, deliver until nothing is in flight, then pass every unfinished node's deadline."""
+    def post(outs: list[Outbound], v: int) -> None:
+        for to, msg in outs:
+            assert transports[v].send(to, msg), "a send failed: the benchmark would measure drops"
+
+    for v, p in protos.items():
+        post(p.start(), v)
+    deadlines = 0
+    while True:
+        delivered = True
+        while delivered:  # until a sweep over every node finds nothing in flight
+            delivered = False
+            for v, t in transports.items():
+                while (msg := t.recv(0)) is not None:
+                    delivered = True
+                    try:
+                        post(protos[v].on_message(msg), v)
+                    except Rejected:
+                        pass
+        unfinished = [v for v, p in protos.items() if not p.finished()]
+        if not unfinished:
+            return
+        assert deadlines < max_deadlines, "protocol did not finish"
+        deadlines += 1
+        for v in unfinished:
+            post(protos[v].on_deadline(), v)
 
 
 def primitives_floor(degree: int, params: int, messages: float, repeats: int = 20) -> dict[str, float]:
@@ -302,7 +354,8 @@ def main() -> None:
           + ", ".join(f"{name} {ms:.2f}" for name, ms in floor.items()))
     compute = total - floor["raw messages"]
     print(f"plain + floor would be {(pc + total) / pc:.2f}x plain. Beyond the floor the secure node spends "
-          f"{sa - pa - compute:.1f} ms in the protocol's own Python (protocol alone minus its primitives) and "
+          f"{sa - pa - compute:.1f} ms in the protocol's own Python and the sealing of its messages (protocol alone "
+          f"minus its primitives) and "
           f"{extra - floor['raw messages']:.1f} ms in the whole node beyond that and raw pyzmq (node and transport code, "
           f"wake-ups, memory traffic)")
     if args.in_situ:
