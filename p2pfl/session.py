@@ -1,17 +1,19 @@
 """Sessions: a fresh key for every (sender process, receiver process) pair, agreed by a handshake.
 
-Owns the node's ephemeral X25519 key pair (new at every Transport start, never written down),
+Owns the node's ephemeral X25519 key pair (new at every transport start, never written down),
 the handshake's messages and checks, how a session's key and id are derived, and the state of
 both roles towards one neighbour:
 
-- `Outbound` (we initiate, on our DEALER to the neighbour; it seals what we send it):
+- `Outbound` (we initiate, on our connection to the neighbour, a DEALER over ZeroMQ; it seals
+  what we send it):
   stages `Stage`, moves only along `TRANSITIONS` (as h11's `_state.py` does);
-- `Inbound` (the neighbour initiates, on its DEALER to our ROUTER; it opens what it sends us):
+- `Inbound` (the neighbour initiates, on its connection to us, its DEALER to our ROUTER over
+  ZeroMQ; it opens what it sends us):
   the sessions it has proposed (pending) and the one we accepted (active).
 
-It is sans-I/O: it never touches a socket or a clock of its own. The transport seals, sends and
-receives the handshake messages this module builds and reads, and probes whether a connection is
-still up (docs/wire.md, *Sessions*, has the exact message sequence). It does not know the byte
+It is sans-I/O: it never touches a socket or a clock of its own. `channel.Channels` seals, sends
+and receives the handshake messages this module builds and reads (over whichever transport), and
+probes whether a connection is still up (docs/wire.md, *Sessions*, has the exact message sequence). It does not know the byte
 layout of messages (`wire`).
 
 Why: a key that survives restarts (the static pairwise key) cannot tell a frame of this run from
@@ -279,11 +281,11 @@ class Outbound:
 
 @dataclass
 class Proposed:
-    """A session a neighbour's process proposed (INIT); accepted once its CONFIRM passes the transport's checks."""
+    """A session a neighbour's process proposed (INIT); accepted once its CONFIRM passes the channel's checks."""
 
     agreed: Agreed
     peer_ephemeral: bytes
-    route: bytes  # the ROUTER routing id of the connection it came on (updated by later frames)
+    route: bytes  # names the connection it came on (a ROUTER routing id; updated by later frames)
     accepted: bool = False
     last_counter: int = 0  # replay rule within the session: counters only grow
     last_heard: float = 0.0  # monotonic time of its last authenticated frame
@@ -327,7 +329,7 @@ class Inbound:
         """The active session of another process of the same node id, if there is one.
 
         The same process re-agreeing (a retry, or after a reset) has the same ephemeral key:
-        not a rival. Whether the rival's process is still alive is for the transport to probe.
+        not a rival. Whether the rival's process is still alive is for the channel to probe.
         """
         current = self.sessions.get(self.active) if self.active is not None else None
         if current is None or current is proposed or current.peer_ephemeral == proposed.peer_ephemeral:
