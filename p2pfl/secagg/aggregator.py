@@ -58,8 +58,6 @@ class GroupFailure:
 class Aggregator:
     """This node's own group: collect shares, forward them, sum masked inputs, agree a view, unmask."""
 
-    DONE = AggStage.DONE
-
     def __init__(self, spec: GroupSpec, expected: Iterable[int] | None = None) -> None:
         self.spec = spec
         # members whose shares phase 0 waits for (others still count if they share before it closes)
@@ -236,7 +234,7 @@ class Aggregator:
         vec = msg.tensors.get(MASKED)
         if not isinstance(vec, np.ndarray) or vec.dtype != np.uint32 or vec.shape != (self.spec.length,):
             raise Rejected("bad_tensor", f"masked input from {u} is not uint32({self.spec.length},)")
-        masked: Masked = Masked.decode(body)
+        masked = Masked.decode(body)
         if set(masked.attest) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"masked input from {u} is not attested to exactly its co-members")
         self._take_next(u, masked.next)
@@ -321,7 +319,7 @@ class Aggregator:
             raise Rejected("excluded", f"confirmation from {u}, not in this round's group")
         if u in self.macs:
             raise Rejected("duplicate", f"second confirmation from {u}")
-        confirm: Confirm = Confirm.decode(body)
+        confirm = Confirm.decode(body)
         if set(confirm.macs) != set(self.u1) - {u}:
             raise Rejected("bad_body", f"confirmation from {u} is not addressed to exactly its co-members")
         self.macs[u] = dict(confirm.macs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import msgpack
 import numpy as np
@@ -109,11 +109,11 @@ class Body(ABC):
 
     @classmethod
     @abstractmethod
-    def parse(cls, obj: Any) -> Body:
+    def parse(cls, obj: Any) -> Self:
         """Check the form of every field of a map that has exactly `KEYS`."""
 
     @classmethod
-    def decode(cls, body: Any) -> Any:
+    def decode(cls, body: Any) -> Self:
         return cls.parse(decode_map(body, cls.KEYS))
 
 
@@ -125,14 +125,14 @@ class SharePlain(Body):
     pk: bytes
     b: bytes
     c: bytes
-    STEP: ClassVar[str] = ""
+    STEP: ClassVar[str] = ""  # not a step of its own: it travels sealed inside `shares` and `bundle`
     KEYS: ClassVar[frozenset[str]] = frozenset({"pk", "b", "c"})
 
     def to_obj(self) -> dict[str, Any]:
         return {"pk": self.pk, "b": self.b, "c": self.c}
 
     @classmethod
-    def parse(cls, obj: Any) -> SharePlain:
+    def parse(cls, obj: Any) -> Self:
         return cls(fixed_bytes(obj["pk"], KEY_BYTES, "pk"), fixed_bytes(obj["b"], shamir.SHARE_BYTES, "b"),
                    fixed_bytes(obj["c"], shamir.SHARE_BYTES, "c"))
 
@@ -151,7 +151,7 @@ class Shares(Body):
         return {"pk": self.pk, "commit": self.commit, "ct": self.ct}
 
     @classmethod
-    def parse(cls, obj: Any) -> Shares:
+    def parse(cls, obj: Any) -> Self:
         check_keys(obj, cls.KEYS, "shares")
         return cls(fixed_bytes(obj["pk"], KEY_BYTES, "pk"), fixed_bytes(obj["commit"], KEY_BYTES, "commit"),
                    id_map(obj["ct"], "ct", CT_MIN, CT_MAX))
@@ -170,7 +170,7 @@ class Bundle(Body):
         return {"members": self.members, "ct": self.ct}
 
     @classmethod
-    def parse(cls, obj: Any) -> Bundle:
+    def parse(cls, obj: Any) -> Self:
         check_keys(obj, cls.KEYS, "bundle")
         return cls(id_list(obj["members"], "members"), id_map(obj["ct"], "ct", CT_MIN, CT_MAX))
 
@@ -189,7 +189,7 @@ class Masked(Body):
         return {"attest": self.attest, "next": self.next}
 
     @classmethod
-    def parse(cls, obj: Any) -> Masked:
+    def parse(cls, obj: Any) -> Self:
         return cls(id_map(obj["attest"], "attest", MAC_BYTES, MAC_BYTES), obj["next"])
 
 
@@ -209,7 +209,7 @@ class Unmask(Body):
         return {"survivors": self.survivors, "dropped": self.dropped, "attest": self.attest, "next": self.next}
 
     @classmethod
-    def parse(cls, obj: Any) -> Unmask:
+    def parse(cls, obj: Any) -> Self:
         return cls(id_list(obj["survivors"], "survivors"), id_list(obj["dropped"], "dropped"),
                    id_map(obj["attest"], "attest", MAC_BYTES, MAC_BYTES), obj["next"])
 
@@ -226,7 +226,7 @@ class Confirm(Body):
         return {"macs": self.macs}
 
     @classmethod
-    def parse(cls, obj: Any) -> Confirm:
+    def parse(cls, obj: Any) -> Self:
         return cls(id_map(obj["macs"], "macs", MAC_BYTES, MAC_BYTES))
 
 
@@ -243,7 +243,7 @@ class Proof(Body):
         return {"macs": self.macs, "next": self.next}
 
     @classmethod
-    def parse(cls, obj: Any) -> Proof:
+    def parse(cls, obj: Any) -> Self:
         return cls(id_map(obj["macs"], "macs", MAC_BYTES, MAC_BYTES), obj["next"])
 
 
@@ -260,7 +260,7 @@ class Reveal(Body):
         return {"self": self.self_shares, "mask": self.mask_shares}
 
     @classmethod
-    def parse(cls, obj: Any) -> Reveal:
+    def parse(cls, obj: Any) -> Self:
         n = shamir.SHARE_BYTES
         return cls(id_map(obj["self"], "self", n, n), id_map(obj["mask"], "mask", n, n))
 
@@ -277,7 +277,7 @@ class Abort(Body):
         return {"reason": self.reason}
 
     @classmethod
-    def parse(cls, obj: Any) -> Abort:
+    def parse(cls, obj: Any) -> Self:
         reason = obj["reason"]
         return cls(reason[:REASON_CHARS] if isinstance(reason, str) else "?")
 

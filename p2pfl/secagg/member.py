@@ -191,7 +191,7 @@ class Member:
         if self._stage is not MemberStage.MASKED:
             raise Rejected("duplicate" if self._stage in (MemberStage.CONFIRMED, MemberStage.DONE) else "out_of_order",
                            "unmask request")
-        req: Unmask = Unmask.decode(body)
+        req = Unmask.decode(body)
         self._check_view(req)
         self.view = (req.survivors, req.dropped)
         if not spec.needs_confirmation(req.dropped):
@@ -235,7 +235,7 @@ class Member:
         if self._stage is not MemberStage.CONFIRMED:
             raise Rejected("duplicate" if self._stage is MemberStage.DONE else "out_of_order", "proof")
         assert self.view is not None
-        proof: Proof = Proof.decode(body)
+        proof = Proof.decode(body)
         if not set(proof.macs) <= set(self.u1) - {me}:
             raise Rejected("bad_body", "proof carries confirmations from outside the group")
         self.next_bundle = proof.next  # the next round's bundle, for the round to hand on (None: none)
