@@ -1,11 +1,14 @@
 """Every node of a config as a thread of this process, over the transport an address scheme names.
 
-Owns one thing: running the ordinary `Node`s of a config side by side in this process, each on
+Owns running nodes side by side in this process: the ordinary `Node`s of a config, each on
 a thread, over `tcp://` (loopback ports, one zmq.Context), `ipc://` (Unix sockets in the run
 directory), `inproc://` (one zmq.Context) or `mem://` (one `MemoryNetwork`, no sockets), and
 handing back the finished nodes and their records. For tests that look inside the nodes and for
-benchmarks; `simulate` runs the same nodes as separate processes. It does not know about
-protocols, sockets or bytes: the node builds its transport with `transport.create`.
+benchmarks; `simulate` runs the same nodes as separate processes. It does not know what a
+protocol does, nor sockets or bytes: the node builds its transport with `transport.create`. And, with no
+`Node` at all, the round protocols of all nodes driven from one thread over in-memory
+transports (`memory_transports`, `drive_round`): what a protocol costs with real sessions and
+sealing but no sockets, or a test of protocols with every message really sealed and opened.
 
 The cluster file it writes lists loopback tcp:// addresses (what `config` accepts); for the
 other schemes the nodes are given the same cluster with each address rewritten.
@@ -14,6 +17,8 @@ other schemes the nodes are given the same cluster with each address rewritten.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -115,3 +120,72 @@ def _recording(node_id: int, send: Any, log: list, lock: threading.Lock) -> Any:
         return send(to, msg)
 
     return wrapped
+
+
+# -- round protocols alone, over in-memory transports ---------------------------------------------
+
+
+def memory_transports(adjacency: dict[int, list[int]], limits: Any, timeout: float = 10.0) -> dict[int, Any]:
+    """A started `MemoryTransport` per node of `adjacency` on a fresh `MemoryNetwork`, every
+    session agreed (real keys, made here): for driving round protocols with no sockets."""
+    from p2pfl import crypto
+    from p2pfl.transport import Peer
+    from p2pfl.transports.memory import MemoryNetwork, MemoryTransport
+
+    keys = {v: crypto.generate_keypair() for v in adjacency}
+    peers = {v: Peer(f"mem://node-{v}", keys[v][1]) for v in adjacency}
+    network = MemoryNetwork()
+    transports = {v: MemoryTransport(v, keys[v][0], peers, adjacency[v], limits, network) for v in adjacency}
+    for t in transports.values():
+        t.start()
+    deadline = time.monotonic() + timeout
+    while not all(t.established(j) for t in transports.values() for j in t.neighbours):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the in-memory sessions were not agreed in time")
+        for t in transports.values():
+            t.recv(0.001)
+    return transports
+
+
+def drive_round(protos: dict[int, Any], transports: dict[int, Any], max_deadlines: int = 20,
+                hold: Callable[[int, int, Message], bool] | None = None) -> list[tuple[int, int, Message]]:
+    """Run one round of every node's `RoundProtocol` over `transports`, from this thread, as the
+    node loop does: send `start()`, deliver until nothing is in flight, then pass every unfinished
+    node's deadline, until all have finished (AssertionError after `max_deadlines` deadlines).
+
+    A message the protocol rejects (`protocols.Rejected`) is dropped, as the node drops it.
+    `hold(sender, to, msg)` True keeps a message back instead of sending it; the held ones are
+    returned in order (send them later to play a late or reordered delivery).
+    """
+    from p2pfl.protocols import Rejected
+
+    held: list[tuple[int, int, Message]] = []
+
+    def post(v: int, outs: Iterable[tuple[int, Message]]) -> None:
+        for to, msg in outs:
+            if hold is not None and hold(v, to, msg):
+                held.append((v, to, msg))
+            elif not transports[v].send(to, msg):
+                raise AssertionError(f"node {v} could not send to {to}: its queue is full")
+
+    for v, proto in protos.items():
+        post(v, proto.start())
+    deadlines = 0
+    while True:
+        delivered = True
+        while delivered:  # until a sweep over every node finds nothing in flight
+            delivered = False
+            for v, t in transports.items():
+                while (msg := t.recv(0)) is not None:
+                    delivered = True
+                    try:
+                        post(v, protos[v].on_message(msg))
+                    except Rejected:
+                        t.drop("rejected", f"round protocol rejected a message from node {msg.sender}")
+        unfinished = [v for v, p in protos.items() if not p.finished()]
+        if not unfinished:
+            return held
+        assert deadlines < max_deadlines, "protocol did not finish"
+        deadlines += 1
+        for v in unfinished:
+            post(v, protos[v].on_deadline())

@@ -54,16 +54,13 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
 from p2pfl import crypto, masking, secagg, shamir, simulate, topology, wire
 from p2pfl.config import ExperimentConfig
-from p2pfl.inprocess import run_nodes
+from p2pfl.inprocess import drive_round, memory_transports, run_nodes
 from p2pfl.masking import mask_vector
-from p2pfl.messages import Outbound
 from p2pfl.node import Node
-from p2pfl.protocols import GossipRound, Rejected, RoundProtocol
+from p2pfl.protocols import GossipRound
 from p2pfl.secagg import SecAggParams, SecureGossipRound
 from p2pfl.simulate import run_simulation
 from p2pfl.training import LocalTrainer
-from p2pfl.transport import Peer
-from p2pfl.transports.memory import MemoryNetwork, MemoryTransport
 
 
 def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, int]]:
@@ -183,14 +180,7 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
     keys = {v: crypto.generate_keypair() for v in graph.nodes}
     secrets = {v: _secret_of(v, keys) for v in graph.nodes}
     xs = {v: (np.random.default_rng(v).standard_normal(params) * 0.1).astype(np.float32) for v in graph.nodes}
-    peers = {v: Peer(f"mem://bench-{v}", keys[v][1]) for v in graph.nodes}
-    network, limits = MemoryNetwork(), wire.Limits.for_model(params)
-    transports = {v: MemoryTransport(v, keys[v][0], peers, adjacency[v], limits, network) for v in graph.nodes}
-    for t in transports.values():
-        t.start()
-    while not all(t.established(j) for t in transports.values() for j in t.neighbours):  # untimed
-        for t in transports.values():
-            t.recv(0.001)
+    transports = memory_transports(adjacency, wire.Limits.for_model(params))  # sessions agreed, untimed
 
     prepared: dict = {v: None for v in graph.nodes}
 
@@ -201,7 +191,7 @@ def protocol_alone(cfg: ExperimentConfig, params: int, secure: bool, rounds: int
                                            prepared=prepared[v]) for v in graph.nodes}
         else:
             protos = {v: GossipRound(v, r, weights[v], xs[v]) for v in graph.nodes}
-        _drive(protos, transports)
+        drive_round(protos, transports)
         if secure:
             prepared.update({v: p.prepared_next() for v, p in protos.items()})
 
@@ -223,36 +213,6 @@ def _secret_of(v: int, keys: dict[int, tuple[bytes, bytes]]) -> Callable[[int, b
         return crypto.pairwise_key(keys[v][0], v, keys[peer][1], peer, context)
 
     return secret
-
-
-def _drive(protos: dict[int, RoundProtocol], transports: dict[int, MemoryTransport], max_deadlines: int = 20) -> None:
-    """Run one round of every node's protocol over `transports`, as the node loop does: send
-    `start()`, deliver until nothing is in flight, then pass every unfinished node's deadline."""
-    def post(outs: list[Outbound], v: int) -> None:
-        for to, msg in outs:
-            assert transports[v].send(to, msg), "a send failed: the benchmark would measure drops"
-
-    for v, p in protos.items():
-        post(p.start(), v)
-    deadlines = 0
-    while True:
-        delivered = True
-        while delivered:  # until a sweep over every node finds nothing in flight
-            delivered = False
-            for v, t in transports.items():
-                while (msg := t.recv(0)) is not None:
-                    delivered = True
-                    try:
-                        post(protos[v].on_message(msg), v)
-                    except Rejected:
-                        pass
-        unfinished = [v for v, p in protos.items() if not p.finished()]
-        if not unfinished:
-            return
-        assert deadlines < max_deadlines, "protocol did not finish"
-        deadlines += 1
-        for v in unfinished:
-            post(protos[v].on_deadline(), v)
 
 
 def primitives_floor(degree: int, params: int, messages: float, repeats: int = 20) -> dict[str, float]:
