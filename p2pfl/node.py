@@ -116,7 +116,7 @@ class Node:
         # The last finished round: secure aggregation's surplus reveals arrive after we moved on (see _admit).
         self._finished: RoundProtocol | None = None
         self._prepared: object | None = None  # what the last round set up for the next (`prepared_next`)
-        self._steps = 0  # optimizer steps taken so far (FedNova normalises by a round's steps)
+        self._steps = 0  # optimizer steps taken so far: a round's share goes to the strategy (`RoundContext.local_steps`)
         self.trainer.optimizer.register_step_post_hook(self._count_step)
         self._delta = self.trainer.get_flat() - self.reference
         directory = self.config.checkpoint_dir
