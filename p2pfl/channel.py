@@ -153,10 +153,6 @@ class Channels:
         self._in.clear()
         self._links = None
 
-    @property
-    def started(self) -> bool:
-        return self._links is not None
-
     def established(self, j: int) -> bool:
         """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
         out = self._out.get(j)

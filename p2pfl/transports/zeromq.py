@@ -25,7 +25,6 @@ passed in, else the process-wide `zmq.Context.instance()`); inproc:// addresses 
 
 from __future__ import annotations
 
-import errno
 import math
 import time
 from typing import Any, Iterable, Sequence
@@ -257,7 +256,9 @@ def _send(sock: zmq.Socket, frames: Sequence[wire.Buffer]) -> Sent:
     except zmq.Again:
         return Sent.FULL
     except zmq.ZMQError as exc:
-        return Sent.GONE if exc.errno == errno.EHOSTUNREACH or exc.errno == zmq.EHOSTUNREACH else Sent.FULL
+        # Anything else (a socket closed under us) is not a full queue either, but nothing waits
+        # on it: the caller counts the message as not sent.
+        return Sent.GONE if exc.errno == zmq.EHOSTUNREACH else Sent.FULL
     return Sent.OK
 
 
