@@ -1,10 +1,11 @@
 """One node's life: meet the neighbours, then for every round train, exchange, average, evaluate.
 
-Owns the round loop: which protocol runs each round, the per-phase deadlines, the round window
-(messages of the next round are kept, stale and far-future ones dropped and counted), and the
-per-round metrics. It drives a sans-I/O `RoundProtocol` over a `Transport`; it does not know
-the byte layout of messages (wire) nor how sockets work (transport), and it never blocks
-without a deadline.
+Owns the round loop: the strategy's protocol each round (`strategies`, driven only through the
+`RoundProtocol` interface), the per-phase deadlines and the per-round metrics. Which round a
+message belongs to, when to skip ahead and who is alive are `rounds.RoundWindow` and
+`rounds.Liveness` (sans-I/O), which it consults and whose drops it counts. It drives the
+protocol over a `Transport`; it does not know the byte layout of messages (wire) nor how
+sockets work (transport), and it never blocks without a deadline.
 
 It also decides what the node shares each round (the knobs of docs/privacy.md):
 
@@ -44,6 +45,7 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
+from p2pfl.rounds import Dropped, Liveness, Place, RoundWindow
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise, SecAggParams
 from p2pfl.strategies import RoundContext
@@ -105,12 +107,11 @@ class Node:
         )
         self.weights = topology.mh_weights(self.graph, self.id)
         self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
-        self._buffer: list[Message] = []  # authenticated messages of rounds after the current one
-        self._ahead = 0  # highest round a neighbour has been seen in
-        self._heard: set[int] = set()  # neighbours heard from during the current round
+        self._window = RoundWindow(self.config.rounds, MAX_BUFFERED_PER_PEER)  # later rounds' messages
+        self._liveness = Liveness(self.neighbours, self.config.down_after)
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
+        self._done: set[int] = set()  # neighbours that have run their last round
         self._running = False  # past start-up
-        self._missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
         self._syncs: dict[int, tuple[int, np.ndarray | None]] = {}  # hello answers: (round, delta; None if secure)
         self._hellos: dict[int, tuple[int, float]] = {}  # per neighbour: (our round, time) of the last hello answered
         # The last finished round: secure aggregation's surplus reveals arrive after we moved on (see _admit).
@@ -184,9 +185,33 @@ class Node:
                 records.append(self._round(r))
                 self._checkpoint(r)
                 r = self._next_round(r)
+            self._farewell()
         finally:
             self.transport.close(linger=FINAL_LINGER)
         return records
+
+    def _farewell(self) -> None:
+        """Say we are done, and keep reading until every live neighbour is done too (bounded).
+
+        Exiting at once can cost a neighbour its last round: our last model may still sit in the
+        kernel's send buffer (a slow or shaped link), and closing a TCP socket that holds unread
+        input makes Linux answer with a reset that throws that buffer away. A neighbour says
+        "done" only after its last round, so once every live neighbour has, nothing of ours is
+        still needed. Bounded by one round's deadline plus `FINAL_LINGER` (a neighbour that died
+        in the last rounds never says it).
+        """
+        last = self.config.rounds
+        done = Message(Kind.HEARTBEAT, self.id, last, meta={"done": True})
+        self._send_all([(j, done) for j in self.neighbours])
+        deadline = time.monotonic() + self.config.round_timeout + FINAL_LINGER
+        while not self._liveness.expected() <= self._done and (remaining := deadline - time.monotonic()) > 0:
+            msg = self.transport.recv(remaining)
+            if msg is None:
+                continue
+            if msg.kind != Kind.HEARTBEAT and msg.round == last and self._takes_late(msg):
+                self._feed(self._finished, msg)  # secure aggregation's surplus reveals, as in `_admit`
+            else:
+                self._admit(msg, last)  # a lagging neighbour's last model: read, not needed any more
 
     def _await_neighbours(self, start: int) -> int:
         """Meet the neighbours (bounded by `startup_timeout`); returns the round to run.
@@ -207,12 +232,12 @@ class Node:
         deadline = time.monotonic() + self.config.startup_timeout
         resend = time.monotonic() + HELLO_RESEND
         while not everyone <= self._ready and (remaining := deadline - time.monotonic()) > 0:
-            if not said_ready and everyone <= self._heard:
+            if not said_ready and everyone <= self._liveness.heard:
                 ready = Message(Kind.HEARTBEAT, self.id, 0, meta={"ready": True})
                 self._send_all([(j, ready) for j in self.neighbours])
                 said_ready = True
             if time.monotonic() >= resend:
-                self._say_hello(start, sorted((everyone & self._heard) - self._ready - set(self._syncs)))
+                self._say_hello(start, sorted((everyone & self._liveness.heard) - self._ready - set(self._syncs)))
                 resend = time.monotonic() + HELLO_RESEND
             msg = self.transport.recv(min(remaining, max(resend - time.monotonic(), 0.0)))
             if msg is not None:
@@ -247,7 +272,7 @@ class Node:
             self._delta = delta
             log.warning("node %d: neighbours are at round %d, we were at %d; adopting their average model",
                         self.id, target, start)
-        self._drop_buffered_before(target)
+        self._drop_skipped(self._window.skip_to(target))
         return target
 
     def _adopt_round_only(self, start: int, target: int, ahead: list[int]) -> None:
@@ -297,7 +322,11 @@ class Node:
             raise CheckpointRefused(
                 f"{store.directory}: its checkpoint of round {r} holds a {size}-parameter model, this task's has "
                 f"{self.trainer.num_params}: resume with the task it was written for, or rerun with --fresh to discard it")
-        self.trainer.load_state_dict(state.trainer)
+        try:
+            self.trainer.load_state_dict(state.trainer)
+        except (RuntimeError, KeyError, ValueError) as exc:  # right count, wrong shapes or names: not this model's
+            raise CheckpointRefused(f"{store.directory}: its checkpoint of round {r} does not fit this task's model "
+                                    f"({str(exc).splitlines()[0]}): rerun with --fresh to discard it") from exc
         self._delta = self.trainer.get_flat() - self.reference
         log.warning("node %d: resumed from the checkpoint of round %d", self.id, r)
         return r
@@ -309,34 +338,21 @@ class Node:
 
     def _next_round(self, r: int) -> int:
         """r + 1, or further if neighbours have moved ahead of us (after a partition heals, say)."""
-        if self._ahead <= r + 1 or not self._gap_after(r):
-            return r + 1
-        log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, self._ahead, r + 1)
-        self._drop_buffered_before(self._ahead)
-        return self._ahead
+        nxt, skipped = self._window.next_round(r)
+        if nxt > r + 1:
+            log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, nxt, r + 1)
+        self._drop_skipped(skipped)
+        return nxt
 
-    def _gap_after(self, r: int) -> bool:
-        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1.
-
-        A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
-        takes part, say) has left its messages for every round in our buffer: we catch up by
-        running those rounds, not by skipping them.
-        """
-        rounds: dict[int, set[int]] = {}
-        for m in self._buffer:
-            rounds.setdefault(m.sender, set()).add(m.round)
-        return any(max(rs) > r + 1 and r + 1 not in rs for rs in rounds.values())
-
-    def _drop_buffered_before(self, r: int) -> None:
-        for msg in [m for m in self._buffer if m.round < r]:
-            self._drop("skipped_round", f"{msg.kind.name} from {msg.sender} for skipped round {msg.round}")
-        self._buffer = [m for m in self._buffer if m.round >= r]
+    def _drop_skipped(self, skipped: list[Dropped]) -> None:
+        for d in skipped:
+            self._drop(d.reason, d.detail)
 
     # -- one round ----------------------------------------------------------------------------
 
     def _round(self, r: int) -> RoundRecord:
         started, cpu_started = time.monotonic(), time.thread_time()
-        self._heard.clear()
+        self._liveness.new_round()
         active = self.schedule.active(r)
         takes_part = self.id in active
         self._log_budget(r, takes_part)
@@ -391,20 +407,9 @@ class Node:
         Only a neighbour that owed us a message this round (`Strategy.senders`) can miss it: a
         FedAvg leaf that sat the round out had nothing to send the hub.
         """
-        for j in self.neighbours:
-            if j not in senders and j not in self._heard:
-                continue
-            was_down = self._is_down(j)
-            self._missed[j] = 0 if j in self._heard else self._missed[j] + 1
-            if self._is_down(j) and not was_down:
-                log.warning("node %d: neighbour %d silent for %d rounds, marked down (round %d)",
-                            self.id, j, self._missed[j], r)
-
-    def _is_down(self, j: int) -> bool:
-        return self._missed[j] >= self.config.down_after
-
-    def _expected(self) -> set[int]:
-        return {j for j in self.neighbours if not self._is_down(j)}
+        for j in self._liveness.end_round(senders):
+            log.warning("node %d: neighbour %d silent for %d rounds, marked down (round %d)",
+                        self.id, j, self._liveness.missed[j], r)
 
     # -- what the node shares -------------------------------------------------------------------
 
@@ -473,7 +478,7 @@ class Node:
         return RoundContext(
             node_id=self.id, round=r, last_round=c.rounds, adjacency=self._adjacency, weights=self.weights,
             hub=self.hub, own=own, start=self._delta, fallback=fallback, samples=self._samples(self.id in active),
-            local_steps=steps, expected=frozenset(self._expected()), active=active, prepared=self._prepared,
+            local_steps=steps, expected=self._liveness.expected(), active=active, prepared=self._prepared,
             codec=self._codec, central_noise=self._central_noise if c.dp == "central" else None,
             distributed_noise=self._distributed_noise() if c.dp == "distributed" and secure else None,
             secagg=self._secagg_params if secure else None, secret=self._secret if secure else None,
@@ -492,9 +497,8 @@ class Node:
     def _exchange(self, protocol: RoundProtocol, r: int) -> np.ndarray:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
         self._send_all(protocol.start())
-        early, self._buffer = [m for m in self._buffer if m.round == r], [m for m in self._buffer if m.round != r]
-        for msg in early:
-            self._heard.add(msg.sender)
+        for msg in self._window.take(r):
+            self._liveness.hear(msg.sender)
             self._feed(protocol, msg)
         phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         while not protocol.finished():
@@ -518,30 +522,24 @@ class Node:
         partition, say) is remembered so we can catch up at the end of this round; a round
         beyond the run's budget cannot be honest and is dropped.
         """
-        self._heard.add(msg.sender)
-        self._missed[msg.sender] = 0
+        self._liveness.hear(msg.sender)
         if msg.kind == Kind.HEARTBEAT:
             self._on_heartbeat(msg, r)
             return False
-        if msg.round == r:
-            return True
-        late = self._finished
-        if late is not None and msg.round == late.round and late.takes_late(msg):
+        verdict = self._window.place(msg, r, self._takes_late)
+        if verdict.place is Place.LATE:
             # Expected traffic after the round ended (secure aggregation: the surplus reveals of
             # an aggregator that unmasked early), not a stale message. The finished protocol takes
             # it (and refuses anything else, counted).
-            self._feed(late, msg)
-            return False
-        if r < msg.round <= self.config.rounds:
-            if sum(m.sender == msg.sender for m in self._buffer) >= MAX_BUFFERED_PER_PEER:
-                self._drop("buffer_full", f"{msg.kind.name} from {msg.sender} for round {msg.round}")
-                return False
-            self._buffer.append(msg)
-            self._ahead = max(self._ahead, msg.round)
-            return False
-        reason = "stale_round" if msg.round < r else "wrong_round"
-        self._drop(reason, f"{msg.kind.name} from {msg.sender} for round {msg.round} during round {r}")
-        return False
+            assert self._finished is not None
+            self._feed(self._finished, msg)
+        elif verdict.place is Place.DROPPED:
+            self._drop(verdict.reason, verdict.detail)
+        return verdict.place is Place.CURRENT
+
+    def _takes_late(self, msg: Message) -> bool:
+        late = self._finished
+        return late is not None and msg.round == late.round and late.takes_late(msg)
 
     def _on_heartbeat(self, msg: Message, r: int) -> None:
         """Answer a hello (rate-limited) with a sync; remember the sync answers we get."""
@@ -549,6 +547,8 @@ class Node:
             self._answer_hello(msg.sender, r)
         elif msg.meta.get("ready") is True:
             self._ready.add(msg.sender)
+        elif msg.meta.get("done") is True:
+            self._done.add(msg.sender)  # it ran its last round (`_farewell`)
         elif msg.meta.get("sync") is True:
             self._take_sync(msg)
 

@@ -1,0 +1,154 @@
+"""Between rounds, sans-I/O: which round a message belongs to, when to skip ahead, who is alive.
+
+Owns two small state machines the node consults with no sockets and no clock:
+
+- `RoundWindow`: where an authenticated (non-heartbeat) message goes while the node runs round
+  r: into r's protocol, to the finished previous protocol (its late traffic), into the buffer
+  of later rounds (at most `per_peer` per neighbour, only up to the run's last round), or away
+  (stale, beyond the budget, buffer full). It hands round r its buffered messages when r starts
+  and decides the next round: r + 1, or further when a neighbour is two or more rounds ahead
+  and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held.
+- `Liveness`: neighbours heard this round, consecutive rounds each stayed silent while it owed
+  us a message, and so who is down (no longer waited for) after `down_after` such rounds.
+
+Must not touch: sockets, clocks, logging, protocols and models. It returns what to drop and
+why; the node counts, logs and sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from p2pfl.messages import Message
+
+
+class Place(Enum):
+    """Where `RoundWindow.place` puts a message."""
+
+    CURRENT = "current"  # feed it to this round's protocol
+    LATE = "late"  # feed it to the finished previous protocol, which still takes it
+    KEPT = "kept"  # buffered for a later round
+    DROPPED = "dropped"  # count it under `Verdict.reason`
+
+
+@dataclass(frozen=True)
+class Verdict:
+    place: Place
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A buffered message the node drops (and counts) because its round was skipped."""
+
+    msg: Message
+    reason: str = "skipped_round"
+
+    @property
+    def detail(self) -> str:
+        return f"{self.msg.kind.name} from {self.msg.sender} for skipped round {self.msg.round}"
+
+
+_KEEP = Verdict(Place.KEPT)
+
+
+class RoundWindow:
+    """The node's messages of later rounds and its decision which round comes next.
+
+    last_round: the run's budget; a message for a round beyond it cannot be honest.
+    per_peer: messages of later rounds kept per neighbour while the current round finishes.
+    """
+
+    def __init__(self, last_round: int, per_peer: int = 64) -> None:
+        self.last_round = last_round
+        self.per_peer = per_peer
+        self.buffer: list[Message] = []  # authenticated messages of rounds after the current one
+        self.ahead = 0  # highest round a neighbour has been seen in
+
+    def place(self, msg: Message, r: int, late: Callable[[Message], bool] | None = None) -> Verdict:
+        """Where `msg` goes while the node runs round `r`; `late` says if the finished round takes it."""
+        if msg.round == r:
+            return Verdict(Place.CURRENT)
+        if late is not None and late(msg):
+            return Verdict(Place.LATE)
+        what = f"{msg.kind.name} from {msg.sender} for round {msg.round}"
+        if r < msg.round <= self.last_round:
+            if sum(m.sender == msg.sender for m in self.buffer) >= self.per_peer:
+                return Verdict(Place.DROPPED, "buffer_full", what)
+            self.buffer.append(msg)
+            self.ahead = max(self.ahead, msg.round)
+            return _KEEP
+        reason = "stale_round" if msg.round < r else "wrong_round"
+        return Verdict(Place.DROPPED, reason, f"{what} during round {r}")
+
+    def take(self, r: int) -> list[Message]:
+        """The buffered messages of round `r` (in arrival order), removed from the buffer."""
+        early = [m for m in self.buffer if m.round == r]
+        self.buffer = [m for m in self.buffer if m.round != r]
+        return early
+
+    def next_round(self, r: int) -> tuple[int, list[Dropped]]:
+        """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened."""
+        if self.ahead <= r + 1 or not self.gap_after(r):
+            return r + 1, []
+        target = self.ahead
+        return target, self.skip_to(target)
+
+    def gap_after(self, r: int) -> bool:
+        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1.
+
+        A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
+        takes part, say) has left its messages for every round in our buffer: we catch up by
+        running those rounds, not by skipping them.
+        """
+        rounds: dict[int, set[int]] = {}
+        for m in self.buffer:
+            rounds.setdefault(m.sender, set()).add(m.round)
+        return any(max(rs) > r + 1 and r + 1 not in rs for rs in rounds.values())
+
+    def skip_to(self, r: int) -> list[Dropped]:
+        """Drop every buffered message of a round before `r` (the node jumps to `r`)."""
+        dropped = [Dropped(m) for m in self.buffer if m.round < r]
+        self.buffer = [m for m in self.buffer if m.round >= r]
+        return dropped
+
+
+class Liveness:
+    """Who of the neighbours is alive: heard this round, or silent for fewer than `down_after` owed rounds."""
+
+    def __init__(self, neighbours: Iterable[int], down_after: int) -> None:
+        self.neighbours = sorted(neighbours)
+        self.down_after = down_after
+        self.heard: set[int] = set()  # neighbours heard from during the current round
+        self.missed = {j: 0 for j in self.neighbours}  # consecutive silent rounds per neighbour
+
+    def hear(self, j: int) -> None:
+        """Any authenticated message from `j` proves it alive (and up again for the next round)."""
+        self.heard.add(j)
+        self.missed[j] = 0
+
+    def new_round(self) -> None:
+        self.heard.clear()
+
+    def is_down(self, j: int) -> bool:
+        return self.missed[j] >= self.down_after
+
+    def expected(self) -> frozenset[int]:
+        """The neighbours a round waits for: those not down."""
+        return frozenset(j for j in self.neighbours if not self.is_down(j))
+
+    def end_round(self, senders: frozenset[int]) -> list[int]:
+        """Count the round for every neighbour that owed us a message (`senders`) or was heard;
+        returns the neighbours that this round marked down."""
+        newly_down = []
+        for j in self.neighbours:
+            if j not in senders and j not in self.heard:
+                continue
+            was_down = self.is_down(j)
+            self.missed[j] = 0 if j in self.heard else self.missed[j] + 1
+            if self.is_down(j) and not was_down:
+                newly_down.append(j)
+        return newly_down
