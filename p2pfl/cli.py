@@ -208,22 +208,15 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     import torch
 
     from p2pfl.checkpoint import CheckpointRefused, CheckpointStore
-    from p2pfl.session import DuplicateIdentity
-    from p2pfl.crypto import KeyFileError, load_private_key, public_from_private
-    from p2pfl.data import shard
-    from p2pfl.node import Node, NodeSpec
+    from p2pfl.crypto import KeyFileError
+    from p2pfl.launch import build_node, load_node_key, load_workload
     from p2pfl.record import RunDirError, record_line
-    from p2pfl.training import load_task, partition_task
+    from p2pfl.session import DuplicateIdentity
 
     try:
         cfg, cluster = _node_setup(config_file, cluster_file, overrides)
         entry = cluster.require(node_id)
-        path = Path(key_file) if key_file else entry.key_file
-        if path is None:
-            raise ConfigError("key", f"no --key given and the cluster entry of node {node_id} has no key_file")
-        private_key = load_private_key(path)
-        if public_from_private(private_key) != entry.public_key:
-            raise ConfigError("key", f"{path} is not node {node_id}'s key: its public key differs from the cluster entry")
+        private_key = load_node_key(cluster, node_id, key_file)
         if fresh and not cfg.checkpoint_dir:
             raise ConfigError("fresh", "--fresh discards checkpoints: it needs --checkpoint-dir")
         _check_resources(entry.address, metrics, cfg.checkpoint_dir, node_id)
@@ -233,8 +226,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         raise click.UsageError(str(exc)) from exc
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        task = load_task(cfg.task, cfg.seed)
-        parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+        workload = load_workload(cfg)
     except ValueError as exc:  # a plug-in task that fails when called, or cannot be split this way
         raise click.UsageError(str(exc)) from exc
     if fresh:
@@ -255,7 +247,7 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
 
     started = time.monotonic()
     try:
-        built = Node(NodeSpec(node_id, cfg, cluster, private_key), task, shard(task.dataset, parts[node_id]), on_round=on_round)
+        built = build_node(cfg, cluster, node_id, workload=workload, private_key=private_key, on_round=on_round)
         records = built.run()
     except (CheckpointRefused, DuplicateIdentity) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -4,7 +4,7 @@ Owns the cluster of a local run (keys, cluster file, topology file), the worker 
 each host one or more nodes (one thread per node), the live progress display and the consensus
 distance (only the launcher sees every model). The run directory's files are written through
 `p2pfl.record`, which owns their schema. It does not know protocol details: nodes are started
-exactly as `p2pfl node` starts them, from a cluster file.
+exactly as `p2pfl node` starts them, from a cluster file, by `launch.build_node`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from p2pfl import topology
 from p2pfl.config import Cluster, ConfigError, ExperimentConfig, NodeEntry, write_cluster
-from p2pfl.crypto import decode_public, load_private_key, write_keypair
+from p2pfl.crypto import decode_public, write_keypair
 from p2pfl.record import (MODELS_DIR, METRICS_FILE, MetricsWriter, RoundRecord, build_summary, own_peak_rss_mb,
                           parse_record, save_model, write_config, write_summary)
 
@@ -93,9 +93,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     import torch
     import zmq
 
-    from p2pfl.data import shard
-    from p2pfl.node import Node, NodeSpec
-    from p2pfl.training import load_task, partition_task
+    from p2pfl.launch import build_node, load_workload
 
     torch.set_num_threads(1)  # N processes x default threads would thrash 2 cores
     # Node warnings (drops, deadlines, dropouts) go to the run directory, not over the live display.
@@ -105,8 +103,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ExperimentConfig.from_dict(config)
     cluster = Cluster.load(cluster_path, seed=cfg.seed)
-    task = load_task(cfg.task, cfg.seed)
-    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    workload = load_workload(cfg)  # once for all the process's nodes
     context = zmq.Context()
     models = Path(cluster_path).parent / MODELS_DIR
     models.mkdir(mode=0o700, exist_ok=True)  # the nodes' private models
@@ -118,9 +115,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     def run_one(node_id: int) -> None:
         torch.set_num_threads(1)
         try:
-            entry = cluster.require(node_id)
-            key = load_private_key(entry.key_file)
-            node = Node(NodeSpec(node_id, cfg, cluster, key), task, shard(task.dataset, parts[node_id]), context, report)
+            node = build_node(cfg, cluster, node_id, workload=workload, context=context, on_round=report)
             node.run()
             save_model(models / f"node-{node_id}.npy", node.trainer.get_flat())
             events.put(("done", node_id, None))

@@ -11,6 +11,8 @@ from pathlib import Path
 from helpers.processes import finish, make_cluster, node_records, start_node
 
 from p2pfl import report
+from p2pfl.config import ExperimentConfig
+from p2pfl.record import NodeRunDirectory
 
 NODES = 3
 ROUNDS = 3
@@ -51,3 +53,13 @@ def test_report_merges_the_run_directories_of_node_processes(tmp_path: Path) -> 
                            "--out", str(out)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "duplicate record for node 0 round 1" in proc.stderr, proc.stderr
+
+
+def test_node_refuses_a_run_directory_of_another_experiment(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, nodes=NODES)
+    old = ExperimentConfig(nodes=NODES, rounds=ROUNDS + 4, topology="topology.json").to_dict()
+    NodeRunDirectory(tmp_path / "run", old, 0).close()
+    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "node", "--cluster", str(cluster), "--id", "0",
+                           "--rounds", str(ROUNDS), "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "another experiment: rounds was 7, now 3" in proc.stderr, proc.stderr

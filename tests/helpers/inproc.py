@@ -14,26 +14,22 @@ import torch
 import zmq
 
 from p2pfl.config import Cluster, ExperimentConfig
-from p2pfl.crypto import load_private_key
-from p2pfl.data import shard
+from p2pfl.launch import build_node, load_workload
 from p2pfl.messages import Message
-from p2pfl.node import Node, NodeSpec, RoundRecord
+from p2pfl.node import Node, RoundRecord
 from p2pfl.simulate import prepare_cluster
-from p2pfl.training import load_task, partition_task
 
 
 def run_nodes(cfg: ExperimentConfig, run_dir: Path,
               sent: list[tuple[int, int, Message]] | None = None) -> tuple[dict[int, Node], dict[int, list[RoundRecord]]]:
     cluster_path = prepare_cluster(cfg, run_dir)
     cluster = Cluster.load(cluster_path, seed=cfg.seed)
-    task = load_task(cfg.task, cfg.seed)
-    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    workload = load_workload(cfg)
     context = zmq.Context()
     lock = threading.Lock()
     nodes = {}
     for i in range(cfg.nodes):
-        key = load_private_key(cluster.nodes[i].key_file)
-        node = Node(NodeSpec(i, cfg, cluster, key), task, shard(task.dataset, parts[i]), context)
+        node = build_node(cfg, cluster, i, workload=workload, context=context)
         if sent is not None:
             node.transport.send = _recording(node.id, node.transport.send, sent, lock)  # type: ignore[method-assign]
         nodes[i] = node

@@ -1,0 +1,72 @@
+"""Starting a node: from an experiment, its cluster and a node id to a `Node` ready to run.
+
+Owns the one start-up path that `p2pfl node`, `simulate`'s workers and the tests' helpers share:
+load the task and split it over the experiment's nodes (`Workload`, once per process: every
+process of a run computes the same seeded split), load the node's private key and check it
+against the cluster entry, take the node's shard and build the `Node`. Must not run the node,
+write run directories or parse command lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from p2pfl.config import Cluster, ConfigError, ExperimentConfig
+from p2pfl.crypto import load_private_key, public_from_private
+from p2pfl.data import shard
+from p2pfl.node import Node, NodeSpec
+from p2pfl.record import RoundRecord
+from p2pfl.training import Task, load_task, partition_task
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The task and its split over the experiment's nodes (`parts[k]`: node k's training indices)."""
+
+    task: Task
+    parts: list[np.ndarray]
+
+
+def load_workload(config: ExperimentConfig) -> Workload:
+    """The experiment's task, split over its nodes by its partition and seed.
+
+    ValueError: a plug-in task that fails when called, or a dataset that cannot be split this way.
+    """
+    task = load_task(config.task, config.seed)
+    return Workload(task, partition_task(task, config.nodes, config.partition, config.alpha, config.seed))
+
+
+def load_node_key(cluster: Cluster, node_id: int, key_file: str | Path | None = None) -> bytes:
+    """Node `node_id`'s private key: `key_file`, else its cluster entry's key_file.
+
+    ConfigError: the node is not in the cluster, no key file is known, or the key is another
+    node's (its public key differs from the cluster entry). KeyFileError: the file is unreadable
+    or not a key.
+    """
+    entry = cluster.require(node_id)
+    path = Path(key_file) if key_file else entry.key_file
+    if path is None:
+        raise ConfigError("key", f"no --key given and the cluster entry of node {node_id} has no key_file")
+    private_key = load_private_key(path)
+    if public_from_private(private_key) != entry.public_key:
+        raise ConfigError("key", f"{path} is not node {node_id}'s key: its public key differs from the cluster entry")
+    return private_key
+
+
+def build_node(config: ExperimentConfig, cluster: Cluster, node_id: int, *, workload: Workload | None = None,
+               private_key: bytes | None = None, context: zmq.Context | None = None,
+               on_round: Callable[[RoundRecord], None] | None = None) -> Node:
+    """Node `node_id` of the experiment, on its shard of the task, with its key (loaded if not given).
+
+    Pass `workload` when one process builds several nodes: loading and splitting the task once
+    is what makes a process of many nodes cheap.
+    """
+    work = workload if workload is not None else load_workload(config)
+    key = private_key if private_key is not None else load_node_key(cluster, node_id)
+    spec = NodeSpec(node_id, config, cluster, key)
+    return Node(spec, work.task, shard(work.task.dataset, work.parts[node_id]), context, on_round)
