@@ -52,13 +52,13 @@ import numpy as np
 import zmq
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
-from p2pfl import crypto, masking, secagg, shamir, simulate, topology, wire
+from p2pfl import crypto, masking, shamir, simulate, topology, wire
 from p2pfl.config import ExperimentConfig
 from p2pfl.inprocess import drive_round, memory_transports, run_nodes
 from p2pfl.masking import mask_vector
 from p2pfl.node import Node
 from p2pfl.protocols import GossipRound
-from p2pfl.secagg import SecAggParams, SecureGossipRound
+from p2pfl.secagg import SecAggParams, SecureGossipRound, sealing
 from p2pfl.simulate import run_simulation
 from p2pfl.training import LocalTrainer
 
@@ -108,10 +108,10 @@ def whole_nodes(cfg: ExperimentConfig) -> tuple[float, float, float, dict[str, i
 # What `in_situ` times inside the running nodes: label -> (owner, attribute) of the functions that
 # do the work. None of them calls another one of them, so no time is counted twice.
 IN_SITU_TARGETS: dict[str, list[tuple[object, str]]] = {
-    "X25519 (key pairs and agreements)": [(secagg, "crypto_scalarmult"), (secagg, "crypto_scalarmult_base")],
+    "X25519 (key pairs and agreements)": [(sealing, "crypto_scalarmult"), (sealing, "crypto_scalarmult_base")],
     "keystreams + adds": [(masking, "_keystreams"), (masking, "_add_streams")],
     "Shamir": [(shamir, "split"), (shamir, "combine")],
-    "share sealing": [(secagg, "_seal"), (secagg, "_open")],
+    "share sealing": [(sealing, "seal"), (sealing, "open_sealed")],
     "raw pyzmq send + receive": [(zmq.Socket, "send_multipart"), (zmq.Socket, "recv_multipart")],
     "training + evaluation": [(LocalTrainer, "train"), (LocalTrainer, "evaluate")],
 }
