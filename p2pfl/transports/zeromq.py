@@ -153,9 +153,7 @@ class ZmqTransport:
         non-neighbour, or a message that is not from this node or does not fit the limits, is a
         programming error (ValueError / wire.WireError).
         """
-        if to not in self._dealers:
-            raise ValueError(f"node {to} is not a neighbour of node {self.node_id} (or not started)")
-        return self._channels.send(to, msg)
+        return self._channels.send(to, msg)  # ValueError for a non-neighbour, or before start / after close
 
     def recv(self, timeout: float) -> Message | None:
         """The next authenticated, fresh message, or None once `timeout` seconds have passed.
