@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,7 @@ class Node:
         # The last finished round: secure aggregation's surplus reveals arrive after we moved on (see _admit).
         self._finished: RoundProtocol | None = None
         self._prepared: object | None = None  # what the last round set up for the next (`prepared_next`)
+        self._ctx: RoundContext | None = None  # the last round's context (who owes us what in the next)
         self._steps = 0  # optimizer steps taken so far: a round's share goes to the strategy (`RoundContext.local_steps`)
         self.trainer.optimizer.register_step_post_hook(self._count_step)
         self._delta = self.trainer.get_flat() - self.reference
@@ -338,11 +339,16 @@ class Node:
 
     def _next_round(self, r: int) -> int:
         """r + 1, or further if neighbours have moved ahead of us (after a partition heals, say)."""
-        nxt, skipped = self._window.next_round(r)
+        nxt, skipped = self._window.next_round(r, self._owes)
         if nxt > r + 1:
             log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, nxt, r + 1)
         self._drop_skipped(skipped)
         return nxt
+
+    def _owes(self, j: int, r: int) -> bool:
+        """Whether neighbour j owes us a message in round r (the strategy's word, this round's context)."""
+        assert self._ctx is not None
+        return j in self.strategy.senders(replace(self._ctx, round=r, active=self.schedule.active(r)))
 
     def _drop_skipped(self, skipped: list[Dropped]) -> None:
         for d in skipped:
@@ -361,7 +367,7 @@ class Node:
         train_loss = self.trainer.train() if takes_part else None
         train_time = time.monotonic() - started
         own, fallback = self._contribution(takes_part, start)
-        ctx = self._context(r, own, fallback, active, self._steps - steps_before)
+        ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
         protocol = self.strategy.protocol(ctx)
         new_delta = self._exchange(protocol, r)
         protocol.release()

@@ -53,6 +53,7 @@ class Dropped:
 
 
 _KEEP = Verdict(Place.KEPT)
+Owes = Callable[[int, int], bool]  # (neighbour, round) -> it owes us a message in that round
 
 
 class RoundWindow:
@@ -90,24 +91,27 @@ class RoundWindow:
         self.buffer = [m for m in self.buffer if m.round != r]
         return early
 
-    def next_round(self, r: int) -> tuple[int, list[Dropped]]:
+    def next_round(self, r: int, owes: Owes | None = None) -> tuple[int, list[Dropped]]:
         """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened."""
-        if self.ahead <= r + 1 or not self.gap_after(r):
+        if self.ahead <= r + 1 or not self.gap_after(r, owes):
             return r + 1, []
         target = self.ahead
         return target, self.skip_to(target)
 
-    def gap_after(self, r: int) -> bool:
-        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1.
+    def gap_after(self, r: int, owes: Owes | None = None) -> bool:
+        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1,
+        where it owed us a message (`owes(sender, round)`; None: every neighbour, every round).
 
         A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
         takes part, say) has left its messages for every round in our buffer: we catch up by
-        running those rounds, not by skipping them.
+        running those rounds, not by skipping them. One that sends to us only in some rounds
+        (push-sum's one peer per round) is no evidence of a gap in the rounds it skips.
         """
         rounds: dict[int, set[int]] = {}
         for m in self.buffer:
             rounds.setdefault(m.sender, set()).add(m.round)
-        return any(max(rs) > r + 1 and r + 1 not in rs for rs in rounds.values())
+        return any(max(rs) > r + 1 and r + 1 not in rs and (owes is None or owes(sender, r + 1))
+                   for sender, rs in rounds.items())
 
     def skip_to(self, r: int) -> list[Dropped]:
         """Drop every buffered message of a round before `r` (the node jumps to `r`)."""

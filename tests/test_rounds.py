@@ -60,6 +60,16 @@ def test_a_neighbour_two_rounds_ahead_with_nothing_for_the_next_round_makes_us_s
     assert [m.round for m in w.buffer] == [7]
 
 
+def test_a_neighbour_that_owed_us_nothing_for_the_next_round_is_no_gap() -> None:
+    """Push-sum: neighbour 1 pushes to us every third round only; being ahead is no partition."""
+    w = RoundWindow(last_round=20)
+    w.place(_m(1, 7), 4)
+    w.place(_m(2, 5), 4)
+    owes = lambda j, r: j != 1 or r % 3 == 1  # noqa: E731  (1 owes us rounds 4, 7, 10, ...)
+    assert w.next_round(4, owes) == (5, [])
+    assert w.next_round(4)[0] == 7  # without the strategy's word it would have skipped
+
+
 def test_one_round_ahead_is_not_a_gap() -> None:
     w = RoundWindow(last_round=20)
     w.place(_m(1, 5), 4)
