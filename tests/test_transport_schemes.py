@@ -122,6 +122,8 @@ def test_the_registry_refuses_what_it_cannot_serve():
         transport.create(0, keys[0][0], {0: Peer("127.0.0.1:1", keys[0][1])}, [], LIMITS)
     with pytest.raises(ValueError, match="not a mem://"):  # an implementation checks its own addresses too
         MemoryTransport(0, keys[0][0], mixed, [1], LIMITS, MemoryNetwork())
+    with pytest.raises(ValueError, match="is not one of tcp, ipc, inproc"):
+        ZmqTransport(1, keys[1][0], mixed, [0], LIMITS)
 
 
 def test_a_registered_scheme_is_served_by_its_factory(monkeypatch):
