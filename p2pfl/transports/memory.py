@@ -39,6 +39,7 @@ QUEUE_DEPTH = 64
 ANSWER_DEPTH = 16  # answers one connection holds for its owner (the ROUTER's send queue)
 
 Frames = Sequence[wire.Buffer]
+_INSTANCE_LOCK = threading.Lock()
 
 
 class Mailbox:
@@ -81,9 +82,10 @@ class MemoryNetwork:
     @classmethod
     def instance(cls) -> MemoryNetwork:
         """The network of transports made without one (as zmq.Context.instance() for ZeroMQ)."""
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
+        with _INSTANCE_LOCK:  # node threads may make their transports at the same moment
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
 
     # -- listening and connecting ----------------------------------------------------------------
 
