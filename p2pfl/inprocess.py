@@ -148,23 +148,31 @@ def memory_transports(adjacency: dict[int, list[int]], limits: Any, timeout: flo
 
 
 def drive_round(protos: dict[int, Any], transports: dict[int, Any], max_deadlines: int = 20,
-                hold: Callable[[int, int, Message], bool] | None = None) -> list[tuple[int, int, Message]]:
+                hold: Callable[[int, int, Message], bool] | None = None,
+                dead: set[int] | None = None) -> list[tuple[int, int, Message]]:
     """Run one round of every node's `RoundProtocol` over `transports`, from this thread, as the
     node loop does: send `start()`, deliver until nothing is in flight, then pass every unfinished
     node's deadline, until all have finished (AssertionError after `max_deadlines` deadlines).
 
     A message the protocol rejects (`protocols.Rejected`) is dropped, as the node drops it.
     `hold(sender, to, msg)` True keeps a message back instead of sending it; the held ones are
-    returned in order (send them later to play a late or reordered delivery).
+    returned in order (send them later to play a late or reordered delivery). A node in `dead`
+    has crashed: it sends nothing and what reaches it is discarded unread; `hold` may add a node to it
+    (a crash at that step: that message and everything after it is lost).
     """
     from p2pfl.protocols import Rejected
 
     held: list[tuple[int, int, Message]] = []
+    dead = set() if dead is None else dead
 
     def post(v: int, outs: Iterable[tuple[int, Message]]) -> None:
         for to, msg in outs:
+            if v in dead:
+                return
             if hold is not None and hold(v, to, msg):
                 held.append((v, to, msg))
+            elif v in dead:  # `hold` crashed it at this message
+                return
             elif not transports[v].send(to, msg):
                 raise AssertionError(f"node {v} could not send to {to}: its queue is full")
 
@@ -177,12 +185,14 @@ def drive_round(protos: dict[int, Any], transports: dict[int, Any], max_deadline
             delivered = False
             for v, t in transports.items():
                 while (msg := t.recv(0)) is not None:
+                    if v in dead:
+                        continue  # read only so that its neighbours' queues to it never fill
                     delivered = True
                     try:
                         post(v, protos[v].on_message(msg))
                     except Rejected:
                         t.drop("rejected", f"round protocol rejected a message from node {msg.sender}")
-        unfinished = [v for v, p in protos.items() if not p.finished()]
+        unfinished = [v for v, p in protos.items() if v not in dead and not p.finished()]
         if not unfinished:
             return held
         assert deadlines < max_deadlines, "protocol did not finish"

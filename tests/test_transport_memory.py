@@ -270,6 +270,13 @@ def test_round_protocols_over_memory_transports_secure_matches_plain():
         assert [(v, to) for v, to, _ in held] == [(0, adjacency[0][0])]
         assert not np.array_equal(late[adjacency[0][0]].result(), plain[adjacency[0][0]].result())
         assert all(t.stats.dropped == {} for t in transports.values())
+        # node 0 crashes as it is about to send its model: its neighbours finish at their deadline without it
+        crashed = {v: GossipRound(v, 4, weights[v], xs[v]) for v in graph.nodes}
+        dead: set[int] = set()
+        drive_round(crashed, transports, hold=lambda v, to, msg: v == 0 and dead.add(0), dead=dead)
+        assert dead == {0} and not crashed[0].finished()
+        assert all(crashed[v].finished() for v in graph.nodes if v != 0)
+        assert not np.array_equal(crashed[adjacency[0][0]].result(), plain[adjacency[0][0]].result())
     finally:
         for t in transports.values():
             t.close()
