@@ -127,7 +127,7 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
         t.start()
     for t in threads:
         t.join()
-    events.put(("rss", os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    events.put(("rss", os.getpid(), own_peak_rss_mb()))
     context.term()
 
 
