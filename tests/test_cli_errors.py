@@ -243,6 +243,24 @@ def test_another_models_checkpoint_is_refused(finished: Path, tmp_path: Path) ->
         assert run.rounds_run() == ROUNDS
 
 
+def test_a_checkpoint_of_the_right_size_but_another_layout_is_refused(finished: Path, tmp_path: Path) -> None:
+    """Owner and parameter count right, the tensors' shapes not this model's (a forged or foreign file
+    with a valid checksum): refused with the error line, not a traceback from torch."""
+    run = _reopen(_copy_tree(finished, tmp_path))
+    store = CheckpointStore(run.dir / "ckpt" / "node-0")
+    found = store.load_latest()
+    assert found is not None
+    r, state = found
+    model = state.trainer["model"]
+    name = next(k for k, v in model.items() if v.ndim == 2 and v.shape[0] != v.shape[1])
+    model[name] = model[name].T.contiguous()  # same count, transposed shape
+    store.save(r, state)
+    with recording("node restarted on a checkpoint whose tensors have another layout (same parameter count)") as rec:
+        proc = run.node("--checkpoint-dir", "ckpt")
+        check(rec, proc, run.dir, "ckpt/node-0", "does not fit this task's model", "--fresh")
+        assert run.rounds_run() == ROUNDS
+
+
 def _corrupt_every_checkpoint(directory: Path) -> int:
     files = sorted(directory.glob("ckpt-*.p2c"))
     for p in files:
