@@ -71,9 +71,10 @@ or any truncation, is always detected, before anything is parsed), the
 header JSON and its four metadata fields, the state JSON (strict: no NaN
 constants, no duplicate keys) and its keys and types, safetensors' own checks
 of the tensor table (dtypes, shapes, offsets covering the data exactly), then
-every tree node (tags, key types, duplicate keys, nesting depth, dtype
-allowlist, the tree's dtype and shape of each tensor against the file's, each
-tensor used exactly once, bool bytes 0/1). Any failure raises `CheckpointError`
+every tree node (tags, key types, duplicate keys, nesting depth, ints --
+values and keys -- within -2**63 .. 2**64-1 as on save, dtype allowlist,
+the tree's dtype and shape of each tensor against the file's, each tensor
+used exactly once, bool bytes 0/1). Any failure raises `CheckpointError`
 naming the file (`read_checkpoint`) and the reason. A version-1 file (the
 hand-made format before safetensors) is refused as such: rerun with
 ``--fresh``.
@@ -95,6 +96,7 @@ it is being written.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -105,11 +107,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import safetensors
-import safetensors.torch
 import torch
 
 __all__ = [
@@ -168,7 +169,24 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
                  "uint32", "int32", "uint64", "int64", "bool")
 }
 
-_NUMPY_AS_TORCH = {name: torch.from_numpy(np.zeros(0, dt)).dtype for name, dt in NUMPY_DTYPES.items()}
+# The dtype codes of the safetensors tensor table. Unsigned numpy arrays are stored under their
+# own codes (U16, U32, U64) and read back through numpy, never through torch: torch < 2.3 has no
+# uint16/32/64 tensors, and nothing here needs them.
+_TABLE_CODES: dict[str, str] = {
+    "float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64",
+    "uint8": "U8", "int8": "I8", "uint16": "U16", "int16": "I16",
+    "uint32": "U32", "int32": "I32", "uint64": "U64", "int64": "I64", "bool": "BOOL",
+}
+# How the table's data is read: numpy dtype, little-endian (bfloat16 as its raw 16 bits).
+_TABLE_NUMPY: dict[str, np.dtype] = {
+    code: np.dtype("int16" if name == "bfloat16" else name).newbyteorder("<")
+    for name, code in _TABLE_CODES.items()
+}
+# safetensors' writer lays tensors out by dtype, widest alignment first (its Dtype enum order,
+# descending), then by name; done the same here so files keep the layout they always had.
+_TABLE_RANK = {code: i for i, code in enumerate(
+    ("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64"))}
+CHUNK = 1 << 22  # bytes of tensor data hashed and written at a time
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
@@ -198,7 +216,7 @@ class _Encoder:
     """Walks a state tree: tensors go to `self.tensors` (by path), the rest into a JSON tree."""
 
     def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.tensors: dict[str, tuple[str, list[int], torch.Tensor | np.ndarray]] = {}  # path -> (dtype, shape, value)
 
     def node(self, value: Any, path: str, depth: int, arrays: bool = True) -> Any:
         if depth > MAX_DEPTH:
@@ -226,13 +244,14 @@ class _Encoder:
             return {tag: self._add(path, name, data)}
         raise TypeError(f"{path}: cannot store a value of type {kind.__module__}.{kind.__qualname__}")
 
-    def _add(self, path: str, dtype_name: str, data: torch.Tensor) -> dict[str, Any]:
+    def _add(self, path: str, dtype_name: str, data: torch.Tensor | np.ndarray) -> dict[str, Any]:
         # A path is a chain of repr()s, so distinct leaves never share one; checked all the same,
         # because a collision would silently drop a tensor.
         if path in self.tensors:
             raise ValueError(f"{path}: two tensors would be stored under the same name")
-        self.tensors[path] = data
-        return {"key": path, "dtype": dtype_name, "shape": [int(d) for d in data.shape]}
+        shape = [int(d) for d in data.shape]
+        self.tensors[path] = (dtype_name, shape, data)
+        return {"key": path, "dtype": dtype_name, "shape": shape}
 
 
 def _plain(value: Any, path: str) -> Any:
@@ -247,21 +266,40 @@ def _plain(value: Any, path: str) -> Any:
 
 
 def _tensor(t: torch.Tensor, path: str) -> tuple[str, torch.Tensor]:
-    """(dtype name, a contiguous CPU copy): a copy, so no two stored tensors share storage."""
+    """(dtype name, `t` detached): checked now, its bytes taken only while the file is written."""
     if t.layout != torch.strided:
         raise TypeError(f"{path}: only dense tensors are storable, got layout {t.layout}")
     name = _TORCH_NAMES.get(t.dtype)
     if name is None or t.is_quantized:
         raise TypeError(f"{path}: tensor dtype {t.dtype} is not storable")
-    return name, t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+    return name, t.detach()
 
 
-def _ndarray(arr: np.ndarray, path: str) -> tuple[str, torch.Tensor]:
-    """(dtype name, a tensor over a native-order contiguous copy of `arr`)."""
+def _ndarray(arr: np.ndarray, path: str) -> tuple[str, np.ndarray]:
+    """(dtype name, `arr`): checked now, its bytes taken only while the file is written."""
     name = arr.dtype.name
     if name not in NUMPY_DTYPES or arr.dtype.fields is not None:
         raise TypeError(f"{path}: numpy dtype {arr.dtype} is not storable")
-    return name, torch.from_numpy(np.array(arr, dtype=NUMPY_DTYPES[name], order="C", copy=True))
+    return name, arr
+
+
+def _raw(value: torch.Tensor | np.ndarray, dtype_name: str) -> memoryview:
+    """The bytes of one stored tensor or array as safetensors holds them (C order, little-endian).
+
+    A view of the value's own memory where it already is dense, on the CPU and native order
+    (the common case: no copy); otherwise a copy of this one value only.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        t = t.contiguous().reshape(-1)
+        arr = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    else:
+        arr = np.asarray(value, dtype=NUMPY_DTYPES[dtype_name], order="C").reshape(-1)
+    if sys.byteorder == "big":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(arr).view(np.uint8))
 
 
 def _package_version() -> str:
@@ -283,33 +321,85 @@ def _check_state(round: int, state: NodeState) -> None:
             raise TypeError(f"state.{name} must be a dict, got {type(getattr(state, name)).__name__}")
 
 
+class _Encoded:
+    """A checkpoint ready to write: the safetensors header (digest still "0"s) and the tensors in file order.
+
+    The file is a standard safetensors file laid out as safetensors' own writer lays it out
+    (8-byte little-endian header length, compact JSON header padded with spaces to a multiple
+    of 8, tensors sorted by dtype alignment then name, back to back). It is written here
+    rather than by ``safetensors.torch.save`` so that the tensors' bytes are streamed from
+    their own memory instead of being copied whole (three copies of the model, before).
+    """
+
+    def __init__(self, round: int, state: NodeState) -> None:
+        _check_state(round, state)
+        enc = _Encoder()
+        tree = {"dict": [[name, enc.node(getattr(state, name), name, 1, arrays=name in _TENSOR_PARTS)]
+                         for name in _STATE_KEYS]}
+        document = {
+            "round": round,
+            "created": time.time(),
+            "writer": {"p2pfl": _package_version(), "torch": str(torch.__version__),
+                       "safetensors": safetensors.__version__},
+            "tree": tree,
+        }
+        metadata = {
+            "format": FORMAT,
+            "version": str(FORMAT_VERSION),
+            # ASCII: escapes what UTF-8 cannot carry (lone surrogates), so any Python str round-trips.
+            "state": json.dumps(document, ensure_ascii=True, allow_nan=False, separators=(",", ":")),
+            "sha256": PLACEHOLDER.decode(),
+        }
+        order = sorted(enc.tensors.items(),
+                       key=lambda kv: (-_TABLE_RANK[_TABLE_CODES[kv[1][0]]], kv[0].encode("utf-8")))
+        header: dict[str, Any] = {"__metadata__": metadata}
+        self.values: list[tuple[str, int, torch.Tensor | np.ndarray]] = []  # (dtype, nbytes, value)
+        offset = 0
+        for name, (dtype_name, shape, value) in order:
+            nbytes = math.prod(shape) * _TABLE_NUMPY[_TABLE_CODES[dtype_name]].itemsize
+            header[name] = {"dtype": _TABLE_CODES[dtype_name], "shape": shape,
+                            "data_offsets": [offset, offset + nbytes]}
+            self.values.append((dtype_name, nbytes, value))
+            offset += nbytes
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        self.header = len(text).to_bytes(8, "little") + text
+        self.digest_at = _digest_at(self.header, len(self.header))
+
+    def chunks(self) -> Iterator[bytes]:
+        """The tensor data, in pieces of at most `CHUNK` bytes.
+
+        Each piece is a copy, so what is hashed is exactly what is written even if a tensor
+        changes meanwhile (the file would then hold a mix, like any unsynchronized read).
+        """
+        for dtype_name, nbytes, value in self.values:
+            raw = _raw(value, dtype_name)
+            if raw.nbytes != nbytes:
+                raise ValueError(f"a tensor changed size while the checkpoint was written ({raw.nbytes} != {nbytes})")
+            for i in range(0, nbytes, CHUNK):
+                yield bytes(raw[i : i + CHUNK])
+            del raw
+
+    def write_to(self, f: BinaryIO) -> None:
+        """Write the file to `f` (at its start, seekable): header, data, then the digest in place."""
+        h = hashlib.sha256(self.header)
+        f.write(self.header)
+        for chunk in self.chunks():
+            h.update(chunk)
+            f.write(chunk)
+        f.seek(self.digest_at)
+        f.write(h.hexdigest().encode())
+        f.seek(0, io.SEEK_END)
+
+
 def encode(round: int, state: NodeState) -> bytes:
     """The checkpoint file's bytes for `state` at `round`.
 
     Raises TypeError / ValueError if `state` holds something that cannot be stored.
     """
-    _check_state(round, state)
-    enc = _Encoder()
-    tree = {"dict": [[name, enc.node(getattr(state, name), name, 1, arrays=name in _TENSOR_PARTS)]
-                     for name in _STATE_KEYS]}
-    document = {
-        "round": round,
-        "created": time.time(),
-        "writer": {"p2pfl": _package_version(), "torch": str(torch.__version__),
-                   "safetensors": safetensors.__version__},
-        "tree": tree,
-    }
-    metadata = {
-        "format": FORMAT,
-        "version": str(FORMAT_VERSION),
-        # ASCII: escapes what UTF-8 cannot carry (lone surrogates), so any Python str round-trips.
-        "state": json.dumps(document, ensure_ascii=True, allow_nan=False, separators=(",", ":")),
-        "sha256": PLACEHOLDER.decode(),
-    }
-    blob = bytearray(safetensors.torch.save(enc.tensors, metadata))
-    start = _digest_at(blob, _header_end(blob))
-    blob[start : start + DIGEST_HEX] = hashlib.sha256(blob).hexdigest().encode()
-    return bytes(blob)
+    buf = io.BytesIO()
+    _Encoded(round, state).write_to(buf)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -348,12 +438,13 @@ def _digest_at(buf: bytes | bytearray, header_end: int) -> int:
 
 
 def _verify_digest(buf: bytes, header_end: int) -> None:
-    """Check the whole-file SHA-256 before anything is parsed."""
+    """Check the whole-file SHA-256 before anything is parsed (hashed in place, nothing copied)."""
     start = _digest_at(buf, header_end)
     stored = buf[start : start + DIGEST_HEX]
-    h = hashlib.sha256(buf[:start])
-    h.update(PLACEHOLDER)
-    h.update(buf[start + DIGEST_HEX :])
+    with memoryview(buf) as view:
+        h = hashlib.sha256(view[:start])
+        h.update(PLACEHOLDER)
+        h.update(view[start + DIGEST_HEX :])
     if h.hexdigest().encode() != stored:
         raise CheckpointError("checksum mismatch: the file is corrupted (its SHA-256 differs from the one it records)")
 
@@ -413,24 +504,39 @@ def _document(text: str) -> tuple[int, list[Any]]:
     return round_, pairs
 
 
-def _load_tensors(buf: bytes) -> dict[str, torch.Tensor]:
+def _load_tensors(buf: bytes) -> dict[str, dict[str, Any]]:
+    """The tensor table as safetensors reads it: name -> {"dtype": code, "shape": [...], "data": bytes}.
+
+    Raw bytes, not torch tensors: the dtypes are mapped here (`_Decoder._array`), through numpy,
+    so that unsigned arrays load on any torch.
+    """
     try:
-        return safetensors.torch.load(buf)
-    except Exception as exc:  # SafetensorError, or KeyError/ValueError for a dtype torch lacks
+        return dict(safetensors.deserialize(buf))
+    except Exception as exc:  # SafetensorError
         raise CheckpointError(f"bad tensor data: safetensors cannot read it ({type(exc).__name__}: {exc})") from None
+
+
+def _int_ok(n: int, what: str) -> int:
+    if not _INT_MIN <= n <= _INT_MAX:
+        raise CheckpointError(
+            f"bad structure: {what} is an int of {n.bit_length()} bits, outside -2**63..2**64-1 "
+            "(no checkpoint writer stores it)")
+    return n
 
 
 class _Decoder:
     """Rebuilds the state from the JSON tree and the tensors safetensors read."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: dict[str, dict[str, Any]]) -> None:
         self.tensors = tensors
         self.used: set[str] = set()
 
     def node(self, n: Any, path: str, depth: int, arrays: bool = True) -> Any:
         if depth > MAX_DEPTH:
             raise CheckpointError(f"bad structure: {path} nested deeper than {MAX_DEPTH} levels")
-        if n is None or type(n) in (bool, int, float, str):
+        if type(n) is int:
+            return _int_ok(n, path)
+        if n is None or type(n) in (bool, float, str):
             return n
         if type(n) is not dict or len(n) != 1:
             raise CheckpointError(f"bad structure: {path} is a {type(n).__name__}, not a tagged node")
@@ -466,6 +572,8 @@ class _Decoder:
             k, v = pair
             if type(k) not in (str, int):
                 raise CheckpointError(f"bad structure: {path} has a {type(k).__name__} dict key")
+            if type(k) is int:
+                _int_ok(k, f"a dict key of {path}")
             if k in out:
                 raise CheckpointError(f"bad structure: {path} has duplicate key {k!r}")
             out[k] = self.node(v, f"{path}[{k!r}]", depth + 1, arrays)
@@ -485,14 +593,24 @@ class _Decoder:
         if key in self.used:
             raise CheckpointError(f"bad structure: tensor {key!r} is used twice")
         self.used.add(key)
-        t = self.tensors[key]
-        want = TORCH_DTYPES[name] if tag == "tensor" else _NUMPY_AS_TORCH[name]
-        if t.dtype != want or list(t.shape) != shape:
+        entry = self.tensors[key]
+        code, got_shape, data = entry["dtype"], list(entry["shape"]), entry["data"]
+        entry["data"] = None  # each tensor's bytes are held once: by the array made from them
+        if code != _TABLE_CODES[name] or got_shape != shape:
             raise CheckpointError(
-                f"bad structure: {path} is {name}{shape} in the state, {t.dtype}{list(t.shape)} in the tensor table")
-        if t.dtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:
+                f"bad structure: {path} is {name}{shape} in the state, {code}{got_shape} in the tensor table")
+        if type(data) is not bytearray:  # safetensors < 0.6 hands out (read-only) bytes
+            data = bytearray(data)
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if name == "bool" and arr.size and int(arr.max()) > 1:
             raise CheckpointError(f"bad structure: {path} bool data holds bytes other than 0/1")
-        return t if tag == "tensor" else t.numpy()
+        arr = arr.view(_TABLE_NUMPY[code]).reshape(shape)
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        if tag == "ndarray":
+            return arr
+        t = torch.from_numpy(arr)
+        return t.view(torch.bfloat16) if name == "bfloat16" else t
 
     def check_all_used(self) -> None:
         unused = sorted(set(self.tensors) - self.used)
@@ -505,7 +623,7 @@ def decode(data: bytes | bytearray | memoryview) -> tuple[int, NodeState]:
 
     Raises CheckpointError with the reason on anything wrong.
     """
-    buf = bytes(data)
+    buf = bytes(data)  # no copy when `data` is bytes already
     header_end = _header_end(buf)
     _verify_digest(buf, header_end)
     round_, pairs = _document(_metadata(buf, header_end)["state"])
@@ -531,20 +649,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path:
-    """Write `chunks` to `path` atomically, readable and writable by the owner only (0600).
+def write_private(path: str | os.PathLike[str], chunks: Iterable[bytes | bytearray | memoryview]) -> Path:
+    """Write `chunks` (any bytes-like buffers) to `path` atomically, readable and writable by the owner only (0600).
 
     Temp file created 0600 (os.open, so no moment with wider permissions), fsync, rename,
     fsync directory: either the old file (or none) or the complete new one is at `path`,
     even after a crash.
     """
+
+    def write(f: BinaryIO) -> None:
+        for c in chunks:
+            f.write(c)
+
+    return _write_private_with(path, write)
+
+
+def _write_private_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """`write_private`, the content written by `write(f)` (f: a seekable binary file at offset 0)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -559,8 +686,13 @@ def write_private(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path
 
 
 def write_checkpoint(path: str | os.PathLike[str], round: int, state: NodeState) -> Path:
-    """Write a checkpoint to `path` atomically and privately (see `write_private`)."""
-    return write_private(path, [encode(round, state)])
+    """Write a checkpoint to `path` atomically and privately (see `write_private`).
+
+    Streams the tensors' bytes from their own memory: beyond the header, saving needs only
+    `CHUNK` bytes (and a copy of any tensor that is not dense on the CPU).
+    """
+    encoded = _Encoded(round, state)  # refuses an unstorable state before any file is made
+    return _write_private_with(path, encoded.write_to)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[int, NodeState]:

@@ -7,6 +7,7 @@ files with a valid checksum around bad content, and plant a pickle under a check
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import json
 import logging
@@ -15,6 +16,9 @@ import os
 import pickle
 import re
 import struct
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -598,3 +602,208 @@ def test_module_never_uses_pickle() -> None:
             )
     assert "import pickle" not in source
     assert not re.search(r"(?<!safetensors\.)torch\.load\(", source)  # safetensors.torch.load reads no pickle
+
+
+# ----------------------------------------------------------------------------- compatibility and limits
+
+
+def _pinned_state() -> NodeState:
+    """The state in `_PINNED_V2` (every storable dtype, the int extremes, NaN, bytes, non-ASCII)."""
+    return NodeState(
+        trainer={
+            "w": torch.arange(6, dtype=torch.float32).reshape(2, 3) / 7,
+            "h": torch.tensor([1.5, -2.0], dtype=torch.float16),
+            "bf": torch.tensor([0.5, 3.0], dtype=torch.bfloat16),
+            "d": torch.tensor(2.25, dtype=torch.float64),
+            "i8": torch.tensor([-3, 4], dtype=torch.int8),
+            "u8": torch.tensor([250], dtype=torch.uint8),
+            "i16": torch.tensor([-300], dtype=torch.int16),
+            "i32": torch.tensor([70000], dtype=torch.int32),
+            "step": torch.tensor(12345678901),
+            "mask": torch.tensor([True, False]),
+            "empty": torch.zeros(0, 3),
+            "groups": [{"lr": 0.1, "betas": (0.9, 0.999), "fused": None, "nan": math.nan, "inf": -math.inf}],
+            "state": {0: {"n": 2**64 - 1}, -1: {"m": -(2**63)}},
+        },
+        reference={
+            "u16": np.array([65535, 1], np.uint16),
+            "u32": np.array([[4294967295]], np.uint32),
+            "u64": np.array([2**64 - 1], np.uint64),
+            "i64": np.array([-5], np.int64),
+            "f32": np.linspace(-1, 1, 3, dtype=np.float32),
+            "b": np.array([True]),
+            "h": np.array([0.25], np.float16),
+        },
+        metrics={"acc": [0.5], "raw": b"\x00\xff", "name": "n\u00e9"},
+        meta={"node": 2},
+    )
+
+
+# `encode(7, _pinned_state())` as written by the first safetensors writer (safetensors.torch.save,
+# safetensors 0.8.0, torch 2.13): files written before the writer moved here must still load.
+_PINNED_V2 = base64.b64decode(
+    "AA4AAAAAAAB7Il9fbWV0YWRhdGFfXyI6eyJmb3JtYXQiOiJwMnBmbC1jaGVja3BvaW50Iiwic2hhMjU2IjoiNGYzZWNkY2Nj"
+    "YTU1NjNhNjYzNjFiYWQ0ZDY0NTBiYTNkMjI2MzA1ZDFjMDg5ODU5NGE3MTE3M2FkNTcwZGFmNSIsInZlcnNpb24iOiIyIiwi"
+    "c3RhdGUiOiJ7XCJyb3VuZFwiOjcsXCJjcmVhdGVkXCI6MTc5NjUzNzYxNi43MzYzNDA4LFwid3JpdGVyXCI6e1wicDJwZmxc"
+    "IjpcIjAuMS4wXCIsXCJ0b3JjaFwiOlwiMi4xMy4wK2NwdVwiLFwic2FmZXRlbnNvcnNcIjpcIjAuOC4wXCJ9LFwidHJlZVwi"
+    "OntcImRpY3RcIjpbW1widHJhaW5lclwiLHtcImRpY3RcIjpbW1wid1wiLHtcInRlbnNvclwiOntcImtleVwiOlwidHJhaW5l"
+    "clsndyddXCIsXCJkdHlwZVwiOlwiZmxvYXQzMlwiLFwic2hhcGVcIjpbMiwzXX19XSxbXCJoXCIse1widGVuc29yXCI6e1wi"
+    "a2V5XCI6XCJ0cmFpbmVyWydoJ11cIixcImR0eXBlXCI6XCJmbG9hdDE2XCIsXCJzaGFwZVwiOlsyXX19XSxbXCJiZlwiLHtc"
+    "InRlbnNvclwiOntcImtleVwiOlwidHJhaW5lclsnYmYnXVwiLFwiZHR5cGVcIjpcImJmbG9hdDE2XCIsXCJzaGFwZVwiOlsy"
+    "XX19XSxbXCJkXCIse1widGVuc29yXCI6e1wia2V5XCI6XCJ0cmFpbmVyWydkJ11cIixcImR0eXBlXCI6XCJmbG9hdDY0XCIs"
+    "XCJzaGFwZVwiOltdfX1dLFtcImk4XCIse1widGVuc29yXCI6e1wia2V5XCI6XCJ0cmFpbmVyWydpOCddXCIsXCJkdHlwZVwi"
+    "OlwiaW50OFwiLFwic2hhcGVcIjpbMl19fV0sW1widThcIix7XCJ0ZW5zb3JcIjp7XCJrZXlcIjpcInRyYWluZXJbJ3U4J11c"
+    "IixcImR0eXBlXCI6XCJ1aW50OFwiLFwic2hhcGVcIjpbMV19fV0sW1wiaTE2XCIse1widGVuc29yXCI6e1wia2V5XCI6XCJ0"
+    "cmFpbmVyWydpMTYnXVwiLFwiZHR5cGVcIjpcImludDE2XCIsXCJzaGFwZVwiOlsxXX19XSxbXCJpMzJcIix7XCJ0ZW5zb3Jc"
+    "Ijp7XCJrZXlcIjpcInRyYWluZXJbJ2kzMiddXCIsXCJkdHlwZVwiOlwiaW50MzJcIixcInNoYXBlXCI6WzFdfX1dLFtcInN0"
+    "ZXBcIix7XCJ0ZW5zb3JcIjp7XCJrZXlcIjpcInRyYWluZXJbJ3N0ZXAnXVwiLFwiZHR5cGVcIjpcImludDY0XCIsXCJzaGFw"
+    "ZVwiOltdfX1dLFtcIm1hc2tcIix7XCJ0ZW5zb3JcIjp7XCJrZXlcIjpcInRyYWluZXJbJ21hc2snXVwiLFwiZHR5cGVcIjpc"
+    "ImJvb2xcIixcInNoYXBlXCI6WzJdfX1dLFtcImVtcHR5XCIse1widGVuc29yXCI6e1wia2V5XCI6XCJ0cmFpbmVyWydlbXB0"
+    "eSddXCIsXCJkdHlwZVwiOlwiZmxvYXQzMlwiLFwic2hhcGVcIjpbMCwzXX19XSxbXCJncm91cHNcIix7XCJsaXN0XCI6W3tc"
+    "ImRpY3RcIjpbW1wibHJcIiwwLjFdLFtcImJldGFzXCIse1widHVwbGVcIjpbMC45LDAuOTk5XX1dLFtcImZ1c2VkXCIsbnVs"
+    "bF0sW1wibmFuXCIse1wiZmxvYXRcIjpcIm5hblwifV0sW1wiaW5mXCIse1wiZmxvYXRcIjpcIi1pbmZcIn1dXX1dfV0sW1wi"
+    "c3RhdGVcIix7XCJkaWN0XCI6W1swLHtcImRpY3RcIjpbW1wiblwiLDE4NDQ2NzQ0MDczNzA5NTUxNjE1XV19XSxbLTEse1wi"
+    "ZGljdFwiOltbXCJtXCIsLTkyMjMzNzIwMzY4NTQ3NzU4MDhdXX1dXX1dXX1dLFtcInJlZmVyZW5jZVwiLHtcImRpY3RcIjpb"
+    "W1widTE2XCIse1wibmRhcnJheVwiOntcImtleVwiOlwicmVmZXJlbmNlWyd1MTYnXVwiLFwiZHR5cGVcIjpcInVpbnQxNlwi"
+    "LFwic2hhcGVcIjpbMl19fV0sW1widTMyXCIse1wibmRhcnJheVwiOntcImtleVwiOlwicmVmZXJlbmNlWyd1MzInXVwiLFwi"
+    "ZHR5cGVcIjpcInVpbnQzMlwiLFwic2hhcGVcIjpbMSwxXX19XSxbXCJ1NjRcIix7XCJuZGFycmF5XCI6e1wia2V5XCI6XCJy"
+    "ZWZlcmVuY2VbJ3U2NCddXCIsXCJkdHlwZVwiOlwidWludDY0XCIsXCJzaGFwZVwiOlsxXX19XSxbXCJpNjRcIix7XCJuZGFy"
+    "cmF5XCI6e1wia2V5XCI6XCJyZWZlcmVuY2VbJ2k2NCddXCIsXCJkdHlwZVwiOlwiaW50NjRcIixcInNoYXBlXCI6WzFdfX1d"
+    "LFtcImYzMlwiLHtcIm5kYXJyYXlcIjp7XCJrZXlcIjpcInJlZmVyZW5jZVsnZjMyJ11cIixcImR0eXBlXCI6XCJmbG9hdDMy"
+    "XCIsXCJzaGFwZVwiOlszXX19XSxbXCJiXCIse1wibmRhcnJheVwiOntcImtleVwiOlwicmVmZXJlbmNlWydiJ11cIixcImR0"
+    "eXBlXCI6XCJib29sXCIsXCJzaGFwZVwiOlsxXX19XSxbXCJoXCIse1wibmRhcnJheVwiOntcImtleVwiOlwicmVmZXJlbmNl"
+    "WydoJ11cIixcImR0eXBlXCI6XCJmbG9hdDE2XCIsXCJzaGFwZVwiOlsxXX19XV19XSxbXCJtZXRyaWNzXCIse1wiZGljdFwi"
+    "OltbXCJhY2NcIix7XCJsaXN0XCI6WzAuNV19XSxbXCJyYXdcIix7XCJieXRlc1wiOlwiMDBmZlwifV0sW1wibmFtZVwiLFwi"
+    "blxcdTAwZTlcIl1dfV0sW1wibWV0YVwiLHtcImRpY3RcIjpbW1wibm9kZVwiLDJdXX1dXX19In0sInJlZmVyZW5jZVsndTY0"
+    "J10iOnsiZHR5cGUiOiJVNjQiLCJzaGFwZSI6WzFdLCJkYXRhX29mZnNldHMiOlswLDhdfSwicmVmZXJlbmNlWydpNjQnXSI6"
+    "eyJkdHlwZSI6Ikk2NCIsInNoYXBlIjpbMV0sImRhdGFfb2Zmc2V0cyI6WzgsMTZdfSwidHJhaW5lclsnc3RlcCddIjp7ImR0"
+    "eXBlIjoiSTY0Iiwic2hhcGUiOltdLCJkYXRhX29mZnNldHMiOlsxNiwyNF19LCJ0cmFpbmVyWydkJ10iOnsiZHR5cGUiOiJG"
+    "NjQiLCJzaGFwZSI6W10sImRhdGFfb2Zmc2V0cyI6WzI0LDMyXX0sInJlZmVyZW5jZVsnZjMyJ10iOnsiZHR5cGUiOiJGMzIi"
+    "LCJzaGFwZSI6WzNdLCJkYXRhX29mZnNldHMiOlszMiw0NF19LCJ0cmFpbmVyWydlbXB0eSddIjp7ImR0eXBlIjoiRjMyIiwi"
+    "c2hhcGUiOlswLDNdLCJkYXRhX29mZnNldHMiOls0NCw0NF19LCJ0cmFpbmVyWyd3J10iOnsiZHR5cGUiOiJGMzIiLCJzaGFw"
+    "ZSI6WzIsM10sImRhdGFfb2Zmc2V0cyI6WzQ0LDY4XX0sInJlZmVyZW5jZVsndTMyJ10iOnsiZHR5cGUiOiJVMzIiLCJzaGFw"
+    "ZSI6WzEsMV0sImRhdGFfb2Zmc2V0cyI6WzY4LDcyXX0sInRyYWluZXJbJ2kzMiddIjp7ImR0eXBlIjoiSTMyIiwic2hhcGUi"
+    "OlsxXSwiZGF0YV9vZmZzZXRzIjpbNzIsNzZdfSwidHJhaW5lclsnYmYnXSI6eyJkdHlwZSI6IkJGMTYiLCJzaGFwZSI6WzJd"
+    "LCJkYXRhX29mZnNldHMiOls3Niw4MF19LCJyZWZlcmVuY2VbJ2gnXSI6eyJkdHlwZSI6IkYxNiIsInNoYXBlIjpbMV0sImRh"
+    "dGFfb2Zmc2V0cyI6WzgwLDgyXX0sInRyYWluZXJbJ2gnXSI6eyJkdHlwZSI6IkYxNiIsInNoYXBlIjpbMl0sImRhdGFfb2Zm"
+    "c2V0cyI6WzgyLDg2XX0sInJlZmVyZW5jZVsndTE2J10iOnsiZHR5cGUiOiJVMTYiLCJzaGFwZSI6WzJdLCJkYXRhX29mZnNl"
+    "dHMiOls4Niw5MF19LCJ0cmFpbmVyWydpMTYnXSI6eyJkdHlwZSI6IkkxNiIsInNoYXBlIjpbMV0sImRhdGFfb2Zmc2V0cyI6"
+    "WzkwLDkyXX0sInRyYWluZXJbJ2k4J10iOnsiZHR5cGUiOiJJOCIsInNoYXBlIjpbMl0sImRhdGFfb2Zmc2V0cyI6WzkyLDk0"
+    "XX0sInRyYWluZXJbJ3U4J10iOnsiZHR5cGUiOiJVOCIsInNoYXBlIjpbMV0sImRhdGFfb2Zmc2V0cyI6Wzk0LDk1XX0sInJl"
+    "ZmVyZW5jZVsnYiddIjp7ImR0eXBlIjoiQk9PTCIsInNoYXBlIjpbMV0sImRhdGFfb2Zmc2V0cyI6Wzk1LDk2XX0sInRyYWlu"
+    "ZXJbJ21hc2snXSI6eyJkdHlwZSI6IkJPT0wiLCJzaGFwZSI6WzJdLCJkYXRhX29mZnNldHMiOls5Niw5OF19ff//////////"
+    "+/////////81HNzfAgAAAAAAAAAAAAJAAACAvwAAAAAAAIA/AAAAACVJEj4lSZI+t23bPiVJEj9u2zY//////3ARAQAAP0BA"
+    "ADQAPgDA//8BANT+/QT6AQEA"
+)
+
+
+def _table(blob: bytes) -> tuple[int, dict, bytes]:
+    """(header length, tensor table, data) of a safetensors file."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header.pop("__metadata__")
+    return n, header, blob[8 + n :]
+
+
+def test_a_file_written_by_the_earlier_writer_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt-00000007.p2c"
+    path.write_bytes(_PINNED_V2)
+    round_, state = read_checkpoint(path)
+    assert round_ == 7
+    _assert_same(state.trainer, _pinned_state().trainer)
+    _assert_same(state.reference, _pinned_state().reference)
+    _assert_same(state.metrics, _pinned_state().metrics)
+    assert state.meta == {"node": 2}
+    state.reference["u16"][0] = 7  # arrays come back writable, as before
+    state.trainer["w"].add_(1)
+
+
+def test_the_file_layout_is_the_one_safetensors_writes() -> None:
+    """Same header size, tensor table (dtype codes U16/U32/U64 included, order, offsets) and data bytes as
+    the pinned file from safetensors' own writer, and as safetensors.torch.save writes today."""
+    blob = encode(7, _pinned_state())
+    assert _table(blob) == _table(_PINNED_V2)
+    _, metadata, doc = _open(blob)
+    assert doc["tree"] == json.loads(_header(_PINNED_V2)["__metadata__"]["state"])["tree"]
+    tensors, _, _ = _open(blob)
+    reference = safetensors.torch.save(tensors, dict(metadata))
+    assert _table(blob) == _table(reference)
+
+
+def test_unsigned_arrays_never_need_torch_unsigned_dtypes(tmp_path: Path) -> None:
+    """torch < 2.3 (allowed by pyproject) has no uint16/32/64: importing, saving and loading must not ask for them."""
+    script = f"""
+import numpy as np, torch
+real = torch.from_numpy
+def from_numpy(a):
+    if a.dtype in (np.uint16, np.uint32, np.uint64):
+        raise TypeError("can't convert np.ndarray of type numpy.{{}}".format(a.dtype))
+    return real(a)
+torch.from_numpy = from_numpy
+import p2pfl.checkpoint as ckpt
+state = ckpt.NodeState(trainer={{"w": torch.ones(2)}}, reference=[np.arange(3, dtype=d) for d in ("uint16", "uint32", "uint64")])
+ckpt.write_checkpoint({str(tmp_path / "c.p2c")!r}, 1, state)
+_, back = ckpt.read_checkpoint({str(tmp_path / "c.p2c")!r})
+assert [a.dtype.name for a in back.reference] == ["uint16", "uint32", "uint64"], back.reference
+assert all((a == np.arange(3)).all() for a in back.reference)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 2**100, -(2**200)])
+@pytest.mark.parametrize("where", ["value", "key", "nested"])
+def test_ints_outside_64_bits_are_refused_on_read(tmp_path: Path, value: int, where: str) -> None:
+    with pytest.raises(ValueError, match="64 bits"):  # what saving does with them
+        encode(0, NodeState(trainer={}, metrics={"x": value}))
+    tensors, metadata, doc = _valid_parts()
+    node = {"value": {"dict": [["x", value]]}, "key": {"dict": [[value, 1]]},
+            "nested": {"dict": [["x", {"list": [1, {"tuple": [value]}]}]]}}[where]
+    _set_root(doc, 2, node)
+    path = tmp_path / "ckpt-00000003.p2c"
+    path.write_bytes(_seal(tensors, metadata, doc))
+    field = {"value": "metrics['x']", "key": "a dict key of metrics", "nested": "metrics['x'][1][0]"}[where]
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: bad structure: {field} is an int of")) as err:
+        read_checkpoint(path)
+    assert "outside -2**63..2**64-1" in str(err.value)
+
+
+def test_ints_at_the_64_bit_limits_load() -> None:
+    for value in (2**64 - 1, -(2**63)):
+        state = NodeState(trainer={value: value}, metrics={"x": [value]})
+        assert decode(encode(0, state))[1] == state
+
+
+def test_save_streams_the_tensors_instead_of_copying_them(tmp_path: Path) -> None:
+    """Saving a 32 MB model allocates a few MB (one chunk), not copies of the model (it was ~3 copies)."""
+    state = NodeState(trainer={"w": np.ones(8_000_000, np.float32)}, reference=np.zeros(10, np.float32))
+    # (numpy arrays under trainer are stored like tensors; numpy's memory is what tracemalloc sees)
+    tracemalloc.start()
+    try:
+        ckpt.write_checkpoint(tmp_path / "big.p2c", 1, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12_000_000, peak
+    _, back = read_checkpoint(tmp_path / "big.p2c")
+    _assert_same(back.trainer, state.trainer)
+
+
+def test_tensors_that_are_not_dense_on_the_cpu_are_written_as_their_values() -> None:
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    state = NodeState(trainer={"cl": x.reshape(1, 2, 3, 4).to(memory_format=torch.channels_last),
+                               "sliced": x[:, 1:, ::2], "param": torch.nn.Parameter(torch.ones(2)),
+                               "big_endian": np.arange(3, dtype=">i4"), "fortran": np.asfortranarray(np.eye(3))})
+    back = decode(encode(0, state))[1].trainer
+    assert torch.equal(back["cl"], state.trainer["cl"]) and torch.equal(back["sliced"], x[:, 1:, ::2])
+    assert type(back["param"]) is torch.Tensor and not back["param"].requires_grad
+    assert back["big_endian"].dtype == np.dtype("int32") and list(back["big_endian"]) == [0, 1, 2]
+    assert (back["fortran"] == np.eye(3)).all()
+
+
+def test_write_private_takes_any_buffers(tmp_path: Path) -> None:
+    data = bytearray(b"abcdef")
+    path = ckpt.write_private(tmp_path / "f", [memoryview(data)[:2], data[2:4], b"ef", memoryview(b"")])
+    assert path.read_bytes() == b"abcdef"
+    assert (path.stat().st_mode & 0o777) == 0o600
