@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from p2pfl import strategies
 from p2pfl.config import Cluster, ConfigError, ExperimentConfig
 
 console = Console(stderr=True)
@@ -113,7 +114,8 @@ def main(verbose: int) -> None:
 @main.command()
 @_experiment_options
 @click.option("--topology", "-t", help="Name (ring, torus, complete, star, regular:d=4, ...) or graph file.")
-@click.option("--aggregation", type=click.Choice(["gossip", "fedavg"]), help="fedavg = star baseline through a hub.")
+@click.option("--aggregation", type=click.Choice(list(strategies.names())),
+              help="The aggregation strategy (p2pfl.strategies; fedavg and others with a hub run on a star).")
 @click.option("--processes", type=int, help="OS processes to spread the nodes over (0 = automatic).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
 def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:

@@ -139,11 +139,11 @@ class Node:
         self.accountant: privacy.PrivacyAccountant | None = None
         max_steps = None
         if c.dp_enabled:
-            placement = privacy.validate_placement(c.dp, c.aggregation, c.secure_agg)
+            placement = privacy.validate_placement(c.dp, self.strategy.needs_hub, c.secure_agg)
             # dp_test_seed is for tests only: a seeded stream is no protection at all
             seed = None if c.dp_test_seed < 0 else c.dp_test_seed.to_bytes(8, "little") + self.id.to_bytes(8, "little")
             self.noise = privacy.SecureNoise(deterministic_seed=seed)
-            k = privacy.releases_per_round(placement, c.aggregation, len(self.neighbours))
+            k = privacy.releases_per_round(placement, self.strategy.overlapping_groups, len(self.neighbours))
             self.accountant = privacy.PrivacyAccountant(c.dp_noise, 1.0, c.dp_delta, c.dp_unit, k)
             if c.dp_budget > 0:
                 max_steps = self.accountant.max_steps(c.dp_budget)

@@ -268,17 +268,10 @@ class Placement(str, Enum):
     CENTRAL = "central"
 
 
-def _strategy(aggregation: str):  # -> strategies.Strategy
-    # Imported here: the strategies build secagg's protocols, and secagg imports this module.
-    from p2pfl import strategies
-
-    return strategies.get(aggregation)
-
-
-def validate_placement(placement: Placement | str, aggregation: str, secure_agg: bool) -> Placement:
+def validate_placement(placement: Placement | str, trusted_aggregator: bool, secure_agg: bool) -> Placement:
     """The placement as an enum, or ValueError where it would not give the guarantee it claims.
 
-    `aggregation` names a strategy; central noise needs one with a trusted aggregator (a hub).
+    `trusted_aggregator`: the strategy has one (a hub, `Strategy.needs_hub`); central noise needs it.
     Whether the strategy *implements* the placement is config's question (`Strategy.dp_problem`).
     """
     try:
@@ -287,9 +280,8 @@ def validate_placement(placement: Placement | str, aggregation: str, secure_agg:
         raise ValueError(f"placement must be one of {[x.value for x in Placement]}, got {placement!r}") from None
     if p is Placement.DISTRIBUTED and not secure_agg:
         raise ValueError("distributed DP needs secure aggregation: each plain message would carry only 1/sqrt(m) of the noise")
-    if p is Placement.CENTRAL and not _strategy(aggregation).needs_hub:
-        raise ValueError(f"central DP needs a trusted aggregator: aggregation = {aggregation} has none "
-                         "(the FedAvg star's hub is one)")
+    if p is Placement.CENTRAL and not trusted_aggregator:
+        raise ValueError("central DP needs a trusted aggregator: this aggregation has none (the FedAvg star's hub is one)")
     return p
 
 
@@ -327,9 +319,10 @@ def noise_std(
     return sigma * clip_norm * max_weight / math.sqrt(contributors)
 
 
-def releases_per_round(placement: Placement | str, aggregation: str, degree: int) -> int:
+def releases_per_round(placement: Placement | str, overlapping_groups: bool, degree: int) -> int:
     """How many Gaussian releases of one node's round update the accountant must compose (its k).
 
+    `overlapping_groups`: one node's input enters a secure sum per neighbour (the strategy says so).
     One for local noise (the same noisy message goes to every neighbour and the node mixes that
     same message into its own model) and for the FedAvg star (one sum; every node adopts it).
     Distributed noise in secure *gossip*: `degree` group sums (fresh noise in each), plus one
@@ -337,7 +330,7 @@ def releases_per_round(placement: Placement | str, aggregation: str, degree: int
     that its state never holds an un-noised update (see docs/privacy.md): degree + 1.
     """
     p = Placement(placement)
-    if p is Placement.DISTRIBUTED and _strategy(aggregation).overlapping_groups:
+    if p is Placement.DISTRIBUTED and overlapping_groups:
         return max(1, int(degree)) + 1
     return 1
 

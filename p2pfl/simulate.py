@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from p2pfl import topology
+from p2pfl import strategies, topology
 from p2pfl.config import Cluster, ConfigError, ExperimentConfig, NodeEntry, write_cluster
 from p2pfl.crypto import decode_public, write_keypair
 from p2pfl.record import (MODELS_DIR, METRICS_FILE, MetricsWriter, RoundRecord, build_summary, own_peak_rss_mb,
@@ -306,8 +306,9 @@ def apply_variant(cfg: ExperimentConfig, variant: str, placement: str = "off") -
 
     "plain" alone turns secure aggregation, DP and compression off; "secure" turns secure
     aggregation on; "q8"/"q16" quantize vectors; "dp" turns DP on with `placement` where that is
-    valid for the run, else the natural one: distributed for the secure FedAvg star, central for
-    the plain star (local when its vectors are quantized), local for gossip.
+    valid for the run (the strategy says which placements it implements), else the natural one:
+    distributed for the secure FedAvg star, central for the plain star (local when its vectors are
+    quantized), local for gossip.
     """
     tokens = [t.strip() for t in variant.split("+")]
     bad = [t for t in tokens if t not in VARIANT_TOKENS]
@@ -318,8 +319,12 @@ def apply_variant(cfg: ExperimentConfig, variant: str, placement: str = "off") -
     compression = next((t for t in tokens if t in ("q8", "q16")), "none")
     dp = "off"
     if "dp" in tokens:
-        fedavg = cfg.aggregation == "fedavg"
-        valid = {"local": True, "central": fedavg and not secure and compression == "none", "distributed": fedavg and secure}
+        strategy = strategies.get(cfg.aggregation)
+        implemented = {p: strategy.dp_problem(p, secure) is None for p in ("local", "central", "distributed")}
+        # central: a trusted hub that sees plain, unquantized vectors; distributed: secure sums
+        valid = {"local": implemented["local"],
+                 "central": implemented["central"] and strategy.needs_hub and not secure and compression == "none",
+                 "distributed": implemented["distributed"] and secure}
         natural = next(p for p in ("distributed", "central", "local") if valid[p])
         dp = placement if valid.get(placement, False) else natural
     return replace(cfg, secure_agg=secure, dp=dp, compression=compression,

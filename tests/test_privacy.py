@@ -250,20 +250,20 @@ def test_placement_formulas_and_validation() -> None:
     assert noise_std("central", 2.0, 1.5, max_weight=0.25) == pytest.approx(0.75)
     assert noise_std("distributed", 2.0, 1.5, contributors=4, max_weight=0.5) == pytest.approx(0.75)
     assert noise_std("local", 2.0, 1.5, contributors=99) == pytest.approx(3.0)
-    assert validate_placement("local", "gossip", False) is Placement.LOCAL
-    assert validate_placement("distributed", "gossip", True) is Placement.DISTRIBUTED
-    assert validate_placement("central", "fedavg", False) is Placement.CENTRAL
+    assert validate_placement("local", False, False) is Placement.LOCAL
+    assert validate_placement("distributed", False, True) is Placement.DISTRIBUTED
+    assert validate_placement("central", True, False) is Placement.CENTRAL
     with pytest.raises(ValueError, match="secure aggregation"):
-        validate_placement("distributed", "gossip", False)
+        validate_placement("distributed", False, False)
     with pytest.raises(ValueError, match="FedAvg"):
-        validate_placement("central", "gossip", True)
+        validate_placement("central", False, True)
     with pytest.raises(ValueError):
-        validate_placement("everywhere", "gossip", True)
+        validate_placement("everywhere", False, True)
     with pytest.raises(ValueError):
         noise_std("distributed", 1.0, 1.0, contributors=0)
-    assert releases_per_round("distributed", "gossip", 4) == 5
-    assert releases_per_round("distributed", "fedavg", 4) == 1
-    assert releases_per_round("local", "gossip", 4) == 1
+    assert releases_per_round("distributed", True, 4) == 5
+    assert releases_per_round("distributed", False, 4) == 1
+    assert releases_per_round("local", True, 4) == 1
 
 
 # ----------------------------------------------------------------------------- accountant

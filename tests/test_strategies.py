@@ -102,9 +102,15 @@ def test_config_refuses_dp_placements_a_strategy_does_not_implement(aggregation:
         ExperimentConfig(aggregation=aggregation, topology="star", dp=dp).validate()
 
 
-def test_privacy_asks_the_strategy_for_a_trusted_aggregator_and_overlapping_sums() -> None:
-    assert privacy.validate_placement("central", "fednova", False) is privacy.Placement.CENTRAL  # it has a hub
-    with pytest.raises(ValueError, match="aggregation = pushsum has none"):
-        privacy.validate_placement("central", "pushsum", False)
-    assert privacy.releases_per_round("distributed", "gossip", 3) == 4
-    assert privacy.releases_per_round("distributed", "fednova", 3) == 1
+def test_privacy_takes_what_the_strategy_declares_a_trusted_aggregator_and_overlapping_sums() -> None:
+    def trusted(name: str) -> bool:
+        return strategies.get(name).needs_hub
+
+    def overlapping(name: str) -> bool:
+        return strategies.get(name).overlapping_groups
+
+    assert privacy.validate_placement("central", trusted("fednova"), False) is privacy.Placement.CENTRAL  # a hub
+    with pytest.raises(ValueError, match="trusted aggregator"):
+        privacy.validate_placement("central", trusted("pushsum"), False)
+    assert privacy.releases_per_round("distributed", overlapping("gossip"), 3) == 4
+    assert privacy.releases_per_round("distributed", overlapping("fednova"), 3) == 1
