@@ -723,11 +723,12 @@ def test_the_file_layout_is_the_one_safetensors_writes() -> None:
     the pinned file from safetensors' own writer, and as safetensors.torch.save writes today."""
     blob = encode(7, _pinned_state())
     assert _table(blob) == _table(_PINNED_V2)
-    _, metadata, doc = _open(blob)
-    assert doc["tree"] == json.loads(_header(_PINNED_V2)["__metadata__"]["state"])["tree"]
-    tensors, _, _ = _open(blob)
-    reference = safetensors.torch.save(tensors, dict(metadata))
-    assert _table(blob) == _table(reference)
+    metadata = _header(blob)["__metadata__"]
+    assert json.loads(metadata["state"])["tree"] == json.loads(_header(_PINNED_V2)["__metadata__"]["state"])["tree"]
+    if getattr(torch, "uint64", None) is None:
+        return  # torch < 2.3 cannot hold the U16/U32/U64 tensors that safetensors.torch would need below
+    tensors = safetensors.torch.load(blob)
+    assert _table(blob) == _table(safetensors.torch.save(tensors, metadata))
 
 
 def test_unsigned_arrays_never_need_torch_unsigned_dtypes(tmp_path: Path) -> None:
