@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl.config import Cluster, ExperimentConfig
-from p2pfl.crypto import load_private_key
 from p2pfl.messages import Message
 from p2pfl.record import RoundRecord
 
@@ -71,19 +70,15 @@ def run_nodes(cfg: ExperimentConfig, run_dir: Path, scheme: str = "tcp",
     """
     import torch
 
-    from p2pfl.data import shard
-    from p2pfl.node import Node, NodeSpec
-    from p2pfl.training import load_task, partition_task
+    from p2pfl.launch import build_node, load_workload  # torch: only runs that train need it
 
     cluster = cluster_for(cfg, run_dir, scheme)
-    task = load_task(cfg.task, cfg.seed)
-    parts = partition_task(task, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    workload = load_workload(cfg)
     context = context_for(scheme)
     lock = threading.Lock()
     nodes = {}
     for i in range(cfg.nodes):
-        key = load_private_key(cluster.nodes[i].key_file)  # Cluster.load resolves it against the file
-        node = Node(NodeSpec(i, cfg, cluster, key), task, shard(task.dataset, parts[i]), context)
+        node = build_node(cfg, cluster, i, workload=workload, context=context)
         if sent is not None:
             node.transport.send = _recording(node.id, node.transport.send, sent, lock)
         nodes[i] = node
