@@ -74,6 +74,7 @@ class ClusterRun:
     final: dict[int, np.ndarray]
     scripted: ScriptedNeighbour
     wall: float
+    ended: float  # time.monotonic() once both real nodes had returned (at most 0.1 s late)
 
 
 def experiment(**overrides) -> ExperimentConfig:
@@ -95,7 +96,7 @@ def run_cluster(run_dir: Path, task: Task, *,
                 prepare: Callable[[ScriptedNeighbour], None] | None = None,
                 on_start: Callable[[ScriptedNeighbour], None] | None = None,
                 config: ExperimentConfig | None = None, scripted_timeout: float = 60.0,
-                delta_seed: int = 1234, strict: bool = True) -> ClusterRun:
+                delta_seed: int = 1234, strict: bool = True, done_after: float = 0.0) -> ClusterRun:
     """Nodes 0 and 1 as real Nodes in threads, node 2 scripted; with `strict`, all must finish cleanly.
 
     `prepare(scripted)` runs before the scripted neighbour starts (counters it uses there are
@@ -112,7 +113,7 @@ def run_cluster(run_dir: Path, task: Task, *,
     scripted = ScriptedNeighbour(SCRIPTED, cluster, load_private_key(cluster.require(SCRIPTED).key_file), context,
                                  cfg.rounds, nodes[0].trainer.num_params, nodes[0].transport.limits,
                                  watch=VICTIM, on_round=on_round, on_start=on_start, timeout=scripted_timeout,
-                                 delta_seed=delta_seed)
+                                 delta_seed=delta_seed, done_after=done_after)
     if prepare is not None:
         prepare(scripted)
     records: dict[int, list[RoundRecord]] = {}
@@ -135,7 +136,8 @@ def run_cluster(run_dir: Path, task: Task, *,
         threads[0].join(0.1)
         threads[1].join(0.1)
     hung = [t.name for t in threads if t.is_alive()]
-    wall = time.monotonic() - started
+    ended = time.monotonic()
+    wall = ended - started
     scripted.stop()
     assert not hung, f"{hung} still running after {RUN_TIMEOUT}s (scripted: {scripted.error})"
     term = threading.Thread(target=context.term, daemon=True)
@@ -148,7 +150,7 @@ def run_cluster(run_dir: Path, task: Task, *,
         assert scripted.decode_errors == []  # the honest nodes' frames all authenticate
         assert scripted.rounds_done == cfg.rounds
     final = {i: node.trainer.get_flat() for i, node in nodes.items()}
-    return ClusterRun(nodes, records, final, scripted, wall)
+    return ClusterRun(nodes, records, final, scripted, wall, ended)
 
 
 def assert_finished_every_round(run: ClusterRun) -> None:
@@ -414,3 +416,25 @@ def test_a_sync_from_beyond_the_run_is_dropped_not_adopted(task: Task, tmp_path:
     assert {k: n for k, n in dropped.items() if k != "send_queue_full"} == {"wrong_round": 1}, dropped
     record_fault("authenticated sync claiming round 10^6 of a 5-round run", 1,
                  "held: dropped and counted as wrong_round, not adopted; node 0 ran all 5 rounds", unit="message")
+
+
+# -- the end of a run --------------------------------------------------------------------------------
+
+
+def test_a_node_stays_until_its_neighbours_are_done(task: Task, tmp_path: Path) -> None:
+    """The farewell (docs/protocol.md, *The end*): a node that has run its last round keeps its
+    sockets open and reads until every neighbour has said done, so a slower neighbour still gets
+    our last model (closing with unread input resets the connection and drops what was unsent).
+
+    Node 2 (scripted) says done only 3 s after its last round. Nodes 0 and 1 must not return
+    before that (causal, not timed: they wait for the message), and must return soon after it,
+    long before the farewell's bound (round_timeout 30 s + 2 s); each said done to node 2.
+    """
+    run = run_cluster(tmp_path, task, done_after=3.0)
+    assert_finished_every_round(run)
+    done_at = run.scripted.done_sent_at
+    assert done_at is not None
+    assert run.ended >= done_at, f"the nodes returned {done_at - run.ended:.2f}s before node 2 said done"
+    assert run.ended - done_at < 20.0, f"the nodes waited {run.ended - done_at:.1f}s after node 2 said done (bound 32 s)"
+    said_done = {h.sender for h in run.scripted.received if h.kind == Kind.HEARTBEAT and h.round == ROUNDS}
+    assert said_done == {0, 1}, f"done heartbeats (round {ROUNDS}) came from {sorted(said_done)}"

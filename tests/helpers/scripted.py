@@ -13,7 +13,9 @@ Its honest behaviour is plain gossip with a fixed delta per round:
     every neighbour: the nodes' start-up barrier; they answer it with a sync (their round and
     model), which it records;
   - for r = 1..rounds: wait for the watched node's round-r MODEL, call `on_round(self, r)`
-    (the test's script: attacks, fuzz, ...), then send its own round-r MODEL to every neighbour.
+    (the test's script: attacks, fuzz, ...), then send its own round-r MODEL to every neighbour;
+  - after its last round, `done_after` seconds later (default at once), a HEARTBEAT{done} to every
+    neighbour: the farewell real nodes wait for before they close (docs/protocol.md, *The end*).
 Frames sent by `on_round` on `dealer(to)` reach `to` *before* the honest round-r MODEL (ZeroMQ
 keeps the order of one connection), and the watched node cannot finish round r without that
 MODEL: whatever the script sends in round r is processed by the watched node during round r.
@@ -31,10 +33,10 @@ import numpy as np
 import zmq
 
 from p2pfl import crypto, wire
+from p2pfl.channel import KEY_CONTEXT
 from p2pfl.config import Cluster
 from p2pfl.messages import Kind, Message
 from p2pfl.protocols import DELTA
-from p2pfl.transport import KEY_CONTEXT
 
 from helpers.handshake import Counter, Initiator, Responder
 
@@ -71,6 +73,7 @@ class ScriptedNeighbour:
         on_start: Callable[["ScriptedNeighbour"], None] | None = None,
         timeout: float = 60.0,
         delta_seed: int = 1234,
+        done_after: float = 0.0,
     ) -> None:
         self.id = node_id
         self.cluster = cluster
@@ -84,6 +87,8 @@ class ScriptedNeighbour:
         self.on_start = on_start
         self.delta_seed = delta_seed
         self.timeout = timeout
+        self.done_after = done_after
+        self.done_sent_at: float | None = None  # time.monotonic() just before the farewell left
         self.hello_meta: dict = {"hello": True, "round": 1}  # what a node starting at round 1 says
         self.neighbours = cluster.neighbours(node_id)
         self.counter = Counter()
@@ -192,6 +197,7 @@ class ScriptedNeighbour:
                     self.sent[(j, r)] = frames
                     self.send(j, frames)
                 self.rounds_done = r
+            self._farewell()
             while not self._stop.is_set():  # keep our queues drained until the nodes are done
                 self._receive_one(POLL_MS)
         except BaseException:  # noqa: BLE001 - reported to the test, which asserts on it
@@ -200,6 +206,15 @@ class ScriptedNeighbour:
             for sock in [*self._dealers.values(), *self._extra, self._router]:
                 if sock is not None:
                     sock.close(linger=0)
+
+    def _farewell(self) -> None:
+        """Say done, as an honest node does after its last round (after reading `done_after` s)."""
+        until = time.monotonic() + self.done_after
+        while time.monotonic() < until and not self._stop.is_set():
+            self._receive_one(POLL_MS)
+        self.done_sent_at = time.monotonic()  # before the send: a node that waited for it returns later
+        for j in self.neighbours:
+            self.send(j, self.seal(Message(Kind.HEARTBEAT, self.id, self.rounds, meta={"done": True}), j))
 
     def _wait_for_model(self, sender: int, round_: int) -> None:
         deadline = time.monotonic() + self.timeout
