@@ -6,11 +6,12 @@ It holds no protocol or training logic.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,56 +19,55 @@ from typing import Any
 import click
 from rich.console import Console
 
-from p2pfl import strategies
-from p2pfl.config import Cluster, ConfigError, ExperimentConfig
+from p2pfl.config import Cluster, ConfigError, ExperimentConfig, choices_of, default_text, json_schema, option_names, reference_markdown
 
 console = Console(stderr=True)
 if not console.is_terminal:
     console.width = 160  # logs and CI: do not squeeze the comparison table into 80 columns
 
 
-def _experiment_options(f: Any) -> Any:
-    """Options shared by simulate, compare and node; each overrides the config file."""
-    opts = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment TOML file."),
-        click.option("--task", help="digits-mlp (default), digits-cnn, apps (next-app recommendation), or package.module:function."),
-        click.option("--nodes", "-n", type=int, help="Number of nodes (default 8; node: the cluster file's count)."),
-        click.option("--rounds", "-r", type=int, help="Training rounds (default 40)."),
-        click.option("--local-epochs", type=int, help="Local epochs per round (default 1)."),
-        click.option("--local-steps", type=int, help="Local SGD steps per round (overrides epochs)."),
-        click.option("--lr", type=float, help="Learning rate (0 = pure averaging)."),
-        click.option("--batch-size", type=int),
-        click.option("--partition", type=click.Choice(["iid", "dirichlet", "personas"]),
-                     help="iid, dirichlet (label skew) or personas (apps task: users of a few personas per node)."),
-        click.option("--alpha", type=float, help="Dirichlet concentration for --partition dirichlet or personas."),
-        click.option("--seed", type=int),
-        click.option("--secure/--no-secure", "secure_agg", default=None, help="Secure aggregation with secret-shared masks."),
-        click.option("--verify-views/--no-verify-views", "secagg_verify_views", default=None,
-                     help="Secure aggregation: members confirm the aggregator's view before revealing shares where it "
-                          "drops someone or the group is sparse (default). --no-verify-views: never, two message steps "
-                          "fewer in those rounds, safe against honest-but-curious nodes only "
-                          "(docs/threat-model.md)."),
-        click.option("--round-timeout", type=float, help="Seconds per protocol phase before missing peers are skipped."),
-        click.option("--eval-every", type=int),
-        click.option("--dp", type=click.Choice(["off", "local", "central", "distributed"]),
-                     help="Differential privacy: local (each node noises what it sends), central (the FedAvg hub "
-                          "noises the average), distributed (secure FedAvg: each leaf adds a share). See docs/privacy.md."),
-        click.option("--dp-clip", type=float, help="C: L2 bound of a node's round update (default 1.0)."),
-        click.option("--dp-noise", type=float, help="sigma: noise std divided by C (default 1.0)."),
-        click.option("--dp-delta", type=float, help="delta of the reported (epsilon, delta) (default 1e-5)."),
-        click.option("--dp-budget", type=float, help="Epsilon a node may spend; then it stops sharing (0 = no limit)."),
-        click.option("--dp-unit", type=click.Choice(["record", "node"]), help="Unit of privacy (default record)."),
-        click.option("--dp-test-seed", type=int, hidden=True,
-                     help="TEST ONLY: seed the DP noise (>= 0). A seeded stream protects nothing."),
-        click.option("--fedprox-mu", type=float, help="FedProx proximal term mu (0 = plain local training)."),
-        click.option("--participation", type=float, help="Probability that a node trains and shares in a round (default 1)."),
-        click.option("--fedavg-sample", type=int, help="Star FedAvg: leaves the hub samples per round (0 = all)."),
-        click.option("--compression", type=click.Choice(["none", "q8", "q16"]),
-                     help="Plain gossip/FedAvg: 8- or 16-bit quantized vectors with error feedback."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def _experiment_options(command: str) -> Any:
+    """The options of `command` (simulate, compare or node) that override the experiment file.
+
+    Generated from `ExperimentConfig`'s fields (`config.setting`): flag, type, choices, help and
+    the default shown in --help all come from the field. An option left out is None, so the file
+    (or the built-in default) decides.
+    """
+
+    def decorate(f: Any) -> Any:
+        opts = [click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment TOML file.")]
+        opts += [_setting_option(fld) for fld in fields(ExperimentConfig) if command in fld.metadata["commands"]]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def _setting_option(fld: Any) -> Any:
+    """The click option of one `ExperimentConfig` field."""
+    meta = fld.metadata
+    kind = str(fld.type)
+    help_text = f"{meta['help']} [default: {_shown_default(fld)}]"
+    extra: dict[str, Any] = {}
+    choices = choices_of(fld)
+    if kind == "bool":
+        extra["default"] = None
+    elif choices is not None and kind == "str":
+        extra["type"] = click.Choice(list(choices))
+    elif meta["directory"]:
+        extra["type"] = click.Path(file_okay=False)
+    else:
+        extra["type"] = {"int": int, "float": float, "str": str}[kind]
+    return click.option(*option_names(fld), fld.name, help=help_text, hidden=meta["hidden"], **extra)
+
+
+def _shown_default(fld: Any) -> str:
+    """The field's default as --help shows it: a value, "" for empty text, the flag that is on for a boolean."""
+    if str(fld.type) == "bool":
+        on, off = option_names(fld)[0].split("/")
+        return on if fld.default else off
+    return default_text(fld.default) if fld.default == "" else str(fld.default)
 
 
 def _config(config_file: str | None, defaults: dict[str, Any] | None = None, **overrides: Any) -> ExperimentConfig:
@@ -112,11 +112,7 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@_experiment_options
-@click.option("--topology", "-t", help="Name (ring, torus, complete, star, regular:d=4, ...) or graph file.")
-@click.option("--aggregation", type=click.Choice(list(strategies.names())),
-              help="The aggregation strategy (p2pfl.strategies; fedavg and others with a hub run on a star).")
-@click.option("--processes", type=int, help="OS processes to spread the nodes over (0 = automatic).")
+@_experiment_options("simulate")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
 def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:
     """Run every node of a topology on this host: real processes, sockets and crypto."""
@@ -136,13 +132,12 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
 
 
 @main.command()
-@_experiment_options
+@_experiment_options("compare")
 @click.option("--topologies", default=None, help="Comma-separated names/files; star-fedavg is the baseline.")
 @click.option("--secure-mode", type=click.Choice(["off", "on", "both"]), default="off", help="Run plain, secure, or both side by side.")
 @click.option("--variants", default=None,
               help="Comma-separated variants run on every topology, e.g. plain,secure,secure+dp "
                    "(tokens joined by +: plain, secure, dp, q8, q16). Replaces --secure-mode.")
-@click.option("--processes", type=int)
 @click.option("--target", type=float, default=0.9, show_default=True, callback=_finite,
               help="Target accuracy for the table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
@@ -197,11 +192,9 @@ def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> Non
                    "layout simulate writes, for one node. `p2pfl report` merges the directories of all the nodes.")
 @click.option("--metrics", type=click.Path(dir_okay=False),
               help="Also append this node's per-round records (metrics.jsonl lines) to this file.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Checkpoint every round here; resume from it on restart.")
 @click.option("--fresh", is_flag=True, help="Start from round 1: delete this node's checkpoints in --checkpoint-dir first "
                                             "(a node refuses to start over on its own when none of them is usable).")
-@click.option("--down-after", type=int, help="Rounds a neighbour may stay silent before it is no longer waited for.")
-@_experiment_options
+@_experiment_options("node")
 def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, run_dir: str | None,
          metrics: str | None, fresh: bool, **overrides: Any) -> None:
     """Run one node of a cluster until its rounds are done (one per machine, or several)."""
@@ -323,6 +316,23 @@ def keygen(out_dir: str, node_ids: tuple[int, ...]) -> None:
         except (KeyFileError, FileExistsError) as exc:
             raise click.UsageError(str(exc)) from exc
         click.echo(f"node {node_id}: private key {private_path}  public_key = \"{public}\"")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Describe the experiment settings (generated from p2pfl.config.ExperimentConfig)."""
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of an experiment file's settings."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the reference of every setting (Markdown, docs/config-reference.md): TOML defaults, flags, bounds."""
+    click.echo(reference_markdown(), nl=False)
 
 
 @main.group("topology")

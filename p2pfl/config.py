@@ -3,6 +3,26 @@
 Owns `ExperimentConfig` (what to train and how), `Cluster` (who the nodes are: id, address,
 public key, topology) and `ConfigError`. Every bad value is rejected here, before anything
 starts, with the field and the problem named. It does not start nodes or open sockets.
+
+One source of truth. Each `ExperimentConfig` field is declared with `setting(...)`, which keeps
+in the field's metadata everything else that is said about it: the help text, the command-line
+flag (or why there is none: `file_only`), the commands that offer the flag, the choices, simple
+bounds (ge/gt/le/lt) and, for the secure-aggregation parameters, the `SecAggParams` field it
+sets. From those fields come
+
+- the validation of single values (`validate`: type, choices, bounds, in field order);
+- the click options of `p2pfl simulate|compare|node` (`cli._experiment_options`: flag, type,
+  choices, help and the "[default: ...]" shown in --help);
+- the JSON Schema of an experiment file (`json_schema`, `p2pfl config schema`);
+- the reference of every setting (`reference_markdown`, docs/config-reference.md);
+- the secure-aggregation parameters of a node (`ExperimentConfig.secagg_params`).
+
+Rules that relate several fields (DP placement against the strategy, compression against secure
+aggregation, ...) are written once, in `validate`. Why a dataclass with metadata rather than
+pydantic: callers use `dataclasses.replace`/`fields`, runs must stay bit-identical, and the
+project's value checks (finite floats, no bools for numbers, errors that name the field and the
+file) are already here; what was missing was one place that says what a setting is, not another
+validation engine.
 """
 
 from __future__ import annotations
@@ -10,16 +30,21 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from p2pfl import strategies, topology
+
+if TYPE_CHECKING:
+    from p2pfl.secagg.group import SecAggParams
 
 PARTITIONS = ("iid", "dirichlet", "personas")
 OPTIMIZERS = ("sgd", "adam")
@@ -28,6 +53,7 @@ DP_UNITS = ("record", "node")
 COMPRESSIONS = ("none", "q8", "q16")
 BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "apps")  # training.BUILTIN_TASKS, named here without importing torch
 GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (partition = "personas")
+COMMANDS = ("simulate", "compare", "node")  # the commands that take experiment options
 _PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
@@ -41,78 +67,130 @@ class ConfigError(ValueError):
         self.field = field_name
 
 
+def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
+            commands: tuple[str, ...] = COMMANDS, file_only: str = "", hidden: bool = False,
+            choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None,
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            note: str = "", secagg: str | None = None, directory: bool = False) -> Any:
+    """A dataclass field of `ExperimentConfig` with everything said about it in its metadata.
+
+    help: one sentence or two, used by --help, the JSON schema and docs/config-reference.md.
+    flag: the command-line flag ("--secure/--no-secure" for a boolean pair); default: the
+        field's name with dashes (booleans: "--name/--no-name"). short: a one-letter alias.
+    commands: which of simulate, compare, node offer the flag; `file_only` says why a command
+        (or, with commands=(), every command) has none: the setting is then set in the file.
+    choices: allowed values (a callable for a registry read at validation time).
+    ge/gt/le/lt: bounds; `note` is added to the message of a value out of them.
+    secagg: the `SecAggParams` field this setting sets (`ExperimentConfig.secagg_params`).
+    directory: the value is a directory path (the option refuses an existing file).
+    """
+    meta = dict(help=help, flag=flag, short=short, commands=commands, file_only=file_only, hidden=hidden,
+                choices=choices, ge=ge, gt=gt, le=le, lt=lt, note=note, secagg=secagg, directory=directory)
+    return field(default=default, metadata=meta)
+
+
+def choices_of(f: dataclasses.Field) -> tuple[Any, ...] | None:
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
+
+
 @dataclass
 class ExperimentConfig:
     """Everything that defines a run; the same on every node of a cluster."""
 
-    task: str = "digits-mlp"
-    nodes: int = 8
-    topology: str = "ring"
-    aggregation: str = "gossip"  # a strategy's name (`strategies.names()`); "fedavg": the star baseline
-    rounds: int = 40
-    local_epochs: int = 1
-    local_steps: int = 0  # > 0 overrides local_epochs
-    lr: float = 0.05
-    momentum: float = 0.9
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    partition: str = "iid"
-    alpha: float = 0.5  # Dirichlet concentration (partition = "dirichlet")
-    seed: int = 0
-    same_init: bool = True  # False: each node starts from its own random model (averaging studies)
-    eval_every: int = 1
-    round_timeout: float = 10.0  # seconds per protocol phase before missing peers are skipped
-    startup_timeout: float = 120.0  # seconds to wait for neighbours to come up
-    secure_agg: bool = False
-    secagg_threshold: float = 0.5  # Shamir threshold as a fraction of the group (majority)
-    min_contributors: int = 2  # privacy floor: never unmask fewer contributors than this
-    # members confirm a view that drops someone before revealing (defends against an active aggregator);
-    # False: the semi-honest variant, two message steps fewer in such rounds (docs/threat-model.md)
-    secagg_verify_views: bool = True
-    down_after: int = 3  # rounds a neighbour may miss before we stop waiting for it
-    checkpoint_dir: str = ""  # node: persist state here every `checkpoint_every` rounds; resume from it
-    checkpoint_every: int = 1
-    processes: int = 0  # simulate: OS processes to spread nodes over (0 = automatic)
-    label: str = ""  # name of the run in reports (default: derived from topology and options)
+    task: str = setting("digits-mlp", "digits-mlp, digits-cnn, apps (next-app recommendation), or a plug-in "
+                        "'package.module:function' returning a task.")
+    nodes: int = setting(8, "Number of nodes (node: taken from the cluster file; if given it must agree).",
+                         short="-n", ge=2, note="(a decentralized run needs at least 2 nodes)")
+    topology: str = setting("ring", "Topology: a name (ring, torus, complete, star, regular:d=4, ...) or a graph file.",
+                            short="-t", commands=("simulate",),
+                            file_only="compare takes --topologies; node runs the cluster file's topology")
+    aggregation: str = setting("gossip", "The aggregation strategy (p2pfl.strategies); fedavg and the others with a "
+                               "hub run on a star (fedavg: the star baseline).", choices=strategies.names,
+                               commands=("simulate", "node"), file_only="compare sets it per topology (star-fedavg)")
+    rounds: int = setting(40, "Training rounds.", short="-r", ge=1)
+    local_epochs: int = setting(1, "Local epochs per round.", ge=1)
+    local_steps: int = setting(0, "Local SGD steps per round; > 0 overrides local_epochs.", ge=0)
+    lr: float = setting(0.05, "Learning rate.", ge=0, note="(0 = pure averaging)")
+    momentum: float = setting(0.9, "SGD momentum (Adam uses its default betas).", ge=0, lt=1)
+    batch_size: int = setting(32, "Mini-batch size of local training.", ge=1)
+    optimizer: str = setting("sgd", "Local optimizer.", choices=OPTIMIZERS)
+    partition: str = setting("iid", "How the data is split: iid, dirichlet (label skew) or personas (a task with "
+                             "user groups: users of a few personas per node).", choices=PARTITIONS)
+    alpha: float = setting(0.5, "Dirichlet concentration for partition dirichlet or personas.", gt=0)
+    seed: int = setting(0, "Seed of the data split, the models, generated topologies and schedules.", ge=0)
+    same_init: bool = setting(True, "Every node starts from the same random model (--no-same-init: each from its "
+                              "own; averaging studies).")
+    eval_every: int = setting(1, "Evaluate the model every this many rounds.", ge=1)
+    round_timeout: float = setting(10.0, "Seconds per protocol phase before missing peers are skipped.", gt=0)
+    startup_timeout: float = setting(120.0, "Seconds to wait for neighbours to come up.", gt=0)
+    secure_agg: bool = setting(False, "Secure aggregation with secret-shared masks (docs/secagg.md).",
+                               flag="--secure/--no-secure")
+    secagg_threshold: float = setting(0.5, "Secure aggregation: Shamir threshold as a fraction of the holders of a "
+                                      "member's secrets, t = floor(threshold * holders) + 1 (0.5: strict majority).",
+                                      ge=0.5, lt=1, note="(see docs/secagg.md)", secagg="threshold")
+    min_contributors: int = setting(2, "Privacy floor: secure aggregation never unmasks a sum of fewer contributors; "
+                                    "distributed DP sizes each share of the noise by it.", ge=2,
+                                    note="(a sum of one input reveals that input)", secagg="min_contributors")
+    secagg_verify_views: bool = setting(
+        True, "Secure aggregation: members confirm the aggregator's view before revealing shares where it drops "
+        "someone or the group is sparse. --no-verify-views: never, two message steps fewer in those rounds, safe "
+        "against honest-but-curious nodes only (docs/threat-model.md).",
+        flag="--verify-views/--no-verify-views", secagg="verify_views")
+    secagg_clip: float = setting(16.0, "Secure aggregation: each coordinate of a contribution is clipped to "
+                                 "[-clip, clip] before fixed-point encoding.", gt=0, secagg="clip")
+    secagg_bits: int = setting(32, "Secure aggregation: width of the fixed-point integers (the masked wire format "
+                               "is uint32, so only 32).", choices=(32,), secagg="bits")
+    secagg_sparse_above: int = setting(12, "Secure aggregation: groups with more members than this mask with a "
+                                       "sparse graph (SecAgg+).", ge=2, secagg="sparse_above")
+    secagg_sparse_degree: int = setting(0, "Secure aggregation: masking degree in sparse groups, >= 2 (0 = automatic, "
+                                        "masking.auto_degree of the group size).", ge=0, secagg="sparse_degree")
+    secagg_max_samples: int = setting(1 << 16, "Secure FedAvg: a leaf's weight is min(samples, max_samples) / "
+                                      "max_samples.", ge=1, lt=1 << 40, secagg="max_samples")
+    secagg_patience: int = setting(3, "Secure aggregation: a member (or FedAvg leaf) gives up after this many "
+                                   "deadlines in a row without a message from its aggregator.", ge=1, secagg="patience")
+    secagg_max_deadlines: int = setting(8, "Secure aggregation: after this many deadlines in one round the protocol "
+                                        "finishes whatever is pending.", ge=4, note="(one per aggregator phase)",
+                                        secagg="max_deadlines")
+    down_after: int = setting(3, "Rounds a neighbour may stay silent before it is no longer waited for.", ge=1)
+    checkpoint_dir: str = setting("", "Checkpoint every checkpoint_every rounds here; resume from it on restart "
+                                  "(empty: no checkpoints).", commands=("node",), directory=True,
+                                  file_only="simulate and compare do not checkpoint")
+    checkpoint_every: int = setting(1, "Rounds between checkpoints.", ge=1, commands=("node",),
+                                    file_only="simulate and compare do not checkpoint")
+    processes: int = setting(0, "OS processes to spread the nodes over (0 = automatic).", ge=0,
+                             commands=("simulate", "compare"), file_only="node is one process")
+    label: str = setting("", "Name of the run in reports (empty: derived from topology and options).",
+                         commands=("simulate", "node"), file_only="compare labels each of its runs")
     # differential privacy (docs/privacy.md): clip each round update to dp_clip, noise sigma * clip
-    dp: str = "off"  # "local" | "central" (FedAvg hub) | "distributed" (secure FedAvg)
-    dp_clip: float = 1.0  # C: L2 bound of a node's round update
-    dp_noise: float = 1.0  # sigma: noise std / C (the noise multiplier)
-    dp_delta: float = 1e-5
-    dp_budget: float = 0.0  # epsilon a node may spend (0 = no limit); then it stops sharing
-    dp_unit: str = "record"  # unit of privacy: "record" (one record of a node) or "node" (all of it)
-    dp_test_seed: int = -1  # TEST ONLY: >= 0 makes the DP noise a seeded stream (no privacy at all)
-    fedprox_mu: float = 0.0  # FedProx proximal term mu/2 ||w - w_round_start||^2 (0 = plain)
-    participation: float = 1.0  # probability that a node trains and shares in a round
-    fedavg_sample: int = 0  # star FedAvg: leaves the hub samples per round (0 = all)
-    compression: str = "none"  # plain gossip / FedAvg: "q8" | "q16" quantized vectors with error feedback
+    dp: str = setting("off", "Differential privacy: local (each node noises what it sends), central (the FedAvg hub "
+                      "noises the average), distributed (secure FedAvg: each leaf adds a share). See docs/privacy.md.",
+                      choices=DP_MODES)
+    dp_clip: float = setting(1.0, "DP: C, the L2 bound of a node's round update.", gt=0)
+    dp_noise: float = setting(1.0, "DP: sigma, the noise std divided by C (the noise multiplier).", gt=0)
+    dp_delta: float = setting(1e-5, "DP: delta of the reported (epsilon, delta).", gt=0, lt=1)
+    dp_budget: float = setting(0.0, "DP: epsilon a node may spend; then it stops sharing (0 = no limit).", ge=0)
+    dp_unit: str = setting("record", "DP: unit of privacy, one record of a node or all of a node's data.",
+                           choices=DP_UNITS)
+    dp_test_seed: int = setting(-1, "TEST ONLY: >= 0 makes the DP noise a seeded stream, which protects nothing "
+                                "(-1: cryptographic noise).", ge=-1, hidden=True,
+                                note="(-1: off, cryptographic noise; or a seed >= 0)")
+    fedprox_mu: float = setting(0.0, "FedProx proximal term mu/2 ||w - w_round_start||^2 (0 = plain local training).",
+                                ge=0)
+    participation: float = setting(1.0, "Probability that a node trains and shares in a round.", gt=0, le=1)
+    fedavg_sample: int = setting(0, "Star FedAvg: leaves the hub samples per round (0 = all).", ge=0,
+                                 note="(0 = every leaf)")
+    compression: str = setting("none", "Plain gossip / FedAvg: q8 or q16 quantized vectors with error feedback.",
+                               choices=COMPRESSIONS)
 
     def validate(self, source: str | None = None) -> "ExperimentConfig":
-        """Check every field; raise `ConfigError` naming the first bad one."""
+        """Check every field, then the rules between fields; raise `ConfigError` naming the first bad one."""
         _check_types(self, source)
         _check_task(self.task, source)
-        positive = ("nodes", "rounds", "local_epochs", "batch_size", "eval_every", "min_contributors",
-                "down_after", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}", source)
-        for name in ("local_steps", "processes", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}", source)
-        if self.lr < 0:
-            raise ConfigError("lr", f"must be >= 0 (0 = pure averaging), got {self.lr}", source)
-        for name in ("round_timeout", "startup_timeout", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}", source)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum}", source)
-        if not 0.5 <= self.secagg_threshold < 1:
-            raise ConfigError("secagg_threshold", f"must be in [0.5, 1) (see docs/secagg.md), got {self.secagg_threshold}", source)
-        _check_choice("aggregation", self.aggregation, strategies.names(), source)
-        _check_choice("partition", self.partition, PARTITIONS, source)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS, source)
-        if self.nodes < 2:
-            raise ConfigError("nodes", "a decentralized run needs at least 2 nodes", source)
+        for f in fields(self):
+            _check_values(f, getattr(self, f.name), source)
+        if self.secagg_sparse_degree == 1:
+            raise ConfigError("secagg_sparse_degree", "must be 0 (automatic) or >= 2, got 1", source)
         if self.partition == "personas" and self.task in ("digits-mlp", "digits-cnn"):
             raise ConfigError("partition", f"personas splits users by persona: it needs a task with user groups "
                               f"({', '.join(GROUPED_TASKS)}), not {self.task}", source)
@@ -120,24 +198,7 @@ class ExperimentConfig:
         return self
 
     def _validate_knobs(self, source: str | None) -> None:
-        """DP, FedProx, participation and compression: values, then combinations."""
-        _check_choice("dp", self.dp, DP_MODES, source)
-        _check_choice("dp_unit", self.dp_unit, DP_UNITS, source)
-        _check_choice("compression", self.compression, COMPRESSIONS, source)
-        for name in ("dp_clip", "dp_noise"):
-            if not 0 < getattr(self, name) < float("inf"):
-                raise ConfigError(name, f"must be > 0 and finite, got {getattr(self, name)}", source)
-        if not 0 < self.dp_delta < 1:
-            raise ConfigError("dp_delta", f"must be in (0, 1), got {self.dp_delta}", source)
-        for name in ("dp_budget", "fedprox_mu"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise ConfigError(name, f"must be >= 0 and finite, got {getattr(self, name)}", source)
-        if self.dp_test_seed < -1:
-            raise ConfigError("dp_test_seed", f"must be -1 (off: cryptographic noise) or a seed >= 0, got {self.dp_test_seed}", source)
-        if not 0 < self.participation <= 1:
-            raise ConfigError("participation", f"must be a probability in (0, 1], got {self.participation}", source)
-        if self.fedavg_sample < 0:
-            raise ConfigError("fedavg_sample", f"must be >= 0 (0 = every leaf), got {self.fedavg_sample}", source)
+        """DP, FedProx, participation and compression: combinations."""
         if self.dp == "off" and self.dp_budget > 0:
             raise ConfigError("dp_budget", "a privacy budget needs differential privacy: set dp to local, central or distributed", source)
         strategy = strategies.get(self.aggregation)
@@ -218,6 +279,12 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def secagg_params(self) -> "SecAggParams":
+        """The secure-aggregation parameters of this run: every field with `secagg` metadata, one place."""
+        from p2pfl.secagg.group import SecAggParams
+
+        return SecAggParams(**{f.metadata["secagg"]: getattr(self, f.name) for f in fields(self) if f.metadata.get("secagg")})
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "ExperimentConfig":
         known = {f.name for f in fields(cls)}
@@ -242,6 +309,104 @@ class ExperimentConfig:
             data.update(raw.get("experiment", raw))
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_dict(data, source)
+
+
+_JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
+
+
+def option_names(f: dataclasses.Field) -> list[str]:
+    """The command-line spellings of a setting: its flag (a "--x/--no-x" pair for booleans) and short alias."""
+    flag = f.metadata.get("flag")
+    if flag is None:
+        dashed = f.name.replace("_", "-")
+        flag = f"--{dashed}/--no-{dashed}" if str(f.type) == "bool" else f"--{dashed}"
+    return [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+
+
+def default_text(value: Any) -> str:
+    """A default as a TOML value ("" for an empty string, true/false for booleans)."""
+    return json.dumps(value) if isinstance(value, (bool, str)) else repr(value)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of an experiment file's settings, generated from the fields.
+
+    The settings sit at the top level of the TOML file or in its [experiment] table; the schema
+    describes that table. Bounds and choices are the single-value rules of `validate`; the rules
+    between fields (see `ExperimentConfig.validate`) are not expressible here and are checked on load.
+    """
+    props: dict[str, Any] = {}
+    for f in fields(ExperimentConfig):
+        meta = f.metadata
+        prop: dict[str, Any] = {"type": _JSON_TYPES[str(f.type)], "default": f.default, "description": meta["help"]}
+        choices = choices_of(f)
+        if choices is not None:
+            prop["enum"] = list(choices)
+        for key, word in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"), ("lt", "exclusiveMaximum")):
+            if meta.get(key) is not None:
+                prop[word] = meta[key]
+        if meta["commands"]:
+            prop["x-cli"] = {"flags": option_names(f), "commands": list(meta["commands"])}
+        if meta["file_only"]:
+            prop["x-file-only"] = meta["file_only"]
+        props[f.name] = prop
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "p2pfl experiment",
+        "description": "Settings of a p2pfl experiment file (top level, or its [experiment] table). Rules between "
+                       "settings are checked when the file is loaded (p2pfl.config.ExperimentConfig.validate).",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+    }
+
+
+def reference_markdown() -> str:
+    """docs/config-reference.md: every setting with its TOML default, flag, commands, bounds and help."""
+    lines = [
+        "# Experiment settings",
+        "",
+        "Generated from `p2pfl/config.py` by `p2pfl config reference` (do not edit by hand;",
+        "`tests/test_config_schema.py` checks that it is up to date). The JSON Schema of the same",
+        "settings: `p2pfl config schema`.",
+        "",
+        "Every setting can be written in an experiment TOML file given with `--config`, at the top",
+        "level or in an `[experiment]` table; a command-line flag, where there is one, overrides the",
+        "file. Rules that relate several settings (for example `dp = \"distributed\"` needs",
+        "`secure_agg = true`) are checked when the configuration is loaded, before anything starts.",
+        "",
+        "```toml",
+        "[experiment]",
+    ]
+    for f in fields(ExperimentConfig):
+        lines.append(f"{f.name} = {default_text(f.default)}")
+    lines += ["```", "", "| setting | type | default | flag (commands) | allowed | description |", "|---|---|---|---|---|---|"]
+    for f in fields(ExperimentConfig):
+        meta = f.metadata
+        if meta["commands"]:
+            where = "all" if tuple(meta["commands"]) == COMMANDS else ", ".join(meta["commands"])
+            flag = f"`{' '.join(option_names(f))}` ({where})"
+            if meta["hidden"]:
+                flag += ", hidden"
+        else:
+            flag = "file only"
+        if meta["file_only"]:
+            flag += f"; not a flag of the others: {meta['file_only']}" if meta["commands"] else f": {meta['file_only']}"
+        described = meta["help"].replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {f.type} | `{default_text(f.default)}` | {flag} | {_allowed(f)} | {described} |")
+    return "\n".join(lines) + "\n"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    choices = choices_of(f)
+    parts = [", ".join(f"`{c}`" for c in choices)] if choices is not None else []
+    meta = f.metadata
+    for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            parts.append(f"{op} {_num(meta[key])}")
+    if meta.get("note"):
+        parts.append(meta["note"].strip("()"))
+    return "; ".join(parts)
 
 
 def hub_of(g: nx.Graph) -> int | None:
@@ -406,9 +571,36 @@ def _check_task(task: str, source: str | None) -> None:
                       "or a plug-in 'package.module:function'", source)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...], source: str | None) -> None:
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...], source: str | None) -> None:
     if value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}", source)
+        raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}", source)
+
+
+def _check_values(f: dataclasses.Field, value: Any, source: str | None) -> None:
+    """The single-value rules of a field's metadata: its choices and its bounds."""
+    choices = choices_of(f)
+    if choices is not None:
+        _check_choice(f.name, value, choices, source)
+    meta = f.metadata
+    ge, gt, le, lt = meta.get("ge"), meta.get("gt"), meta.get("le"), meta.get("lt")
+    ok = ((ge is None or value >= ge) and (gt is None or value > gt)
+          and (le is None or value <= le) and (lt is None or value < lt))
+    if ok:
+        return
+    low, high = (ge, "[") if ge is not None else (gt, "(")
+    top, close = (le, "]") if le is not None else (lt, ")")
+    if low is not None and top is not None:
+        rule = f"in {high}{_num(low)}, {_num(top)}{close}"
+    elif low is not None:
+        rule = f"{'>=' if ge is not None else '>'} {_num(low)}"
+    else:
+        rule = f"{'<=' if le is not None else '<'} {_num(top)}"
+    note = f" {meta['note']}" if meta.get("note") else ""
+    raise ConfigError(f.name, f"must be {rule}{note}, got {value}", source)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
 
 
 def _is_file(spec: str) -> bool:

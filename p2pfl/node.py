@@ -47,7 +47,7 @@ from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
 from p2pfl.rounds import Dropped, Liveness, Place, RoundWindow
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
-from p2pfl.secagg import DistributedNoise, SecAggParams
+from p2pfl.secagg import DistributedNoise
 from p2pfl.strategies import RoundContext
 from p2pfl.training import LocalTrainer, Task, TrainConfig, init_model
 from p2pfl.transport import Peer, create as create_transport
@@ -126,9 +126,7 @@ class Node:
         self._private_key = spec.private_key
         self._public_keys = {j: e.public_key for j, e in spec.cluster.nodes.items()}
         self._secrets: dict[tuple[int, bytes], bytes] = {}
-        self._secagg_params = SecAggParams(threshold=self.config.secagg_threshold,
-                                           min_contributors=self.config.min_contributors,
-                                           verify_views=self.config.secagg_verify_views)
+        self._secagg_params = self.config.secagg_params()
         self._t0 = 0.0
         self._init_knobs()
 

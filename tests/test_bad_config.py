@@ -255,7 +255,30 @@ BAD_VALUES = [
     ("--eval-every", "0", ("eval_every", "must be >= 1")),
     ("--alpha", "0", ("alpha", "must be > 0")),
     ("--rounds", "ten", ("--rounds", "'ten'")),
+    # every secure-aggregation parameter is a setting, checked before anything starts
+    ("--secagg-clip", "0", ("secagg_clip", "must be > 0, got 0")),
+    ("--secagg-clip", "nan", ("secagg_clip", "must be a finite number")),
+    ("--secagg-bits", "64", ("secagg_bits", "must be one of 32, got 64")),
+    ("--secagg-sparse-above", "1", ("secagg_sparse_above", "must be >= 2, got 1")),
+    ("--secagg-sparse-degree", "1", ("secagg_sparse_degree", "must be 0 (automatic) or >= 2")),
+    ("--secagg-max-samples", "0", ("secagg_max_samples", "must be in [1, 1099511627776)")),
+    ("--secagg-patience", "0", ("secagg_patience", "must be >= 1, got 0")),
+    ("--secagg-max-deadlines", "3", ("secagg_max_deadlines", "must be >= 4 (one per aggregator phase), got 3")),
+    ("--secagg-threshold", "0.4", ("secagg_threshold", "must be in [0.5, 1)")),
+    ("--min-contributors", "1", ("min_contributors", "must be >= 2")),
+    ("--secagg-patience", "three", ("--secagg-patience", "'three'")),
 ]
+
+
+def test_bad_secagg_setting_in_the_experiment_file(run: Run) -> None:
+    run.experiment.write_text(EXPERIMENT + "secure_agg = true\nsecagg_max_deadlines = 2\n")
+    with recording("simulate and node: secagg_max_deadlines = 2 in the experiment TOML", 2, unit="commands") as rec:
+        proc = p2pfl(run.dir, "simulate", "--config", run.experiment.name, "--out", "out")
+        check(rec, proc, run.dir, "experiment.toml", "secagg_max_deadlines", "must be >= 4")
+        assert not (run.dir / "out").exists()
+        proc = run.node()
+        check(rec, proc, run.dir, "experiment.toml", "secagg_max_deadlines", "must be >= 4")
+        assert not run.metrics.exists()
 
 
 @pytest.mark.parametrize("option, value, needles", BAD_VALUES, ids=[f"{o}={v}" for o, v, _ in BAD_VALUES])
