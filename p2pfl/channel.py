@@ -5,9 +5,12 @@ handshake's first steps, the sessions agreed with every neighbour's current proc
 builds and reads the handshake; this module runs it), AEAD sealing and opening of every message
 (`wire` lays the bytes out), the per-session replay counters, this process's message counter,
 and the traffic and drop accounting (`TransportStats`, drop warnings rate-limited to one per
-reason per second). It does not own sockets, queues, threads or waiting: a transport hands it
-the frames it received and gives it `Links` to send on (docs/wire.md has the exact rules this
-module enforces, in order).
+reason per second), and the peer table's entry (`Peer`). It does not own sockets, queues,
+threads or waiting: a transport hands it the frames it received and gives it `Links` to send on
+(docs/wire.md has the exact rules this module enforces, in order). `ChannelTransport` is the
+base of every transport: the methods that only hand over to the `Channels`, and the receive loop
+around the transport's own way of taking frames and waiting (`_take`). It does not import the
+seam (`transport`), which imports the transports, which import this module.
 
 So every transport of the package (ZeroMQ over tcp:// and ipc://, the in-memory one) delivers
 only messages that a neighbour's current process sealed for this process, in a session this
@@ -23,13 +26,12 @@ import enum
 import logging
 import math
 import time
-from dataclasses import replace
-from typing import Iterable, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Protocol, Self, Sequence
 
 from p2pfl import crypto, session, wire
 from p2pfl.messages import Kind, Message
 from p2pfl.session import Identity, Inbound, Outbound
-from p2pfl.transport import Peer, TransportStats
 
 # The drop warnings and the duplicate-identity errors keep the logger name they always had:
 # operators' filters and the tests that read the log know them by it.
@@ -42,14 +44,35 @@ RESET_EVERY_S = 0.5  # at most one "unknown session" notice per connection per t
 RESET_ROUTES = 4096  # connections whose last notice is remembered
 DUPLICATE_GRACE_S = 12.0  # refused this long (> the heartbeat timeout: a crashed predecessor's
 # connection is gone by then) means another live process holds our id
-ALIVE_GRACE_S = 3.0  # a rival process that spoke this recently may have reconnected unseen (the
-# ZeroMQ transport's heartbeat timeout: a vanished connection is closed within it)
 
 # Drop reasons of the channel itself (wire.WireError and session reasons are used as they are).
 SEND_QUEUE_FULL = "send_queue_full"
+SEND_FAILED = "send_failed"  # a link failed otherwise (not full, not gone): counted and logged by its transport
 UNKNOWN_PEER = "unknown_peer"
 WRONG_RECIPIENT = "wrong_recipient"
 REPLAY = "replay"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a node listens ("tcp://host:port", "ipc:///path", "inproc://name", "mem://name") and
+    its long-term X25519 public key."""
+
+    address: str
+    public_key: bytes
+
+
+@dataclass
+class TransportStats:
+    """Traffic counters; bytes count every frame of every message sent or received (dropped ones too)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    handshake_messages: int = 0  # session handshake steps sent and received (their bytes are in the totals)
+    sessions_accepted: int = 0  # sessions neighbours' processes agreed with us and we accepted
 
 
 class Sent(enum.Enum):
@@ -58,6 +81,7 @@ class Sent(enum.Enum):
     OK = "ok"  # queued
     FULL = "full"  # not queued: no room now (a busy or slow peer, not a dead one)
     GONE = "gone"  # not queued: the connection named by the route no longer exists
+    FAILED = "failed"  # not queued: the link failed otherwise; the transport counted (SEND_FAILED) and logged it
 
 
 class Links(Protocol):
@@ -69,7 +93,11 @@ class Links(Protocol):
     """
 
     def send_out(self, to: int, frames: Sequence[wire.Buffer]) -> Sent:
-        """Queue `frames` on the outbound connection to neighbour `to`, never blocking."""
+        """Queue `frames` on the outbound connection to neighbour `to`, never blocking.
+
+        FAILED (any failure that is neither FULL nor GONE) only once the transport has counted it
+        as SEND_FAILED and logged why (`Channels.drop`); the channels count nothing more for it.
+        """
         ...
 
     def send_back(self, route: bytes, frames: Sequence[wire.Buffer]) -> Sent:
@@ -93,10 +121,14 @@ class Channels:
     """The secure channels of node `node_id`; see the module docstring for the guarantees.
 
     Checks its arguments when made (ValueError); `start` begins the handshakes over `links`.
+    `alive_grace_s`: how long after a rival process (one whose session a new process of the same
+    node would replace) last spoke it may have reconnected on a connection not seen yet although
+    its old one is gone; the transport's time to close a vanished connection (0: its connections
+    never vanish while their owner runs).
     """
 
     def __init__(self, node_id: int, private_key: bytes, peers: dict[int, Peer], neighbours: Iterable[int],
-                 limits: wire.Limits, cipher: str = crypto.AUTO) -> None:
+                 limits: wire.Limits, cipher: str = crypto.AUTO, *, alive_grace_s: float) -> None:
         if node_id not in peers:
             raise ValueError(f"node {node_id} is not in the peer table")
         if crypto.public_from_private(private_key) != peers[node_id].public_key:
@@ -107,6 +139,7 @@ class Channels:
                 raise ValueError(f"neighbour {j} is {'this node' if j == node_id else 'not in the peer table'}")
         self.node_id = node_id
         self.limits = limits
+        self.alive_grace_s = alive_grace_s
         try:  # resolved once: what every message this node sends is sealed with
             self.cipher = crypto.choose_cipher(cipher)
         except crypto.CipherUnavailable as exc:
@@ -193,7 +226,10 @@ class Channels:
         self._counter += 1
         frames = wire.seal(msg, to, self._counter, out.agreed.key, self.limits, cipher=self.cipher,
                            session=out.agreed.sid)
-        if links.send_out(to, frames) is not Sent.OK:
+        sent = links.send_out(to, frames)
+        if sent is Sent.FAILED:
+            return False  # counted and logged by the transport
+        if sent is not Sent.OK:
             return self._send_failed(to)
         self._stats.messages_sent += 1
         self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
@@ -317,10 +353,10 @@ class Channels:
         proposed.last_counter, proposed.route, proposed.last_heard = header.counter, route, time.monotonic()
         rival = inbound.rival(proposed)
         alive = rival is not None and self._alive(j, rival)
-        if rival is not None and not alive and time.monotonic() - rival.last_heard < ALIVE_GRACE_S:
+        if rival is not None and not alive and time.monotonic() - rival.last_heard < self.alive_grace_s:
             # Its connection is gone but it spoke a moment ago: it may have reconnected on a
             # connection we have not seen it use yet. No verdict: the new process retries, and is
-            # accepted once the old one has been silent for a heartbeat timeout (or refused if it speaks).
+            # accepted once the old one has been silent for `alive_grace_s` (or refused if it speaks).
             return None
         if alive:
             inbound.refuse(proposed)
@@ -383,21 +419,31 @@ class Channels:
         self._stats.handshake_messages += 1
         out, now = self._out[j], time.monotonic()
         if not header.session:
-            meta = wire.open_meta(header, frames, self._keys[j], self.limits)
-            kind = session.read(meta, {session.RESP, session.RESET})
-            if kind == session.RESP:
-                confirm = out.on_resp(meta)
-                if confirm is not None:  # None: a late answer to an earlier attempt of ours
-                    assert out.agreed is not None
-                    self._handshake(j, confirm, out.agreed.key, out.agreed.sid)
-                return
-            init = out.on_reset(meta, now)
-            if init is None:
-                return  # about a session of ours we already replaced
-            log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
-                        self.node_id, j)
-            self._send_init(j, init)
+            self._on_static_answer(j, out, header, frames, now)
+        else:
+            self._on_session_answer(j, out, header, frames, now)
+
+    def _on_static_answer(self, j: int, out: Outbound, header: wire.Header, frames: Sequence[wire.Buffer],
+                          now: float) -> None:
+        """RESP (go on: CONFIRM) or RESET (start over: INIT), sealed with the static key."""
+        meta = wire.open_meta(header, frames, self._keys[j], self.limits)
+        kind = session.read(meta, {session.RESP, session.RESET})
+        if kind == session.RESP:
+            confirm = out.on_resp(meta)
+            if confirm is not None:  # None: a late answer to an earlier attempt of ours
+                assert out.agreed is not None
+                self._handshake(j, confirm, out.agreed.key, out.agreed.sid)
             return
+        init = out.on_reset(meta, now)
+        if init is None:
+            return  # about a session of ours we already replaced
+        log.warning("node %d: node %d no longer knows our session (it restarted); agreeing a new one",
+                    self.node_id, j)
+        self._send_init(j, init)
+
+    def _on_session_answer(self, j: int, out: Outbound, header: wire.Header, frames: Sequence[wire.Buffer],
+                           now: float) -> None:
+        """The verdict ACCEPT or REFUSE on our CONFIRM, or a CONFLICT notice, sealed with a session key."""
         key = out.key_for(header.session)
         if key is None:
             raise session.HandshakeError(session.STALE_HANDSHAKE, "sealed for a session that is not one of ours")
@@ -460,3 +506,111 @@ class Channels:
         more = self._unlogged.pop(reason, 0)
         log.warning("node %d dropped a message (%s) %s%s", self.node_id, reason, detail,
                     f" [+{more} more since the last warning]" if more else "")
+
+
+class ChannelTransport:
+    """What every transport of the package does the same way around its `Channels`.
+
+    The `transport.MessageTransport` methods that only hand over to the channels (`send`,
+    `established`, `count_drop`, `drop`, `stats`, `neighbours`), the context manager, and the
+    loop of `recv`: take what is queued, hand it to the channels, retry due handshakes, wait.
+    A subclass makes `self._channels` (`_make_channels`) and provides what differs: `start` and
+    `close`, `_started` and `_take` (its sockets or queues), and the `Links` methods.
+    """
+
+    _channels: Channels
+
+    def _make_channels(self, node_id: int, private_key: bytes, peers: dict[int, Peer], neighbours: Iterable[int],
+                       limits: wire.Limits, cipher: str, alive_grace_s: float) -> None:
+        """Make `self._channels` (ValueError for a bad key, peer table or cipher) and the attributes every
+        transport has: `node_id`, `limits`, `cipher` (resolved), `_address` (its own), `_peers` (its neighbours')."""
+        self._channels = Channels(node_id, private_key, peers, neighbours, limits, cipher, alive_grace_s=alive_grace_s)
+        self.node_id = node_id
+        self.limits = limits
+        self.cipher = self._channels.cipher
+        self._address = peers[node_id].address
+        self._peers = {j: peers[j] for j in self._channels.neighbours}
+
+    # -- what differs --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self, linger: float = 0.0) -> None:
+        raise NotImplementedError
+
+    @property
+    def _started(self) -> bool:
+        """Whether `recv` may run: started and not closed."""
+        raise NotImplementedError
+
+    def _take(self, wait: float | None) -> tuple[bool, Message | None]:
+        """Hand the channels what comes next: (whether an inbound frame set or an answer was taken, the
+        message it delivered). `wait` None: only what is queued now; else wait up to `wait` s first."""
+        raise NotImplementedError
+
+    # -- the same for every transport ----------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, to: int, msg: Message) -> bool:
+        """Seal `msg` for neighbour `to` and queue it; False (and counted) if its queue is full.
+
+        Never blocks. The message's arrays may be changed as soon as this returns. Sending to a
+        non-neighbour, or a message that is not from this node or does not fit the limits, is a
+        programming error (ValueError / wire.WireError).
+        """
+        return self._channels.send(to, msg)  # ValueError for a non-neighbour, or before start / after close
+
+    def recv(self, timeout: float) -> Message | None:
+        """The next authenticated, fresh message, or None once `timeout` seconds have passed.
+
+        Handshakes run in here too (answers, retries); session.DuplicateIdentity if neighbours
+        have refused this process for DUPLICATE_GRACE_S.
+        """
+        if not self._started:
+            raise RuntimeError("recv before start (or after close)")
+        channels = self._channels
+        deadline = time.monotonic() + max(0.0, timeout)
+        wait: float | None = None  # take what is already queued before waiting
+        while True:
+            # Messages come in bursts (a phase's worth from every neighbour): take what is queued
+            # without waiting, and wait only when nothing is.
+            taken, msg = self._take(wait)
+            if msg is not None:
+                return msg
+            wait = None
+            if taken and time.monotonic() < deadline:
+                continue
+            now = time.monotonic()
+            wait = deadline - now
+            if not channels.all_established():
+                wait = min(wait, channels.tick(now))
+            if deadline - now <= 0:
+                return None
+
+    def established(self, j: int) -> bool:
+        """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
+        return self._channels.established(j)
+
+    def count_drop(self, reason: str) -> None:
+        """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""
+        self._channels.count_drop(reason)
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a message the node refused after the transport delivered it, and log it (rate-limited)."""
+        self._channels.drop(reason, detail)
+
+    @property
+    def stats(self) -> TransportStats:
+        """A snapshot of the counters (later traffic does not change it)."""
+        return self._channels.stats
+
+    @property
+    def neighbours(self) -> list[int]:
+        return list(self._channels.neighbours)

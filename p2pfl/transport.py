@@ -1,8 +1,9 @@
 """The transport seam: what a node needs from whatever carries its messages, and how one is made.
 
-Owns the interface every transport implements (`MessageTransport`), the peer table's entry
-(`Peer`), the traffic counters (`TransportStats`), and the registry that picks an
-implementation by the scheme of the node's own address (`create`):
+Owns the interface every transport implements (`MessageTransport`) and the registry that picks
+an implementation by the scheme of the node's own address (`create`); the peer table's entry
+(`Peer`) and the traffic counters (`TransportStats`) are `channel`'s, named here too for the
+node:
 
 | scheme | implementation | between |
 |---|---|---|
@@ -15,40 +16,22 @@ Every implementation sends and receives through a `channel.Channels` (sessions, 
 counters, drop accounting), so they all put the same bytes on their links and deliver only
 authenticated, fresh messages. This module does not touch sockets, keys or the byte layout.
 
-`Transport` (the name of the ZeroMQ transport before the seam existed) still names it, for the
-code and tests that build one directly or wrap its methods.
+Imports run one way: this module imports the implementations (`transports.*`), which import
+`channel`; neither imports this one. Code that builds one implementation directly imports it
+from its module (`transports.zeromq.ZmqTransport`, `transports.memory.MemoryTransport`).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 from p2pfl import wire
+from p2pfl.channel import Peer, TransportStats
 from p2pfl.messages import Message
+from p2pfl.transports.memory import MemoryTransport
+from p2pfl.transports.zeromq import ZmqTransport
 
-
-@dataclass(frozen=True)
-class Peer:
-    """Where a node listens ("tcp://host:port", "ipc:///path", "inproc://name", "mem://name") and
-    its long-term X25519 public key."""
-
-    address: str
-    public_key: bytes
-
-
-@dataclass
-class TransportStats:
-    """Traffic counters; bytes count every frame of every message sent or received (dropped ones too)."""
-
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    handshake_messages: int = 0  # session handshake steps sent and received (their bytes are in the totals)
-    sessions_accepted: int = 0  # sessions neighbours' processes agreed with us and we accepted
+__all__ = ["Factory", "MessageTransport", "Peer", "TransportStats", "create", "factory_for", "register", "scheme_of"]
 
 
 class MessageTransport(Protocol):
@@ -93,12 +76,11 @@ class MessageTransport(Protocol):
 
 Factory = Callable[..., MessageTransport]  # (node_id, private_key, peers, neighbours, limits, context, **options)
 
-# Built-in implementations, imported on first use (module, class): their modules import this one.
-_BUILTIN: dict[str, tuple[str, str]] = {
-    "tcp": ("p2pfl.transports.zeromq", "ZmqTransport"),
-    "ipc": ("p2pfl.transports.zeromq", "ZmqTransport"),
-    "inproc": ("p2pfl.transports.zeromq", "ZmqTransport"),
-    "mem": ("p2pfl.transports.memory", "MemoryTransport"),
+_BUILTIN: dict[str, Factory] = {
+    "tcp": ZmqTransport,
+    "ipc": ZmqTransport,
+    "inproc": ZmqTransport,
+    "mem": MemoryTransport,
 }
 _registered: dict[str, Factory] = {}
 
@@ -123,8 +105,7 @@ def factory_for(address: str) -> Factory:
         return _registered[scheme]
     if scheme not in _BUILTIN:
         raise ValueError(f"no transport for {scheme}:// addresses (known: {', '.join(sorted({*_BUILTIN, *_registered}))})")
-    module, name = _BUILTIN[scheme]
-    return getattr(importlib.import_module(module), name)
+    return _BUILTIN[scheme]
 
 
 def create(node_id: int, private_key: bytes, peers: dict[int, Peer], neighbours: Iterable[int],
@@ -146,12 +127,3 @@ def create(node_id: int, private_key: bytes, peers: dict[int, Peer], neighbours:
                              f"{node_id}'s {peers[node_id].address!r}")
     return factory(node_id, private_key, peers, neighbours, limits, context, **options)
 
-
-def __getattr__(name: str) -> Any:
-    """The names this module had when it was the ZeroMQ transport (imported lazily: no cycle)."""
-    if name in ("Transport", "QUEUE_DEPTH"):
-        zeromq = importlib.import_module("p2pfl.transports.zeromq")
-        return zeromq.ZmqTransport if name == "Transport" else zeromq.QUEUE_DEPTH
-    if name == "KEY_CONTEXT":
-        return importlib.import_module("p2pfl.channel").KEY_CONTEXT
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -70,7 +70,7 @@ def messages_for(params: int) -> int:
 
 
 def _cluster(keys, ports):
-    from p2pfl.transport import Peer
+    from p2pfl.channel import Peer
 
     return {i: Peer(f"tcp://127.0.0.1:{ports[i]}", keys[i][1]) for i in (0, 1)}
 
@@ -78,7 +78,7 @@ def _cluster(keys, ports):
 def _p2pfl_receiver(keys, ports, params, total, aead, cipher) -> None:
     from p2pfl import crypto, wire
     from p2pfl.messages import Kind, Message
-    from p2pfl.transport import Transport
+    from p2pfl.transports.zeromq import ZmqTransport as Transport
 
     if aead == "bindings":
         crypto._lib = None
@@ -103,7 +103,7 @@ class P2pflPath:
     def __init__(self, params: int, repeats: int, aead: str, cipher: str) -> None:
         from p2pfl import crypto, wire
         from p2pfl.messages import Kind, Message
-        from p2pfl.transport import Transport
+        from p2pfl.transports.zeromq import ZmqTransport as Transport
 
         self.aead, self.n = aead, messages_for(params)
         keys = {i: crypto.generate_keypair() for i in (0, 1)}
@@ -381,7 +381,7 @@ def _session_peer(conn, keys) -> None:
     queue a message for node 0 and serve until node 0's "done" comes; then close."""
     from p2pfl import wire
     from p2pfl.messages import Kind, Message
-    from p2pfl.transport import Transport
+    from p2pfl.transports.zeromq import ZmqTransport as Transport
 
     while (ports := conn.recv()) is not None:
         t = Transport(1, keys[1][0], _cluster(keys, ports), [0], wire.Limits.for_model(1000))
@@ -400,7 +400,7 @@ def handshake_wall(reps: int) -> tuple[list[float], list[float]]:
     in), with node 1 already started in another process; fresh ports and processes' keys per try."""
     from p2pfl import crypto, wire
     from p2pfl.messages import Kind, Message
-    from p2pfl.transport import Transport
+    from p2pfl.transports.zeromq import ZmqTransport as Transport
 
     ctx = mp.get_context("spawn")
     here, there = ctx.Pipe()

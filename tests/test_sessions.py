@@ -17,8 +17,9 @@ from test_transport import (LIMITS, WAIT, RawPeer, assert_same, closed_and_seen,
                             make_cluster, model_msg)
 
 from p2pfl import channel, session, wire
+from p2pfl.channel import Peer
 from p2pfl.messages import Kind, Message
-from p2pfl.transport import Peer, Transport
+from p2pfl.transports.zeromq import ZmqTransport as Transport
 
 
 def restart(c, t: Transport) -> Transport:

@@ -25,7 +25,8 @@ from p2pfl.messages import Kind, Message
 from helpers.handshake import Initiator
 
 from p2pfl import session
-from p2pfl.transport import KEY_CONTEXT, QUEUE_DEPTH, Peer, Transport
+from p2pfl.channel import KEY_CONTEXT, Peer, Sent
+from p2pfl.transports.zeromq import QUEUE_DEPTH, ZmqTransport as Transport
 
 LIMITS = wire.Limits.for_model(100_000)
 WAIT = 10.0  # generous: only a broken transport ever waits this long
@@ -419,6 +420,45 @@ def test_send_to_a_dead_neighbour_with_a_session_never_blocks(make_cluster):
     assert len(results) - refused <= QUEUE_DEPTH  # never more than a queue's worth for a dead process
     assert a.stats.dropped == {"send_queue_full": refused}
     assert a.stats.messages_sent == len(results) - refused
+
+
+class BrokenDealer:
+    """Stands in for a DEALER that has room but whose sends fail with `errno`."""
+
+    def __init__(self, errno: int) -> None:
+        self.errno = errno
+
+    def getsockopt(self, option: int) -> int:
+        return zmq.POLLOUT
+
+    def send_multipart(self, frames, flags: int = 0, copy: bool = True) -> None:
+        raise zmq.Again() if self.errno == zmq.EAGAIN else zmq.ZMQError(self.errno)
+
+
+@pytest.mark.parametrize("errno, sent, reason", [
+    (zmq.EAGAIN, Sent.FULL, "send_queue_full"),  # a full queue: congestion
+    (zmq.EHOSTUNREACH, Sent.GONE, "send_queue_full"),  # (on a DEALER it cannot happen; counted as before)
+    (zmq.ENOTSOCK, Sent.FAILED, "send_failed"),  # a socket closed under us: not congestion
+    (zmq.ETERM, Sent.FAILED, "send_failed"),  # the context terminated under us
+])
+def test_a_send_that_zeromq_refuses_is_counted_under_its_own_reason(make_cluster, caplog, errno, sent, reason):
+    c = make_cluster(2)
+    a, b = c.transport(0), c.transport(1)
+    handshake(a, b)
+    dealer, a._dealers[1] = a._dealers[1], BrokenDealer(errno)
+    try:
+        with caplog.at_level("WARNING", logger="p2pfl.transport"):
+            assert a.send_out(1, [b"x"]) is sent
+            assert a.send(1, model_msg(0, n=10)) is False  # the node keeps running: no exception
+    finally:
+        a._dealers[1] = dealer
+    failed = 2 if sent is Sent.FAILED else 1  # the transport counts FAILED itself, send_out's too
+    assert a.stats.dropped == {reason: failed} and a.stats.messages_sent == 0
+    if sent is Sent.FAILED:
+        assert any("send_failed" in r.getMessage() and f"errno {errno}" in r.getMessage() for r in caplog.records)
+    msg = model_msg(0, n=10)
+    assert a.send(1, msg)  # the real socket again
+    assert_same(b.recv(WAIT), msg)
 
 
 def test_programming_errors_raise(make_cluster):

@@ -17,9 +17,8 @@ from helpers.handshake import Initiator
 from test_transport import CIPHERS, LIMITS, WAIT, assert_same, model_msg
 
 from p2pfl import channel, crypto, session
-from p2pfl.channel import KEY_CONTEXT
+from p2pfl.channel import KEY_CONTEXT, Peer
 from p2pfl.messages import Kind, Message
-from p2pfl.transport import Peer
 from p2pfl.transports.memory import MemoryNetwork, MemoryTransport, RawEndpoint
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import zmq
 
-from p2pfl import crypto, transport, wire
+from p2pfl import channel, crypto, transport, wire
+from p2pfl.channel import Peer
 from p2pfl.config import ExperimentConfig
 from p2pfl.inprocess import run_nodes
 from p2pfl.messages import Kind, Message
-from p2pfl.transport import Peer
 from p2pfl.transports.memory import MemoryNetwork, MemoryTransport
 from p2pfl.transports.zeromq import ZmqTransport
 
@@ -141,7 +141,29 @@ def test_a_registered_scheme_is_served_by_its_factory(monkeypatch):
     assert made == [(0, {"cipher": crypto.XCHACHA20POLY1305})] and t.cipher == crypto.XCHACHA20POLY1305
 
 
-def test_the_old_name_still_builds_the_zeromq_transport():
-    from p2pfl.transport import KEY_CONTEXT, QUEUE_DEPTH, Transport
+def test_imports_run_one_way_from_the_seam_to_the_implementations_to_the_channel():
+    """transport -> transports.* -> channel, in plain import statements (what an import linter sees):
+    channel imports neither, the implementations do not import the seam, the seam no longer
+    hands out names lazily."""
+    import ast
+    import inspect
 
-    assert Transport is ZmqTransport and QUEUE_DEPTH == 16 and KEY_CONTEXT == b"wire"
+    from p2pfl.transports import memory, zeromq
+
+    def imported(module) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    assert not [n for n in imported(channel) if n.startswith("p2pfl.transport")]  # nor p2pfl.transports
+    for impl in (zeromq, memory):
+        assert "p2pfl.channel" in imported(impl) and "p2pfl.transport" not in imported(impl)
+    assert not hasattr(transport, "__getattr__") and "importlib" not in imported(transport)
+    assert transport.Peer is channel.Peer and transport.TransportStats is channel.TransportStats
+    assert transport.factory_for("tcp://127.0.0.1:1") is ZmqTransport is transport.factory_for("ipc:///x")
+    assert transport.factory_for("mem://a") is MemoryTransport

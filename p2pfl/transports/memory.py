@@ -22,14 +22,12 @@ from __future__ import annotations
 import errno
 import itertools
 import threading
-import time
 from collections import deque
 from typing import Any, ClassVar, Iterable, Sequence
 
 from p2pfl import crypto, wire
-from p2pfl.channel import Channels, Sent
+from p2pfl.channel import ChannelTransport, Peer, Sent
 from p2pfl.messages import Message
-from p2pfl.transport import Peer, TransportStats
 
 SCHEME = "mem"
 # Frames one connection holds (waiting to be taken by the receiver, or for it to listen) before a
@@ -37,6 +35,10 @@ SCHEME = "mem"
 # kernel socket buffers absorb, so nodes that are slow to receive lose no more here than there.
 QUEUE_DEPTH = 64
 ANSWER_DEPTH = 16  # answers one connection holds for its owner (the ROUTER's send queue)
+# A connection closes only when its owner does (nothing here drops a live process's connection, as
+# a network or ZeroMQ's heartbeats may), so one whose answer fails as gone is a closed process:
+# no grace for a rival session's process to have reconnected unseen (`channel.Channels`).
+ALIVE_GRACE_S = 0.0
 
 Frames = Sequence[wire.Buffer]
 _INSTANCE_LOCK = threading.Lock()
@@ -184,7 +186,7 @@ class MemoryNetwork:
             return None
 
 
-class MemoryTransport:
+class MemoryTransport(ChannelTransport):
     """Node `node_id` on a `MemoryNetwork` (`context`; None: `MemoryNetwork.instance()`).
 
     Same interface and guarantees as the ZeroMQ transport (`transport.MessageTransport`):
@@ -202,16 +204,11 @@ class MemoryTransport:
         context: MemoryNetwork | None = None,
         cipher: str = crypto.AUTO,
     ) -> None:
-        self._channels = Channels(node_id, private_key, peers, neighbours, limits, cipher)
+        self._make_channels(node_id, private_key, peers, neighbours, limits, cipher, alive_grace_s=ALIVE_GRACE_S)
         for j in (node_id, *self._channels.neighbours):
             if not peers[j].address.startswith(f"{SCHEME}://"):
                 raise ValueError(f"node {j}'s address {peers[j].address!r} is not a {SCHEME}:// address")
-        self.node_id = node_id
-        self.limits = limits
-        self.cipher = self._channels.cipher
         self.network = context if context is not None else MemoryNetwork.instance()
-        self._address = peers[node_id].address
-        self._peers = {j: peers[j] for j in self._channels.neighbours}
         self._mailbox = Mailbox(self.network, self._address)
         self._out: dict[int, Connection] = {}
         self._listening = False
@@ -242,65 +239,22 @@ class MemoryTransport:
         self._out.clear()
         self._channels.close()
 
-    def __enter__(self) -> MemoryTransport:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, to: int, msg: Message) -> bool:
-        """Seal `msg` for neighbour `to` and queue it; False (and counted) if its queue is full."""
-        return self._channels.send(to, msg)  # ValueError for a non-neighbour, or before start / after close
-
-    def recv(self, timeout: float) -> Message | None:
-        """The next authenticated, fresh message, or None once `timeout` seconds have passed.
-
-        Handshakes run in here too (answers, retries); session.DuplicateIdentity if neighbours
-        have refused this process for channel.DUPLICATE_GRACE_S.
-        """
-        if not self._listening:
-            raise RuntimeError("recv before start (or after close)")
-        channels = self._channels
-        deadline = time.monotonic() + max(0.0, timeout)
-        wait = 0.0  # take what is already queued before waiting
-        while True:
-            item = self.network.take(self._mailbox, wait)
-            if item is not None:
-                is_answer, conn, frames = item
-                if is_answer:
-                    channels.answer(conn.peer, frames, conn)
-                else:
-                    msg = channels.receive(frames, conn.route, conn)
-                    if msg is not None:
-                        return msg
-                wait = 0.0
-                if time.monotonic() < deadline:
-                    continue
-            now = time.monotonic()
-            wait = deadline - now
-            if not channels.all_established():
-                wait = min(wait, channels.tick(now))
-            if deadline - now <= 0:
-                return None
-            wait = max(wait, 1e-4)  # a due retry was just made: wait a moment, do not spin
-
-    def established(self, j: int) -> bool:
-        return self._channels.established(j)
-
-    def count_drop(self, reason: str) -> None:
-        self._channels.count_drop(reason)
-
-    def drop(self, reason: str, detail: str) -> None:
-        self._channels.drop(reason, detail)
+    # -- what ChannelTransport.recv takes from the queues -------------------------------------------
 
     @property
-    def stats(self) -> TransportStats:
-        return self._channels.stats
+    def _started(self) -> bool:
+        return self._listening
 
-    @property
-    def neighbours(self) -> list[int]:
-        return list(self._channels.neighbours)
+    def _take(self, wait: float | None) -> tuple[bool, Message | None]:
+        # a due retry was just made when `wait` is 0: wait a moment, do not spin
+        item = self.network.take(self._mailbox, 0.0 if wait is None else max(wait, 1e-4))
+        if item is None:
+            return False, None
+        is_answer, conn, frames = item
+        if is_answer:
+            self._channels.answer(conn.peer, frames, conn)
+            return True, None
+        return True, self._channels.receive(frames, conn.route, conn)
 
     # -- channel.Links -----------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ hands every frame set to the node's `channel.Channels`, which alone decides what
 the byte layout of messages (`wire`) or keys (`crypto`, `session`, `channel`).
 
 Guarantees (with `Channels`'): `send` never blocks (it returns False and counts
-"send_queue_full" when the neighbour's queue is full; before the session with a neighbour is
-agreed, the newest `session.MAX_QUEUED` messages wait for it); `recv` only ever returns messages
+"send_queue_full" when the neighbour's queue is full, or "send_failed", logged with the error,
+when ZeroMQ refuses it for another reason; before the session with a neighbour is agreed, the
+newest `session.MAX_QUEUED` messages wait for it); `recv` only ever returns messages
 that a neighbour's current process sealed for this process, in a session this process accepted,
 with a counter higher than any accepted in that session before; a process that neighbours refuse
 as a second live copy of a node for `channel.DUPLICATE_GRACE_S` gets `session.DuplicateIdentity`.
@@ -26,15 +27,13 @@ passed in, else the process-wide `zmq.Context.instance()`); inproc:// addresses 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Iterable, Sequence
 
 import zmq
 
 from p2pfl import crypto, wire
-from p2pfl.channel import Channels, Sent
+from p2pfl.channel import SEND_FAILED, ChannelTransport, Peer, Sent
 from p2pfl.messages import Message
-from p2pfl.transport import Peer, TransportStats
 
 SCHEMES = ("tcp", "ipc", "inproc")
 QUEUE_DEPTH = 16  # messages queued per neighbour (send) and per sender (receive) before refusing
@@ -44,7 +43,7 @@ CONNECT_TIMEOUT_MS = 1000  # a connect attempt into a cut gives up after this, i
 # SYN backoff (1, 3, 7 s ...): reconnecting after a heal takes one attempt, not the next retransmission
 
 
-class ZmqTransport:
+class ZmqTransport(ChannelTransport):
     """The sockets of node `node_id`; see the module docstring for the guarantees."""
 
     def __init__(
@@ -57,16 +56,13 @@ class ZmqTransport:
         context: zmq.Context | None = None,
         cipher: str = crypto.AUTO,
     ) -> None:
-        self._channels = Channels(node_id, private_key, peers, neighbours, limits, cipher)
+        # a rival whose connection is gone may have reconnected unseen until the heartbeats close it
+        self._make_channels(node_id, private_key, peers, neighbours, limits, cipher,
+                            alive_grace_s=HEARTBEAT_TIMEOUT_MS / 1000)
         for j in (node_id, *self._channels.neighbours):
             scheme = peers[j].address.partition("://")[0]
             if scheme not in SCHEMES:
                 raise ValueError(f"node {j}'s address {peers[j].address!r} is not one of {', '.join(SCHEMES)}://")
-        self.node_id = node_id
-        self.limits = limits
-        self.cipher = self._channels.cipher
-        self._address = peers[node_id].address
-        self._peers = {j: peers[j] for j in self._channels.neighbours}
         self._context = context if context is not None else zmq.Context.instance()
         self._router: zmq.Socket | None = None
         self._poller = zmq.Poller()  # one for the node's life: Socket.poll builds a new one per call
@@ -137,61 +133,29 @@ class ZmqTransport:
         self._router = None
         self._channels.close()
 
-    def __enter__(self) -> ZmqTransport:
-        self.start()
-        return self
+    # -- what ChannelTransport.recv takes from the sockets ------------------------------------------
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @property
+    def _started(self) -> bool:
+        return self._router is not None
 
-    # -- the node's calls --------------------------------------------------------------------------
-
-    def send(self, to: int, msg: Message) -> bool:
-        """Seal `msg` for neighbour `to` and queue it; False (and counted) if its queue is full.
-
-        Never blocks. The message's arrays may be changed as soon as this returns. Sending to a
-        non-neighbour, or a message that is not from this node or does not fit the limits, is a
-        programming error (ValueError / wire.WireError).
-        """
-        return self._channels.send(to, msg)  # ValueError for a non-neighbour, or before start / after close
-
-    def recv(self, timeout: float) -> Message | None:
-        """The next authenticated, fresh message, or None once `timeout` seconds have passed.
-
-        Handshakes run in here too (answers, retries); session.DuplicateIdentity if neighbours
-        have refused this process for channel.DUPLICATE_GRACE_S.
-        """
-        if self._router is None:
-            raise RuntimeError("recv before start (or after close)")
-        channels = self._channels
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            # Take what is already queued without polling (messages come in bursts: a phase's
-            # worth from every neighbour); wait on the poller only when nothing is.
-            try:
-                frames = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                now = time.monotonic()
-                wait = deadline - now
-                if not channels.all_established():
-                    wait = min(wait, channels.tick(now))
-                if deadline - now <= 0:
-                    return None
-                # ceil: a poll of 0 ms with time left would spin instead of waiting
-                for sock, events in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
-                    if sock is self._router:
-                        continue
-                    if events & zmq.POLLOUT:  # room for an INIT that could not leave
-                        channels.on_room(self._dealer_of[sock])
-                    if events & zmq.POLLIN:
-                        self._drain_dealer(sock)
-                continue
-            # the routing id names a connection, not a sender
-            msg = channels.receive(frames[1:], frames[0].bytes, frames[0])
-            if msg is not None:
-                return msg
-            if time.monotonic() >= deadline:
-                return None
+    def _take(self, wait: float | None) -> tuple[bool, Message | None]:
+        if wait is not None:
+            # ceil: a poll of 0 ms with time left would spin instead of waiting
+            for sock, events in self._poller.poll(math.ceil(max(wait, 0.0) * 1000)):
+                if sock is self._router:
+                    continue
+                if events & zmq.POLLOUT:  # room for an INIT that could not leave
+                    self._channels.on_room(self._dealer_of[sock])
+                if events & zmq.POLLIN:
+                    self._drain_dealer(sock)
+        assert self._router is not None
+        try:
+            frames = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False, None  # answers on the dealers do not count: they deliver nothing
+        # the routing id names a connection, not a sender
+        return True, self._channels.receive(frames[1:], frames[0].bytes, frames[0])
 
     def _drain_dealer(self, dealer: zmq.Socket) -> None:
         j = self._dealer_of.get(dealer)
@@ -202,36 +166,14 @@ class ZmqTransport:
                 return
             self._channels.answer(j, frames, frames[0] if frames else None)
 
-    def established(self, j: int) -> bool:
-        """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
-        return self._channels.established(j)
-
-    def count_drop(self, reason: str) -> None:
-        """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""
-        self._channels.count_drop(reason)
-
-    def drop(self, reason: str, detail: str) -> None:
-        """Count a message the node refused after the transport delivered it, and log it (rate-limited)."""
-        self._channels.drop(reason, detail)
-
-    @property
-    def stats(self) -> TransportStats:
-        """A snapshot of the counters (later traffic does not change it)."""
-        return self._channels.stats
-
-    @property
-    def neighbours(self) -> list[int]:
-        return list(self._channels.neighbours)
-
     # -- channel.Links: the sockets as the channels see them ---------------------------------------
 
     def send_out(self, to: int, frames: Sequence[wire.Buffer]) -> Sent:
-        # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
-        return _send(self._dealers[to], frames)
+        return self._send(self._dealers[to], frames, to)
 
     def send_back(self, route: bytes, frames: Sequence[wire.Buffer]) -> Sent:
         assert self._router is not None
-        return _send(self._router, [route, *frames])
+        return self._send(self._router, [route, *frames], route)
 
     def has_room(self, to: int) -> bool:
         return bool(self._dealers[to].getsockopt(zmq.EVENTS) & zmq.POLLOUT)
@@ -245,19 +187,26 @@ class ZmqTransport:
         except (zmq.ZMQError, AttributeError):
             return "?"
 
+    def _send(self, sock: zmq.Socket, frames: Sequence[wire.Buffer], where: int | bytes) -> Sent:
+        """Queue one multipart message without blocking: EAGAIN is a full queue (FULL), EHOSTUNREACH
+        (a ROUTER_MANDATORY send) a connection that is gone (GONE).
 
-def _send(sock: zmq.Socket, frames: Sequence[wire.Buffer]) -> Sent:
-    """Queue one multipart message without blocking: EAGAIN is a full queue, EHOSTUNREACH (a
-    ROUTER_MANDATORY send) a connection that is gone."""
-    try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-    except zmq.Again:
-        return Sent.FULL
-    except zmq.ZMQError as exc:
-        # Anything else (a socket closed under us) is not a full queue either, but nothing waits
-        # on it: the caller counts the message as not sent.
-        return Sent.GONE if exc.errno == zmq.EHOSTUNREACH else Sent.FULL
-    return Sent.OK
+        Any other error (a socket closed or a context terminated under us) is neither congestion
+        nor a vanished peer: it is counted as SEND_FAILED and logged with its errno (FAILED), and
+        the node keeps running (the message is not sent, as for a full queue).
+        """
+        try:
+            # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return Sent.FULL
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return Sent.GONE
+            to = f"to node {where}" if isinstance(where, int) else f"back on connection {where.hex()}"
+            self._channels.drop(SEND_FAILED, f"send {to} failed: {exc} (errno {exc.errno})")
+            return Sent.FAILED
+        return Sent.OK
 
 
 def _set_heartbeats(sock: zmq.Socket) -> None:

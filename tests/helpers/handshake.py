@@ -19,9 +19,9 @@ from typing import Callable
 import zmq
 
 from p2pfl import crypto, session, wire
+from p2pfl.channel import KEY_CONTEXT
 from p2pfl.messages import Kind, Message
 from p2pfl.session import Identity, Inbound, Outbound
-from p2pfl.transport import KEY_CONTEXT
 
 
 class Counter:

@@ -5,9 +5,10 @@
 The node is the ordinary one (`p2pfl.cli node`: real sockets, real keys, real crypto); this
 module only wraps a few methods before the command runs:
 
-- `Transport.recv` (public signature `recv(self, timeout) -> Message | None`): every message
-  it returns is logged to DIR/messages.jsonl (kind, sender, round, meta keys, secagg step,
-  tensor names), and every message that carries tensors is saved whole as an .npz next to it.
+- `channel.ChannelTransport.recv`, every transport's `recv` (public signature
+  `recv(self, timeout) -> Message | None`): every message it returns is logged to
+  DIR/messages.jsonl (kind, sender, round, meta keys, secagg step, tensor names), and every
+  message that carries tensors is saved whole as an .npz next to it.
   A curious neighbour keeps everything it is sent; this is exactly that.
 - with `--curious J,K`: before each receive, at most every `HELLO_EVERY` seconds, the node
   sends a burst of `HELLO_BURST` extra `hello`s to each of J, K (honest nodes send one hello,
@@ -76,9 +77,9 @@ def _hello(node_id: int) -> Any:
 
 def install(recorder: Recorder, node_id: int, curious: list[int]) -> None:
     """Wrap the methods named in the module docstring; the wrapped calls behave as before."""
+    from p2pfl.channel import ChannelTransport as Transport  # its recv is every transport's
     from p2pfl.checkpoint import CheckpointStore
     from p2pfl.training import LocalTrainer
-    from p2pfl.transport import Transport
 
     real_recv, real_train, real_save = Transport.recv, LocalTrainer.train, CheckpointStore.save
     last_burst = [0.0]
