@@ -211,7 +211,86 @@ class GossipRound(RoundProtocol):
         return len(self.received)
 
 
-class FedAvgRound(RoundProtocol):
+class StarRound(RoundProtocol):
+    """What every round through a star's hub shares: the leaf's side and the deadlines.
+
+    A subclass sets `node_id`, `round`, `hub`, `own`, `fallback`, `received` (the leaves the hub
+    counted), `_result` (None until final) and `_phase` = 0, and implements `start`, the hub's
+    `_hub_collect` and `_broadcast` (combine what arrived, answer every leaf). A leaf takes the
+    hub's GLOBAL as its result; it waits two deadlines for it, then keeps `fallback`. The hub
+    waits one deadline for the leaves, then combines whoever arrived.
+    """
+
+    node_id: int
+    hub: int
+    leaves: list[int]
+    active: set[int]
+    own: np.ndarray
+    fallback: np.ndarray
+    received: dict
+    _result: np.ndarray | None
+    _phase: int
+
+    @property
+    def is_hub(self) -> bool:
+        return self.node_id == self.hub
+
+    @property
+    def phase(self) -> int:
+        return self._phase
+
+    def on_message(self, msg: Message) -> list[Outbound]:
+        return self._hub_collect(msg) if self.is_hub else self._leaf_receive(msg)
+
+    @abstractmethod
+    def _hub_collect(self, msg: Message) -> list[Outbound]:
+        """The hub takes one leaf's message; answers every leaf once all expected ones are in."""
+
+    def _check_leaf_model(self, msg: Message) -> None:
+        """The hub's checks of a leaf's MODEL before it reads what it carries (raises `Rejected`)."""
+        if msg.kind != Kind.MODEL:
+            raise Rejected("unexpected_kind", f"{msg.kind.name} sent to the hub")
+        if msg.sender not in self.leaves:
+            raise Rejected("not_neighbour", f"node {msg.sender}")
+        if msg.sender not in self.active:
+            raise Rejected("not_scheduled", f"MODEL from {msg.sender}, which sits this round out")
+        if msg.sender in self.received or self._result is not None:
+            raise Rejected("duplicate", f"MODEL from {msg.sender} after it was counted")
+
+    @abstractmethod
+    def _broadcast(self) -> list[Outbound]:
+        """The hub combines what arrived, sets its result and answers every leaf."""
+
+    def _leaf_receive(self, msg: Message) -> list[Outbound]:
+        if msg.kind != Kind.GLOBAL or msg.sender != self.hub:
+            raise Rejected("unexpected_kind", f"{msg.kind.name} from {msg.sender} at a leaf")
+        if self._result is not None:
+            raise Rejected("duplicate", f"second GLOBAL in round {self.round}")
+        self._result = read_vector(msg, self.own.shape[0])
+        return []
+
+    def on_deadline(self) -> list[Outbound]:
+        if self.is_hub:
+            return self._broadcast()  # average whoever arrived; the others resync next round
+        self._phase += 1
+        if self._phase >= 2:
+            self._result = self.fallback  # no answer from the hub: keep our model this round
+        return []
+
+    def finished(self) -> bool:
+        return self._result is not None
+
+    def result(self) -> np.ndarray:
+        assert self._result is not None, "result() before the round finished"
+        return self._result
+
+    def arrived(self) -> int:
+        if self.is_hub:
+            return len(self.received)
+        return 1 if self._result is not None and self._result is not self.fallback else 0
+
+
+class FedAvgRound(StarRound):
     """Star FedAvg: leaves send to the hub, the hub averages by sample count and sends it back.
 
     Every node, hub included, trains on its own data; after a complete round all nodes hold the
@@ -247,14 +326,6 @@ class FedAvgRound(RoundProtocol):
         self._phase = 0
         self._pending_broadcast = self.is_hub and not self.expected
 
-    @property
-    def is_hub(self) -> bool:
-        return self.node_id == self.hub
-
-    @property
-    def phase(self) -> int:
-        return self._phase
-
     def start(self) -> list[Outbound]:
         if self._pending_broadcast:  # nobody to wait for: answer whoever is there right away
             return self._broadcast()
@@ -263,18 +334,8 @@ class FedAvgRound(RoundProtocol):
         msg, _ = vector_message(Kind.MODEL, self.node_id, self.round, self.own, self.codec, {"samples": self.samples})
         return [(self.hub, msg)]
 
-    def on_message(self, msg: Message) -> list[Outbound]:
-        return self._hub_collect(msg) if self.is_hub else self._leaf_receive(msg)
-
     def _hub_collect(self, msg: Message) -> list[Outbound]:
-        if msg.kind != Kind.MODEL:
-            raise Rejected("unexpected_kind", f"{msg.kind.name} sent to the hub")
-        if msg.sender not in self.leaves:
-            raise Rejected("not_neighbour", f"node {msg.sender}")
-        if msg.sender not in self.active:
-            raise Rejected("not_scheduled", f"MODEL from {msg.sender}, which sits this round out")
-        if msg.sender in self.received or self._result is not None:
-            raise Rejected("duplicate", f"MODEL from {msg.sender} after it was counted")
+        self._check_leaf_model(msg)
         samples = msg.meta.get("samples")
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
             raise Rejected("bad_meta", f"samples={samples!r} from {msg.sender}")
@@ -298,33 +359,6 @@ class FedAvgRound(RoundProtocol):
         msg, self._result = vector_message(Kind.GLOBAL, self.node_id, self.round, self._result, self.codec)
         return [(j, msg) for j in self.leaves]
 
-    def _leaf_receive(self, msg: Message) -> list[Outbound]:
-        if msg.kind != Kind.GLOBAL or msg.sender != self.hub:
-            raise Rejected("unexpected_kind", f"{msg.kind.name} from {msg.sender} at a leaf")
-        if self._result is not None:
-            raise Rejected("duplicate", f"second GLOBAL in round {self.round}")
-        self._result = read_vector(msg, self.own.shape[0])
-        return []
-
-    def on_deadline(self) -> list[Outbound]:
-        if self.is_hub:
-            return self._broadcast()  # average whoever arrived; the others resync next round
-        self._phase += 1
-        if self._phase >= 2:
-            self._result = self.fallback  # no answer from the hub: keep our model this round
-        return []
-
-    def finished(self) -> bool:
-        return self._result is not None
-
-    def result(self) -> np.ndarray:
-        assert self._result is not None, "result() before the round finished"
-        return self._result
-
-    def arrived(self) -> int:
-        if self.is_hub:
-            return len(self.received)
-        return 1 if self._result is not None and self._result is not self.fallback else 0
 
 
 @dataclass

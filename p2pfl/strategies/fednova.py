@@ -15,7 +15,7 @@ so in steady state every step's gradient weighs 1 / (1 - rho) on every node alik
 factor cancels in tau_eff * u_i / a_i, leaving tau_i.
 
 Owns the strategy and its sans-I/O protocol `FedNovaRound`. Must not touch: the node's state,
-FedAvg's protocol. Plain only: there is no secure protocol for it (config refuses secure_agg);
+FedAvg's protocol (it shares only the leaf's side and the deadlines, `protocols.StarRound`). Plain only: there is no secure protocol for it (config refuses secure_agg);
 DP: local noise only (the hub's weights tau_eff p_i / tau_i need not be at most 1, which
 central noise calibrated by the largest weight assumes).
 """
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from p2pfl.messages import Kind, Message, Outbound
-from p2pfl.protocols import Rejected, RoundProtocol, VectorCodec, read_vector, vector_message
+from p2pfl.protocols import Rejected, StarRound, VectorCodec, read_vector, vector_message
 from p2pfl.strategies import register
 from p2pfl.strategies.base import LOCAL, RoundContext, Strategy
 from p2pfl.strategies.fedavg import star_senders
@@ -39,7 +39,7 @@ def _positive_int(value: object, limit: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < limit
 
 
-class FedNovaRound(RoundProtocol):
+class FedNovaRound(StarRound):
     """One node's part in a FedNova round through the hub of a star.
 
     own: the node's vector after local training; start: its vector at the round's start (the
@@ -70,14 +70,6 @@ class FedNovaRound(RoundProtocol):
         self._result: np.ndarray | None = None
         self._phase = 0
 
-    @property
-    def is_hub(self) -> bool:
-        return self.node_id == self.hub
-
-    @property
-    def phase(self) -> int:
-        return self._phase
-
     def start(self) -> list[Outbound]:
         if self.is_hub:
             return self._broadcast() if not self.expected else []
@@ -88,18 +80,8 @@ class FedNovaRound(RoundProtocol):
         msg, _ = vector_message(Kind.MODEL, self.node_id, self.round, update, self.codec, meta)
         return [(self.hub, msg)]
 
-    def on_message(self, msg: Message) -> list[Outbound]:
-        return self._hub_collect(msg) if self.is_hub else self._leaf_receive(msg)
-
     def _hub_collect(self, msg: Message) -> list[Outbound]:
-        if msg.kind != Kind.MODEL:
-            raise Rejected("unexpected_kind", f"{msg.kind.name} sent to the hub")
-        if msg.sender not in self.leaves:
-            raise Rejected("not_neighbour", f"node {msg.sender}")
-        if msg.sender not in self.active:
-            raise Rejected("not_scheduled", f"MODEL from {msg.sender}, which sits this round out")
-        if msg.sender in self.received or self._result is not None:
-            raise Rejected("duplicate", f"MODEL from {msg.sender} after it was counted")
+        self._check_leaf_model(msg)
         samples, steps = msg.meta.get("samples"), msg.meta.get("steps")
         if not _positive_int(samples, 2**40) or not _positive_int(steps, MAX_STEPS):
             raise Rejected("bad_meta", f"samples={samples!r} steps={steps!r} from {msg.sender}")
@@ -128,33 +110,6 @@ class FedNovaRound(RoundProtocol):
         msg, self._result = vector_message(Kind.GLOBAL, self.node_id, self.round, self._result, self.codec)
         return [(j, msg) for j in self.leaves]
 
-    def _leaf_receive(self, msg: Message) -> list[Outbound]:
-        if msg.kind != Kind.GLOBAL or msg.sender != self.hub:
-            raise Rejected("unexpected_kind", f"{msg.kind.name} from {msg.sender} at a leaf")
-        if self._result is not None:
-            raise Rejected("duplicate", f"second GLOBAL in round {self.round}")
-        self._result = read_vector(msg, self.own.shape[0])
-        return []
-
-    def on_deadline(self) -> list[Outbound]:
-        if self.is_hub:
-            return self._broadcast()  # average whoever arrived; the others resync next round
-        self._phase += 1
-        if self._phase >= 2:
-            self._result = self.fallback  # no answer from the hub: keep our model this round
-        return []
-
-    def finished(self) -> bool:
-        return self._result is not None
-
-    def result(self) -> np.ndarray:
-        assert self._result is not None, "result() before the round finished"
-        return self._result
-
-    def arrived(self) -> int:
-        if self.is_hub:
-            return len(self.received)
-        return 1 if self._result is not None and self._result is not self.fallback else 0
 
 
 @register("fednova")
