@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 import sys
 from dataclasses import fields, replace
@@ -359,6 +360,25 @@ def topology_show(spec: str, nodes: int | None, seed: int) -> None:
 
 def _check_resources(address: str, metrics: str | None, checkpoint_dir: str, node_id: int) -> None:
     """What `p2pfl node` will need on this machine, checked before anything starts."""
+    if address.startswith("ipc://"):
+        _check_ipc_path(Path(address.removeprefix("ipc://")))
+    else:
+        _check_port(address)
+    if metrics is not None and not Path(metrics).parent.is_dir():
+        raise ConfigError("metrics", f"{metrics}: directory {Path(metrics).parent} does not exist")
+    if checkpoint_dir:
+        _check_checkpoint_dir(Path(checkpoint_dir) / f"node-{node_id}")
+
+
+def _check_ipc_path(path: Path) -> None:
+    """An ipc:// address: its directory must exist and take a new socket file."""
+    if not path.parent.is_dir():
+        raise ConfigError("address", f"ipc://{path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError("address", f"ipc://{path}: cannot create a socket in {path.parent} (permission denied)")
+
+
+def _check_port(address: str) -> None:
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -369,14 +389,13 @@ def _check_resources(address: str, metrics: str | None, checkpoint_dir: str, nod
         except OSError as exc:
             raise ConfigError("address", f"cannot listen on {host}:{port} ({exc.strerror}): another process "
                               "holds the port, or the address is not one of this machine's") from exc
-    if metrics is not None and not Path(metrics).parent.is_dir():
-        raise ConfigError("metrics", f"{metrics}: directory {Path(metrics).parent} does not exist")
-    if checkpoint_dir:
-        target = Path(checkpoint_dir) / f"node-{node_id}"
-        try:
-            target.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the private model
-        except OSError as exc:
-            raise ConfigError("checkpoint_dir", f"{checkpoint_dir}: cannot create {target} ({exc.strerror})") from exc
+
+
+def _check_checkpoint_dir(target: Path) -> None:
+    try:
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the private model
+    except OSError as exc:
+        raise ConfigError("checkpoint_dir", f"{target.parent}: cannot create {target} ({exc.strerror})") from exc
 
 
 def _check_graph(cfg: ExperimentConfig) -> None:

@@ -56,6 +56,8 @@ GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (parti
 COMMANDS = ("simulate", "compare", "node")  # the commands that take experiment options
 _PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
+# nodes of one host: a Unix socket at an absolute path that fits sun_path (108 bytes with the NUL)
+_IPC_ADDRESS = re.compile(r"^ipc://(/[^\x00]{1,106})$")
 
 
 class ConfigError(ValueError):
@@ -492,8 +494,10 @@ def _parse_node(entry: Any, where: str, base: Path, src: str) -> NodeEntry:
         raise ConfigError(f"{where}.id", f"must be a non-negative integer, got {entry['id']!r}", src)
     address = entry["address"]
     match = _ADDRESS.match(address) if isinstance(address, str) else None
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise ConfigError(f"{where}.address", f"must look like tcp://HOST:PORT with 0 < PORT < 65536, got {address!r}", src)
+    ipc = _IPC_ADDRESS.match(address) if isinstance(address, str) else None
+    if not ipc and (not match or not 0 < int(match.group(2)) < 65536):
+        raise ConfigError(f"{where}.address", "must look like tcp://HOST:PORT with 0 < PORT < 65536, or "
+                          f"ipc:///ABSOLUTE/PATH (nodes of one host), got {address!r}", src)
     key_file = entry.get("key_file")
     if key_file is not None and not isinstance(key_file, str):
         raise ConfigError(f"{where}.key_file", "must be a path string", src)
