@@ -44,9 +44,10 @@ from faultlog import record_fault
 from p2pfl import wire
 from p2pfl.config import Cluster, ExperimentConfig
 from p2pfl.crypto import load_private_key
-from p2pfl.data import partition, shard
+from p2pfl.data import partition
+from p2pfl.launch import Workload, build_node
 from p2pfl.messages import Kind, Message
-from p2pfl.node import Node, NodeSpec, RoundRecord
+from p2pfl.node import Node, RoundRecord
 from p2pfl.protocols import DELTA
 from p2pfl.simulate import prepare_cluster
 from p2pfl.training import Task, load_task
@@ -105,11 +106,9 @@ def run_cluster(run_dir: Path, task: Task, *,
     """
     cfg = config or experiment()
     cluster = Cluster.load(prepare_cluster(cfg, run_dir), seed=cfg.seed)
-    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    workload = Workload(task, partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed))
     context = zmq.Context()
-    nodes = {i: Node(NodeSpec(i, cfg, cluster, load_private_key(cluster.require(i).key_file)), task,
-                     shard(task.dataset, parts[i]), context)
-             for i in (0, 1)}
+    nodes = {i: build_node(cfg, cluster, i, workload=workload, context=context) for i in (0, 1)}
     scripted = ScriptedNeighbour(SCRIPTED, cluster, load_private_key(cluster.require(SCRIPTED).key_file), context,
                                  cfg.rounds, nodes[0].trainer.num_params, nodes[0].transport.limits,
                                  watch=VICTIM, on_round=on_round, on_start=on_start, timeout=scripted_timeout,

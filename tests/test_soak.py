@@ -28,9 +28,9 @@ import zmq
 from faultlog import record_fault, recording
 
 from p2pfl.config import Cluster, ExperimentConfig
-from p2pfl.crypto import load_private_key
-from p2pfl.data import partition, shard
-from p2pfl.node import Node, NodeSpec, RoundRecord
+from p2pfl.data import partition
+from p2pfl.launch import Workload, build_node
+from p2pfl.node import Node, RoundRecord
 from p2pfl.simulate import prepare_cluster
 from p2pfl.training import load_task
 
@@ -103,7 +103,7 @@ def run_soak(run_dir: Path) -> SoakRun:
                            local_steps=1, eval_every=ROUNDS, round_timeout=30.0, startup_timeout=30.0).validate()
     cluster = Cluster.load(prepare_cluster(cfg, run_dir), seed=cfg.seed)
     task = load_task(cfg.task, cfg.seed)
-    parts = partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed)
+    workload = Workload(task, partition(task.dataset.y_train, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed))
     context = zmq.Context()
     run = SoakRun(records={}, nodes={})
     started = 0.0
@@ -113,9 +113,8 @@ def run_soak(run_dir: Path) -> SoakRun:
             run.samples.append(Sample(record.round, time.monotonic() - started, vm_rss_mb(), open_fds()))
 
     for i in range(NODES):
-        key = load_private_key(cluster.require(i).key_file)
-        run.nodes[i] = Node(NodeSpec(i, cfg, cluster, key), task, shard(task.dataset, parts[i]), context,
-                            on_round=sample if i == 0 else None)
+        run.nodes[i] = build_node(cfg, cluster, i, workload=workload, context=context,
+                                  on_round=sample if i == 0 else None)
     errors: dict[int, BaseException] = {}
 
     def run_one(i: int) -> None:
