@@ -22,6 +22,7 @@ A `Channels` is used from one thread only (its transport's).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import enum
 import logging
 import math
@@ -508,7 +509,7 @@ class Channels:
                     f" [+{more} more since the last warning]" if more else "")
 
 
-class ChannelTransport:
+class ChannelTransport(ABC):
     """What every transport of the package does the same way around its `Channels`.
 
     The `transport.MessageTransport` methods that only hand over to the channels (`send`,
@@ -533,21 +534,23 @@ class ChannelTransport:
 
     # -- what differs --------------------------------------------------------------------------------
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """See `transport.MessageTransport`."""
 
+    @abstractmethod
     def close(self, linger: float = 0.0) -> None:
-        raise NotImplementedError
+        """See `transport.MessageTransport`."""
 
     @property
+    @abstractmethod
     def _started(self) -> bool:
         """Whether `recv` may run: started and not closed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _take(self, wait: float | None) -> tuple[bool, Message | None]:
         """Hand the channels what comes next: (whether an inbound frame set or an answer was taken, the
         message it delivered). `wait` None: only what is queued now; else wait up to `wait` s first."""
-        raise NotImplementedError
 
     # -- the same for every transport ----------------------------------------------------------------
 
