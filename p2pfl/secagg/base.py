@@ -46,10 +46,14 @@ def sanitize(own: np.ndarray, clip: float) -> tuple[np.ndarray, int]:
 class SecAggRound(RoundProtocol):
     """One node's roles in one round of secure aggregation (the adapters add the topology)."""
 
-    def __init__(self, node_id: int, round_: int, params: SecAggParams, secret: SecretFn, rng: RandomFn) -> None:
+    def __init__(self, node_id: int, round_: int, own: np.ndarray, params: SecAggParams | None,
+                 secret: SecretFn | None, rng: RandomFn) -> None:
+        if secret is None:
+            raise ValueError("secure aggregation needs the pairwise secret callable")
+        self.own = validate_common(node_id, round_, own)
         self.node_id = node_id
         self.round = round_
-        self.params = params
+        self.params = params or SecAggParams()
         self._secret = secret
         self._rng = rng
         self.agg: Aggregator | None = None

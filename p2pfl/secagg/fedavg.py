@@ -24,7 +24,7 @@ from p2pfl.fixedpoint import FixedPoint
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import DELTA, Rejected, check_vector
 from p2pfl.secagg.aggregator import Aggregator
-from p2pfl.secagg.base import SecAggRound, sanitize, validate_common
+from p2pfl.secagg.base import SecAggRound, sanitize
 from p2pfl.secagg.codec import AGGREGATOR_STEPS, MEMBER_STEPS, STEP_ABORT, Abort, secagg_message, step_of
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member, NoiseFn
@@ -101,11 +101,7 @@ class SecureFedAvgRound(SecAggRound):
         fallback: np.ndarray | None = None,
         dp: DistributedNoise | None = None,
     ) -> None:
-        params = params or SecAggParams()
-        if secret is None:
-            raise ValueError("secure aggregation needs the pairwise secret callable")
-        super().__init__(node_id, round_, params, secret, rng)
-        self.own = validate_common(node_id, round_, own)
+        super().__init__(node_id, round_, own, params, secret, rng)
         self.hub = hub
         least = 0 if self.is_hub else 1
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < least:
@@ -114,14 +110,14 @@ class SecureFedAvgRound(SecAggRound):
         self.active = self.leaves if active is None else sorted(set(active) & set(self.leaves))
         self.fallback = self.own if fallback is None else fallback
         self.samples = samples
-        self.weight = min(samples, params.max_samples) / params.max_samples
+        self.weight = min(samples, self.params.max_samples) / self.params.max_samples
         self._result: np.ndarray | None = None
         self._events = 0  # a leaf's phase: one per message from the hub and per deadline
         m = len(self.active)
         self._length = self.own.shape[0] + 1  # the weight rides as one more coordinate
         self.dp = dp
         room = dp.headroom(m) if dp is not None else 0.0
-        self.enc = FixedPoint(max(params.clip, 1.0) + room, float(max(m, 1)), max(m, 1), params.bits)
+        self.enc = FixedPoint(max(self.params.clip, 1.0) + room, float(max(m, 1)), max(m, 1), self.params.bits)
         if self.is_hub:
             self._hub_setup(expected)
         else:

@@ -23,7 +23,7 @@ from p2pfl.masking import EncodingCache
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import Rejected
 from p2pfl.secagg.aggregator import Aggregator
-from p2pfl.secagg.base import SecAggRound, sanitize, validate_common
+from p2pfl.secagg.base import SecAggRound, sanitize
 from p2pfl.secagg.codec import AGGREGATOR_STEPS, Shares, is_id, step_of
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member
@@ -68,18 +68,14 @@ class SecureGossipRound(SecAggRound):
         prepared: Prepared | None = None,
         prepare_next: bool = True,
     ) -> None:
-        params = params or SecAggParams()
-        if secret is None:
-            raise ValueError("secure aggregation needs the pairwise secret callable")
-        super().__init__(node_id, round_, params, secret, rng)
-        self.own = validate_common(node_id, round_, own)
+        super().__init__(node_id, round_, own, params, secret, rng)
         if prepared is None or prepared.round != round_:
             prepared = Prepared(round_, {}, None)
         if node_id not in adjacency:
             raise ValueError(f"adjacency lacks node {node_id}")
         nbrs = sorted(set(adjacency[node_id]) - {node_id})
         self.weights = self._mixing_row(nbrs, weights)
-        x, self.clipped = sanitize(self.own, params.clip)
+        x, self.clipped = sanitize(self.own, self.params.clip)
         # neighbours believed alive: the share phase waits only for them, and the node does not
         # wait to serve the groups of the others (it still answers them while the round lasts)
         self.expected = set(nbrs) if expected is None else set(expected) & set(nbrs)
