@@ -205,12 +205,8 @@ class Node:
         deadline = time.monotonic() + self.config.round_timeout + FINAL_LINGER
         while not self._liveness.expected() <= self._done and (remaining := deadline - time.monotonic()) > 0:
             msg = self.transport.recv(remaining)
-            if msg is None:
-                continue
-            if msg.kind != Kind.HEARTBEAT and msg.round == last and self._takes_late(msg):
-                self._feed(self._finished, msg)  # secure aggregation's surplus reveals, as in `_admit`
-            else:
-                self._admit(msg, last)  # a lagging neighbour's last model: read, not needed any more
+            if msg is not None:
+                self._admit(msg, last)  # late secure reveals go to the finished round; the rest is read, not used
 
     def _await_neighbours(self, start: int) -> int:
         """Meet the neighbours (bounded by `startup_timeout`); returns the round to run.

@@ -71,10 +71,12 @@ class RoundWindow:
 
     def place(self, msg: Message, r: int, late: Callable[[Message], bool] | None = None) -> Verdict:
         """Where `msg` goes while the node runs round `r`; `late` says if the finished round takes it."""
-        if msg.round == r:
-            return Verdict(Place.CURRENT)
+        # The finished round's late traffic first: while a round runs, that is the round before it,
+        # and once the last round is over (the node's farewell) it is this very round.
         if late is not None and late(msg):
             return Verdict(Place.LATE)
+        if msg.round == r:
+            return Verdict(Place.CURRENT)
         what = f"{msg.kind.name} from {msg.sender} for round {msg.round}"
         if r < msg.round <= self.last_round:
             if sum(m.sender == msg.sender for m in self.buffer) >= self.per_peer:
