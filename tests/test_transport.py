@@ -412,7 +412,14 @@ def test_send_to_a_dead_neighbour_with_a_session_never_blocks(make_cluster):
     c = make_cluster(2)
     a, b = c.transport(0), c.transport(1)
     handshake(a, b)
-    b.close()  # the session stays agreed on a's side; its connection is gone, or soon is
+    # Until a's I/O thread has read b's close, what a sends goes into the kernel's socket
+    # buffers (hundreds of KiB), not the queue; the bound below is about the queue, so the test
+    # waits for libzmq to report the disconnect instead of racing it.
+    monitor = a._dealers[1].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    b.close()  # the session stays agreed on a's side; its connection is gone
+    assert monitor.poll(WAIT * 1000), "a's connection to the closed node was never reported gone"
+    a._dealers[1].disable_monitor()
+    monitor.close(linger=0)
     results = [a.send(1, model_msg(0, n=1000)) for _ in range(10 * QUEUE_DEPTH)]
     assert not results[-1]
     refused = results.count(False)
