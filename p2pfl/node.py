@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import zmq
@@ -61,6 +62,47 @@ COMPRESSION_BITS = {"q8": 8, "q16": 16}
 _CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
 HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round of ours and per this
 HELLO_RESEND = 2.0  # seconds: start-up asks again the neighbours that have not answered (a hello can be lost)
+
+
+T = TypeVar("T")
+# A part of the node's life that waits: it yields how long it may wait (s) and is sent the next
+# message or None (time is up); `yield from` chains the parts, the last one's return is the value.
+Waits = Generator[float, "Message | None", T]
+Life = Waits[list[RoundRecord]]
+
+
+class Meter:
+    """CPU seconds spent on one node's behalf, whoever runs it: a thread of its own, or a host's
+    loop that runs many nodes (thread time alone would charge a node for its neighbours' work)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self._since: float | None = None
+
+    def begin(self) -> None:
+        self._since = time.thread_time()
+
+    def end(self) -> None:
+        if self._since is not None:
+            self.cpu += time.thread_time() - self._since
+            self._since = None
+
+    def now(self) -> float:
+        """CPU so far, including the stretch running now."""
+        return self.cpu + (time.thread_time() - self._since if self._since is not None else 0.0)
+
+
+def drive(life: Waits[T], recv: Callable[[float], "Message | None"], meter: Meter) -> T:
+    """Run `life` to its end in this thread, each wait a blocking `recv`; returns its value."""
+    meter.begin()  # receiving (authenticating, decrypting) is the node's work too
+    try:
+        wait = next(life)
+        while True:
+            wait = life.send(recv(wait))
+    except StopIteration as done:
+        return done.value
+    finally:
+        meter.end()
 
 
 @dataclass
@@ -128,6 +170,7 @@ class Node:
         self._secrets: dict[tuple[int, bytes], bytes] = {}
         self._secagg_params = self.config.secagg_params()
         self._t0 = 0.0
+        self.meter = Meter()
         self._init_knobs()
 
     def _init_knobs(self) -> None:
@@ -165,8 +208,18 @@ class Node:
     def run(self) -> list[RoundRecord]:
         """Run every round (resuming from a checkpoint if there is one); returns the records.
 
-        Returns no records when the checkpoint says every round is done already. Raises
+        Blocks this thread: `lifecycle`'s waits become the transport's own receive calls. Returns
+        no records when the checkpoint says every round is done already. Raises
         `CheckpointRefused` (before any socket opens) when the checkpoints cannot be resumed from.
+        """
+        return drive(self.lifecycle(), self.transport.recv, self.meter)
+
+    def lifecycle(self) -> Life:
+        """The node's whole life as a generator, so one thread can run many nodes (`p2pfl.host`).
+
+        It yields how long it is willing to wait (seconds) and is sent what arrived meanwhile: the
+        next message its transport delivered, or None once that time has passed. Its return value
+        is `run`'s. The node itself never blocks: whoever drives it owns the waiting.
         """
         records: list[RoundRecord] = []
         r = self._restore() + 1
@@ -179,17 +232,17 @@ class Node:
         self.transport.start()
         try:
             self._t0 = time.monotonic()
-            r = self._await_neighbours(r)
+            r = yield from self._await_neighbours(r)
             while r <= self.config.rounds:
-                records.append(self._round(r))
+                records.append((yield from self._round(r)))
                 self._checkpoint(r)
                 r = self._next_round(r)
-            self._farewell()
+            yield from self._farewell()
         finally:
             self.transport.close(linger=FINAL_LINGER)
         return records
 
-    def _farewell(self) -> None:
+    def _farewell(self) -> Waits[None]:
         """Say we are done, and keep reading until every live neighbour is done too (bounded).
 
         Exiting at once can cost a neighbour its last round: our last model may still sit in the
@@ -204,11 +257,11 @@ class Node:
         self._send_all([(j, done) for j in self.neighbours])
         deadline = time.monotonic() + self.config.round_timeout + FINAL_LINGER
         while not self._liveness.expected() <= self._done and (remaining := deadline - time.monotonic()) > 0:
-            msg = self.transport.recv(remaining)
+            msg = yield remaining
             if msg is not None:
                 self._admit(msg, last)  # late secure reveals go to the finished round; the rest is read, not used
 
-    def _await_neighbours(self, start: int) -> int:
+    def _await_neighbours(self, start: int) -> Waits[int]:
         """Meet the neighbours (bounded by `startup_timeout`); returns the round to run.
 
         Two steps: a hello ("I am up") and, once every neighbour is heard, a ready ("all my
@@ -234,7 +287,7 @@ class Node:
             if time.monotonic() >= resend:
                 self._say_hello(start, sorted((everyone & self._liveness.heard) - self._ready - set(self._syncs)))
                 resend = time.monotonic() + HELLO_RESEND
-            msg = self.transport.recv(min(remaining, max(resend - time.monotonic(), 0.0)))
+            msg = yield min(remaining, max(resend - time.monotonic(), 0.0))
             if msg is not None:
                 self._admit(msg, start - 1)
         if not everyone <= self._ready:
@@ -350,8 +403,8 @@ class Node:
 
     # -- one round ----------------------------------------------------------------------------
 
-    def _round(self, r: int) -> RoundRecord:
-        started, cpu_started = time.monotonic(), time.thread_time()
+    def _round(self, r: int) -> Waits[RoundRecord]:
+        started, cpu_started = time.monotonic(), self.meter.now()
         self._liveness.new_round()
         active = self.schedule.active(r)
         takes_part = self.id in active
@@ -363,7 +416,7 @@ class Node:
         own, fallback = self._contribution(takes_part, start)
         ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
         protocol = self.strategy.protocol(ctx)
-        new_delta = self._exchange(protocol, r)
+        new_delta = yield from self._exchange(protocol, r)
         protocol.release()
         self._finished = protocol
         self._prepared = protocol.prepared_next()  # e.g. secure gossip's next share phase, done in this one
@@ -380,7 +433,7 @@ class Node:
             test_loss=test_loss, test_acc=test_acc,
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started, train_time=train_time,
-            cpu_time=time.thread_time() - cpu_started,
+            cpu_time=self.meter.now() - cpu_started,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
         )
@@ -494,7 +547,7 @@ class Node:
             self._secrets[key] = pairwise_key(self._private_key, self.id, self._public_keys[peer], peer, context)
         return self._secrets[key]
 
-    def _exchange(self, protocol: RoundProtocol, r: int) -> np.ndarray:
+    def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
         self._send_all(protocol.start())
         for msg in self._window.take(r):
@@ -508,7 +561,7 @@ class Node:
                 self._send_all(protocol.on_deadline())
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
                 continue
-            msg = self.transport.recv(remaining)
+            msg = yield remaining
             if msg is not None and self._admit(msg, r):
                 self._feed(protocol, msg)
             if protocol.phase != phase:
