@@ -58,6 +58,7 @@ _PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 # nodes of one host: a Unix socket at an absolute path that fits sun_path (108 bytes with the NUL)
 _IPC_ADDRESS = re.compile(r"^ipc://(/[^\x00]{1,106})$")
+HUB_PREFIX = "hub+"
 
 
 class ConfigError(ValueError):
@@ -493,11 +494,14 @@ def _parse_node(entry: Any, where: str, base: Path, src: str) -> NodeEntry:
     if not isinstance(entry["id"], int) or entry["id"] < 0:
         raise ConfigError(f"{where}.id", f"must be a non-negative integer, got {entry['id']!r}", src)
     address = entry["address"]
-    match = _ADDRESS.match(address) if isinstance(address, str) else None
-    ipc = _IPC_ADDRESS.match(address) if isinstance(address, str) else None
+    # hub+: the endpoint of a process hosting many nodes (`transports.hub`); the same rules after it
+    bare = address.removeprefix(HUB_PREFIX) if isinstance(address, str) else None
+    match = _ADDRESS.match(bare) if bare is not None else None
+    ipc = _IPC_ADDRESS.match(bare) if bare is not None else None
     if not ipc and (not match or not 0 < int(match.group(2)) < 65536):
         raise ConfigError(f"{where}.address", "must look like tcp://HOST:PORT with 0 < PORT < 65536, or "
-                          f"ipc:///ABSOLUTE/PATH (nodes of one host), got {address!r}", src)
+                          "ipc:///ABSOLUTE/PATH (nodes of one host), optionally after hub+ (many nodes of one "
+                          f"process), got {address!r}", src)
     key_file = entry.get("key_file")
     if key_file is not None and not isinstance(key_file, str):
         raise ConfigError(f"{where}.key_file", "must be a path string", src)
@@ -522,7 +526,7 @@ def _decode_key(value: Any, where: str, src: str) -> bytes:
 def _check_unique_addresses(nodes: dict[int, NodeEntry], src: str) -> None:
     seen: dict[str, int] = {}
     for node in nodes.values():
-        if node.address in seen:
+        if node.address in seen and not node.address.startswith(HUB_PREFIX):  # a hub hosts many nodes
             raise ConfigError(f"nodes(id={node.id}).address", f"{node.address} is also used by node {seen[node.address]}", src)
         seen[node.address] = node.id
     keys: dict[bytes, int] = {}

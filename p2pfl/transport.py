@@ -11,6 +11,7 @@ node:
 | `ipc:///path` | `transports.zeromq.ZmqTransport` | processes on one host (a Unix socket) |
 | `inproc://name` | `transports.zeromq.ZmqTransport` | nodes of one process sharing one zmq.Context |
 | `mem://name` | `transports.memory.MemoryTransport` | nodes of one process on one `MemoryNetwork`; no sockets |
+| `hub+tcp://host:port`, `hub+ipc:///path` | `transports.hub.HubTransport` | many nodes of one process behind one endpoint (a `Hub`), to other hubs |
 
 Every implementation sends and receives through a `channel.Channels` (sessions, AEAD, replay
 counters, drop accounting), so they all put the same bytes on their links and deliver only
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Protocol
 from p2pfl import wire
 from p2pfl.channel import Peer, TransportStats
 from p2pfl.messages import Message
+from p2pfl.transports.hub import HubTransport
 from p2pfl.transports.memory import MemoryTransport
 from p2pfl.transports.zeromq import ZmqTransport
 
@@ -81,6 +83,8 @@ _BUILTIN: dict[str, Factory] = {
     "ipc": ZmqTransport,
     "inproc": ZmqTransport,
     "mem": MemoryTransport,
+    "hub+tcp": HubTransport,
+    "hub+ipc": HubTransport,
 }
 _registered: dict[str, Factory] = {}
 
