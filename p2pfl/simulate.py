@@ -33,6 +33,8 @@ from p2pfl.record import (MODELS_DIR, METRICS_FILE, MetricsWriter, RoundRecord, 
 
 log = logging.getLogger(__name__)
 
+FINAL_LINGER_S = 2.0  # a worker's last messages (its nodes' last models) get this long to leave
+
 
 @dataclass
 class RunResult:
@@ -59,16 +61,25 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def prepare_cluster(config: ExperimentConfig, run_dir: Path) -> Path:
-    """Keys, topology file and cluster file for a local run; returns the cluster file path."""
+def prepare_cluster(config: ExperimentConfig, run_dir: Path, groups: list[list[int]] | None = None) -> Path:
+    """Keys, topology file and cluster file for a local run; returns the cluster file path.
+
+    With `groups` (the node ids of each worker process) the nodes of a group share their process's
+    hub address (`transports.hub`); without, every node gets a TCP port of its own.
+    """
     graph = config.graph()
     keys = run_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     topology.save(graph, run_dir / "topology.json")
+    if groups is None:
+        address = {i: f"tcp://127.0.0.1:{port}" for i, port in enumerate(free_ports(config.nodes))}
+    else:
+        address = {i: f"hub+tcp://127.0.0.1:{port}" for group, port in zip(groups, free_ports(len(groups)))
+                   for i in group}
     entries = []
-    for node_id, port in zip(range(config.nodes), free_ports(config.nodes)):
+    for node_id in range(config.nodes):
         private_path, public_b64 = write_keypair(keys, node_id)
-        entries.append(NodeEntry(node_id, f"tcp://127.0.0.1:{port}", decode_public(public_b64),
+        entries.append(NodeEntry(node_id, address[node_id], decode_public(public_b64),
                                  Path(private_path).relative_to(run_dir)))
     path = run_dir / "cluster.toml"
     write_cluster(path, entries, "topology.json")
@@ -76,8 +87,12 @@ def prepare_cluster(config: ExperimentConfig, run_dir: Path) -> Path:
 
 
 def assign_processes(nodes: int, processes: int) -> list[list[int]]:
-    """Spread node ids over processes round-robin (0 = automatic: a few per core)."""
-    count = processes or min(nodes, 2 * (os.cpu_count() or 1))
+    """Spread node ids over processes round-robin (0 = automatic: one per core).
+
+    A process runs all its nodes in one event loop (`host.Host`), so more processes than cores
+    only adds start-up and memory.
+    """
+    count = processes or min(nodes, os.cpu_count() or 1)
     count = max(1, min(count, nodes))
     return [list(range(p, nodes, count)) for p in range(count)]
 
@@ -85,26 +100,35 @@ def assign_processes(nodes: int, processes: int) -> list[list[int]]:
 # -- worker processes ------------------------------------------------------------------------
 
 
-def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue) -> None:
-    """Host `node_ids` in this process, one thread each, reporting every round to `events`."""
-    # One compute thread per node thread: OpenMP's thread count is per thread, and N processes x
-    # M node threads x the default pool would thrash 2 cores (set before torch is imported).
+def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue,
+            workload: Any = None) -> None:
+    """Host `node_ids` in this process, in one event loop, reporting every round to `events`.
+
+    `workload`: the task and its split, when the launcher forked this process after loading it
+    (the pages are shared, nothing is loaded twice); None: load it here.
+    """
+    # One compute thread: N processes x the default pool would thrash the cores (set before torch
+    # is imported when this is a fresh interpreter; a forked one sets it below).
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     import zmq
 
+    from p2pfl.host import Host
     from p2pfl.launch import build_node, load_workload
+    from p2pfl.transports.hub import Hub
 
-    torch.set_num_threads(1)  # N processes x default threads would thrash 2 cores
+    torch.set_num_threads(1)
     # Node warnings (drops, deadlines, dropouts) go to the run directory, not over the live display.
     logs = Path(cluster_path).parent / "logs"
     logs.mkdir(exist_ok=True)
     logging.basicConfig(level=logging.WARNING, filename=str(logs / f"worker-{node_ids[0]}.log"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     cfg = ExperimentConfig.from_dict(config)
     cluster = Cluster.load(cluster_path, seed=cfg.seed)
-    workload = load_workload(cfg)  # once for all the process's nodes
+    workload = workload if workload is not None else load_workload(cfg)  # once for all the process's nodes
     context = zmq.Context()
+    hub = Hub(cluster.nodes[node_ids[0]].address, context, capacity=len(node_ids))
+    host = Host(hub)
     models = Path(cluster_path).parent / MODELS_DIR
     models.mkdir(mode=0o700, exist_ok=True)  # the nodes' private models
 
@@ -112,21 +136,25 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
         # Serialised now, not when the queue's feeder thread pickles it: the node drops `delta` on return.
         events.put(("round", record.to_json(), record.delta.tobytes()))
 
-    def run_one(node_id: int) -> None:
-        torch.set_num_threads(1)
+    def done(node: Any, _records: list) -> None:
         try:
-            node = build_node(cfg, cluster, node_id, workload=workload, context=context, on_round=report)
-            node.run()
-            save_model(models / f"node-{node_id}.npy", node.trainer.get_flat())
-            events.put(("done", node_id, None))
+            save_model(models / f"node-{node.id}.npy", node.trainer.get_flat())
+            events.put(("done", node.id, None))
+        except BaseException as exc:  # noqa: BLE001 - reported, never silent
+            failed(node, exc)
+
+    def failed(node: Any, exc: BaseException) -> None:
+        events.put(("error", node.id, "".join(traceback.format_exception(exc))))
+
+    for node_id in node_ids:
+        try:
+            node = build_node(cfg, cluster, node_id, workload=workload, context=hub, on_round=report)
         except BaseException:  # report and let the launcher decide; never die silently
             events.put(("error", node_id, traceback.format_exc()))
-
-    threads = [threading.Thread(target=run_one, args=(i,), name=f"node-{i}") for i in node_ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+            continue
+        host.add(node, done, failed)
+    host.run()
+    hub.close(linger=FINAL_LINGER_S)
     events.put(("rss", os.getpid(), own_peak_rss_mb()))
     context.term()
 
@@ -188,13 +216,14 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     console = console or Console(stderr=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     graph = config.graph()
-    cluster_path = prepare_cluster(config, run_dir)
-    write_config(run_dir, config.to_dict())
     groups = assign_processes(config.nodes, config.processes)
-    ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited sockets or threads
-    events: mp.Queue = ctx.Queue()
+    cluster_path = prepare_cluster(config, run_dir, groups)
+    write_config(run_dir, config.to_dict())
     started = time.monotonic()
-    procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events), daemon=True) for g in groups]
+    ctx, workload = _start_method(config)
+    events: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload), daemon=True)
+             for g in groups]
     for p in procs:
         p.start()
     collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE))
@@ -218,6 +247,18 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
                             processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss))
     write_summary(run_dir, summary)
     return RunResult(run_dir, summary.to_json())
+
+
+def _start_method(config: ExperimentConfig) -> tuple[Any, Any]:
+    """How workers start: forked from this process after it loaded the task (torch imported and the
+    data split once, their pages shared), where the platform can fork; else spawned, each loading
+    its own. Nothing here has opened a socket or started a thread yet, so a fork copies none.
+    """
+    if "fork" not in mp.get_all_start_methods():
+        return mp.get_context("spawn"), None
+    from p2pfl.launch import load_workload
+
+    return mp.get_context("fork"), load_workload(config)
 
 
 def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector: _Collector,
