@@ -117,12 +117,15 @@ def main(verbose: int) -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
 def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:
     """Run every node of a topology on this host: real processes, sockets and crypto."""
-    from p2pfl.simulate import run_simulation
+    from p2pfl.simulate import SimulationFailed, run_simulation
 
     cfg = _config(config_file, **overrides)
     _check_graph(cfg)
     run_dir = Path(out or f"runs/simulate-{_stamp()}")
-    result = run_simulation(cfg, run_dir, console)
+    try:
+        result = run_simulation(cfg, run_dir, console)
+    except SimulationFailed as exc:
+        raise click.ClickException(str(exc)) from exc
     s = result.summary
     console.print(f"[bold]{s['label']}[/]: final accuracy {s['final_acc_mean']:.3f} ± {s['final_acc_std']:.3f} "
                   f"over {s['nodes']} nodes, {s['rounds']} rounds in {s['wall_time']:.1f}s, "
@@ -151,7 +154,7 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
     table then has an epsilon column.
     """
     from p2pfl import report
-    from p2pfl.simulate import DEFAULT_COMPARE, compare_configs, run_dir_name, run_simulation
+    from p2pfl.simulate import DEFAULT_COMPARE, SimulationFailed, compare_configs, run_dir_name, run_simulation
 
     if overrides.get("nodes") is None and config_file is None:
         overrides["nodes"] = 16  # the default set includes a 2-D torus (4 x 4)
@@ -166,7 +169,10 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
         raise click.UsageError(str(exc)) from exc
     out_dir = Path(out or f"runs/compare-{_stamp()}")
     for cfg in configs:
-        run_simulation(cfg, out_dir / run_dir_name(cfg), console)
+        try:
+            run_simulation(cfg, out_dir / run_dir_name(cfg), console)
+        except SimulationFailed as exc:
+            raise click.ClickException(f"{cfg.display_label()}: {exc}") from exc
     report.main([str(out_dir)], str(out_dir), target, console)
 
 

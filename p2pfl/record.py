@@ -48,7 +48,7 @@ MODELS_DIR = "models"
 PER_NODE_SETTINGS = ("checkpoint_dir", "checkpoint_every", "processes", "startup_timeout")
 #: summary.json fields that describe one directory's share of a run, not the experiment.
 PER_DIRECTORY_SUMMARY = ("node_ids", "final_acc_mean", "final_acc_std", "epsilon_max", "wall_time", "processes",
-                         "peak_rss_mb", "versions")
+                         "peak_rss_mb", "versions", "status", "failures", "first_round_s")
 
 
 # -- the schema ------------------------------------------------------------------------------------
@@ -113,6 +113,9 @@ class RunSummary:
     processes: int  # OS processes that ran the nodes
     peak_rss_mb: float  # sum of every process's own peak: an upper bound on the run's footprint
     versions: dict[str, str]  # python and package versions (of the first directory, once merged)
+    status: str = "complete"  # "failed": some node or worker process ended with an error (`failures`)
+    failures: list[str] = field(default_factory=list)  # "node 3: <its exception's last line>"
+    first_round_s: float | None = None  # launch to the first complete round (simulate only)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {SCHEMA_KEY: SCHEMA_VERSION}
@@ -232,6 +235,12 @@ def _names(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"expected an array of strings, got {value!r}")
+    return list(value)
+
+
 def _node_ids(value: Any) -> list[int]:
     if (not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value)
             or len(set(value)) != len(value)):
@@ -256,11 +265,15 @@ SUMMARY_SCHEMA: dict[str, Check] = {
     "dp": _string, "dp_delta": _nullable(_number()), "epsilon_max": _nullable(_number(finite=False)),
     "compression": _string, "participation": _number(), "fedavg_sample": _integer(0),
     "fedprox_mu": _number(), "wall_time": _number(), "processes": _integer(1), "peak_rss_mb": _number(),
-    "versions": _names,
+    "versions": _names, "status": _one_of("complete", "failed"), "failures": _strings,
+    "first_round_s": _nullable(_number()),
 }
+# Fields added after schema 1 was first written: a summary without them reads as these values.
+SUMMARY_DEFAULTS: dict[str, Any] = {"status": "complete", "failures": [], "first_round_s": None}
 
 
-def _parse(obj: Any, schema: dict[str, Check], path: Path, line: int | None) -> dict[str, Any]:
+def _parse(obj: Any, schema: dict[str, Check], path: Path, line: int | None,
+           defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """`obj` checked against `schema` (version first, then every field in order); the values to keep."""
     if not isinstance(obj, dict):
         raise RunDirError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line)
@@ -270,6 +283,9 @@ def _parse(obj: Any, schema: dict[str, Check], path: Path, line: int | None) -> 
         raise RunDirError(f"not a field of schema version {SCHEMA_VERSION}", path=path, line=line, field=unknown[0])
     out = {}
     for name, check in schema.items():
+        if name not in obj and defaults is not None and name in defaults:
+            out[name] = defaults[name]
+            continue
         if name not in obj:
             raise RunDirError("required field is missing", path=path, line=line, field=name)
         try:
@@ -298,7 +314,7 @@ def parse_record(obj: Any, path: Path, line: int | None = None) -> RoundRecord:
 
 
 def parse_summary(obj: Any, path: Path) -> RunSummary:
-    return RunSummary(**_parse(obj, SUMMARY_SCHEMA, path, None))
+    return RunSummary(**_parse(obj, SUMMARY_SCHEMA, path, None, SUMMARY_DEFAULTS))
 
 
 # -- building a summary ----------------------------------------------------------------------------
@@ -324,7 +340,8 @@ def final_figures(records: Iterable[RoundRecord]) -> tuple[float | None, float |
 
 
 def build_summary(config: ExperimentConfig, *, topology: str, spectral_gap: float, node_ids: Iterable[int],
-                  records: Sequence[RoundRecord], wall_time: float, processes: int, peak_rss_mb: float) -> RunSummary:
+                  records: Sequence[RoundRecord], wall_time: float, processes: int, peak_rss_mb: float,
+                  failures: Sequence[str] = (), first_round_s: float | None = None) -> RunSummary:
     """The summary of a run directory holding `node_ids`' `records` of the experiment `config`."""
     acc_mean, acc_std, eps_max = final_figures(records)
     return RunSummary(
@@ -335,7 +352,8 @@ def build_summary(config: ExperimentConfig, *, topology: str, spectral_gap: floa
         dp_delta=config.dp_delta if config.dp_enabled else None, epsilon_max=eps_max,
         compression=config.compression, participation=config.participation, fedavg_sample=config.fedavg_sample,
         fedprox_mu=config.fedprox_mu, wall_time=wall_time, processes=processes, peak_rss_mb=peak_rss_mb,
-        versions=versions(),
+        versions=versions(), status="failed" if failures else "complete", failures=list(failures),
+        first_round_s=first_round_s,
     )
 
 
@@ -629,6 +647,9 @@ def merge(parts: Sequence[RunDirectory]) -> RunDirectory:
         node_ids=sorted({n for part in parts for n in part.summary.node_ids}), final_acc_mean=acc_mean,
         final_acc_std=acc_std, epsilon_max=eps_max, wall_time=max(p.summary.wall_time for p in parts),
         processes=sum(p.summary.processes for p in parts), peak_rss_mb=sum(p.summary.peak_rss_mb for p in parts),
+        failures=[f for p in parts for f in p.summary.failures],
+        status="failed" if any(p.summary.status == "failed" for p in parts) else "complete",
+        first_round_s=None,
     )
     merged = RunDirectory(paths=[p for part in parts for p in part.paths], config=dict(first.config),
                           summary=RunSummary(**fields_), records=records,

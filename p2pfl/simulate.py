@@ -165,8 +165,10 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
 class _Collector:
     """Gathers per-node records, writes complete rounds in order, computes consensus distance."""
 
-    def __init__(self, nodes: int, writer: MetricsWriter) -> None:
+    def __init__(self, nodes: int, writer: MetricsWriter, started: float) -> None:
         self.nodes = nodes
+        self.started = started
+        self.first_round_s: float | None = None  # launch to round 1 written
         self.pending: dict[int, dict[int, tuple[RoundRecord, np.ndarray]]] = {}
         self.writer = writer
         self.written: list[RoundRecord] = []  # what metrics.jsonl holds, for the summary
@@ -188,6 +190,8 @@ class _Collector:
             if not final and not self.live <= set(got):
                 return
             self._write(self.next_round, got)
+            if self.first_round_s is None:
+                self.first_round_s = time.monotonic() - self.started
             del self.pending[self.next_round]
             self.next_round += 1
 
@@ -217,20 +221,26 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     run_dir.mkdir(parents=True, exist_ok=True)
     graph = config.graph()
     groups = assign_processes(config.nodes, config.processes)
-    cluster_path = prepare_cluster(config, run_dir, groups)
+    if not config.ray:
+        cluster_path = prepare_cluster(config, run_dir, groups)
     write_config(run_dir, config.to_dict())
     started = time.monotonic()
-    ctx, workload = _start_method(config)
-    events: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload), daemon=True)
-             for g in groups]
+    if config.ray:  # the worker groups as actors across a Ray cluster, each making its nodes' keys on its host
+        from p2pfl import raycluster  # the optional extra p2pfl[ray]: imported only for --ray
+
+        cluster_path, procs, events = raycluster.place(config.ray, config, run_dir, groups, _worker)
+    else:
+        ctx, workload = _start_method(config)
+        events: mp.Queue = ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
+                             daemon=True) for g in groups]
     for p in procs:
         p.start()
-    collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE))
+    collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE), started)
     errors: dict[int, str] = {}
     rss: list[float] = []
     try:
-        _collect(config, procs, events, collector, errors, rss, console)
+        _collect(config, procs, groups, events, collector, errors, rss, console)
     finally:
         collector.close()
         for p in procs:
@@ -238,15 +248,29 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
             if p.is_alive():
                 p.kill()
     wall = time.monotonic() - started
+    failures = [f"node {n}: {last_line(tb)}" for n, tb in sorted(errors.items())]
+    summary = build_summary(config, topology=config.topology,
+                            spectral_gap=topology.effective_gap(graph, config.rounds),
+                            node_ids=range(config.nodes), records=collector.written, wall_time=wall,
+                            processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss), failures=failures,
+                            first_round_s=collector.first_round_s)
+    write_summary(run_dir, summary)  # a failed run keeps what it measured, marked failed
     if errors:
         node_id, tb = next(iter(sorted(errors.items())))
-        raise RuntimeError(f"node {node_id} failed ({len(errors)} node(s) in all):\n{tb}")
-    summary = build_summary(config, topology=config.topology,
-                            spectral_gap=topology.spectral_gap(topology.metropolis_hastings(graph)),
-                            node_ids=range(config.nodes), records=collector.written, wall_time=wall,
-                            processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss))
-    write_summary(run_dir, summary)
+        log.error("node %d failed:\n%s", node_id, tb)
+        shown = "\n".join(f"  {f}" for f in failures[:10]) + (f"\n  ... {len(failures) - 10} more" if len(failures) > 10 else "")
+        raise SimulationFailed(f"{len(errors)} node(s) failed; summary.json in {run_dir} is marked failed:\n{shown}")
     return RunResult(run_dir, summary.to_json())
+
+
+class SimulationFailed(RuntimeError):
+    """Some node or worker process of a simulation ended with an error (the message says which and why)."""
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a traceback or message: the exception itself."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
 
 
 def _start_method(config: ExperimentConfig) -> tuple[Any, Any]:
@@ -261,8 +285,8 @@ def _start_method(config: ExperimentConfig) -> tuple[Any, Any]:
     return mp.get_context("fork"), load_workload(config)
 
 
-def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector: _Collector,
-             errors: dict[int, str], rss: list[float], console: Console) -> None:
+def _collect(config: ExperimentConfig, procs: list, groups: list[list[int]], events: mp.Queue,
+             collector: _Collector, errors: dict[int, str], rss: list[float], console: Console) -> None:
     done: set[int] = set()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
                TextColumn("{task.fields[figures]}"), TimeElapsedColumn())
@@ -272,9 +296,13 @@ def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector:
             try:
                 event = events.get(timeout=1.0)
             except queue.Empty:
+                for p, group in zip(procs, groups):
+                    if p.is_alive() or not events.empty():
+                        continue
+                    for n in set(group) - done - set(errors):  # it died before it could say why
+                        errors[n] = _death(p)
+                        collector.node_gone(n)
                 if not any(p.is_alive() for p in procs) and events.empty():
-                    for n in set(range(config.nodes)) - done - set(errors):
-                        errors[n] = "its worker process exited without reporting"
                     return
                 continue
             kind = event[0]
@@ -290,6 +318,15 @@ def _collect(config: ExperimentConfig, procs: list, events: mp.Queue, collector:
                 collector.node_gone(event[1])
             elif kind == "rss":
                 rss.append(event[2])
+
+
+def _death(p: Any) -> str:
+    """Why a worker process ended without reporting, as far as its exit code tells."""
+    code = p.exitcode
+    if code is not None and code < 0:
+        hint = " (SIGKILL: out of memory?)" if -code == 9 else ""
+        return f"its worker process (pid {p.pid}) was killed by signal {-code}{hint} without reporting"
+    return f"its worker process (pid {p.pid}) exited with code {code} without reporting"
 
 
 def _figures(last: dict[str, Any]) -> str:
