@@ -5,14 +5,17 @@ Owns: generating graphs by name (``generate``), loading and saving graph files
 turning a user's topology spec into a graph (``resolve``), checking a graph is
 usable (``validate``), Metropolis-Hastings mixing weights
 (``metropolis_hastings`` / ``mh_weights``) and spectral figures
-(``spectral_gap``, ``stats``, ``describe``).
+(``spectral_gap``, ``stats``, ``describe``), and time-varying topologies (``TimeVarying``: a
+fresh graph every round that every node computes alike from the seed and the round).
 
 Must not touch: sockets, torch, or any other module's internals. Every problem
 with a graph or a graph file raises ``TopologyError`` (a ``ValueError``) whose
 message names the file / field and the problem.
 
 Graphs are undirected, simple ``networkx.Graph`` objects whose nodes are ints
-(normally 0..n-1). Matrices use the sorted node order for rows and columns.
+(normally 0..n-1). Matrices use the sorted node order for rows and columns. A time-varying
+topology's graph of one round is such a graph too, but need not be connected: only the union
+over the rounds must be (``TimeVarying.union``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import json
 import math
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Union
 
 import networkx as nx
 import numpy as np
@@ -36,6 +42,9 @@ __all__ = [
     "GENERATORS",
     "GENERATOR_PARAMS",
     "FILE_EXTENSIONS",
+    "TIME_VARYING",
+    "TimeVarying",
+    "Topology",
     "generate",
     "load",
     "save",
@@ -44,6 +53,7 @@ __all__ = [
     "metropolis_hastings",
     "mh_weights",
     "spectral_gap",
+    "effective_gap",
     "TopologyStats",
     "stats",
     "describe",
@@ -264,7 +274,7 @@ GENERATOR_PARAMS: dict[str, tuple[str, ...]] = {
     "exponential": (),
 }
 
-GENERATORS: dict[str, Callable[[int, int, dict[str, Any]], nx.Graph]] = {
+GENERATORS: dict[str, Callable[[int, int, dict[str, Any]], nx.Graph]] = {  # static graphs
     "ring": _gen_ring,
     "torus": _gen_torus,
     "complete": _gen_complete,
@@ -276,23 +286,290 @@ GENERATORS: dict[str, Callable[[int, int, dict[str, Any]], nx.Graph]] = {
 }
 
 
-def generate(name: str, n: int, seed: int = 0, **params: Any) -> nx.Graph:
+# --------------------------------------------------------------------------- time-varying topologies
+
+TIME_VARYING: dict[str, tuple[str, ...]] = {  # name -> parameters
+    "epidemic": ("s",),
+    "onepeer-exp": (),
+}
+_ALL_NAMES = (*GENERATORS, *TIME_VARYING)
+_TV_SALT = 0x7E1DE  # separates the time-varying draws from every other use of the run's seed
+_TV_CACHE_ROUNDS = 16  # rounds whose graphs a TimeVarying keeps (the nodes of a process run rounds r-1..r+1)
+_GAP_ROUNDS = 64  # effective_gap looks at most this many rounds ahead
+_EXACT_GAP_NODES = 256  # up to this many nodes effective_gap multiplies dense matrices; beyond, power iteration
+
+
+@dataclass(frozen=True)
+class TimeVarying:
+    """A topology whose graph changes every round; every node computes round r's graph on its own,
+    from the seed and r, so no message is needed to agree on it.
+
+    kind "epidemic": Epidemic Learning's s-peer sampling (de Vos et al., NeurIPS 2023), EL-Oracle
+        style: round r's graph is a random s-regular *undirected* graph on the n nodes, drawn from
+        a generator seeded by (seed, r). (EL-Local, where each node picks s peers to send to on its
+        own, gives a directed graph with uneven in-degrees: its mixing matrix is not symmetric, so
+        Metropolis-Hastings weights and secure gossip's neighbourhood groups would not apply. Its
+        advantage, needing no coordination, is moot here: the oracle's graph costs no messages.)
+        Each round's graph need not be connected; Metropolis-Hastings weights on an s-regular graph
+        are 1/(s + 1) for the node and each of its s peers, EL's uniform average.
+    kind "onepeer-exp": the one-peer exponential graph (Ying et al., NeurIPS 2021), undirected
+        one-peer hypercube variant: round r pairs node i with i XOR 2^((r - 1) mod log2 n), weight
+        1/2 each; n must be a power of two. Any log2 n consecutive rounds average exactly.
+
+    nodes: n (the nodes are 0..n-1); seed: the run's seed (epidemic's draws); s: epidemic's degree.
+    The draws use numpy's PCG64 bit stream under a SeedSequence, both stable across numpy versions,
+    and an own pairing algorithm, so nodes on different machines agree. A round's graph is computed
+    once per object and kept for the last `_TV_CACHE_ROUNDS` rounds (the nodes of one process share
+    their cluster's object); it is frozen, callers must not change it.
+    """
+
+    kind: str
+    nodes: int
+    seed: int = 0
+    s: int = 0
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, compare=False, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kind = self.kind
+        if kind not in TIME_VARYING:
+            raise TopologyError(f"unknown time-varying topology {kind!r}; valid names: {', '.join(TIME_VARYING)}")
+        n = self.nodes
+        if not _is_int(n) or n < 2:
+            raise TopologyError(f"topology '{kind}': n must be an integer >= 2, got {n!r}")
+        if not _is_int(self.seed):
+            raise TopologyError(f"topology '{kind}': seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.s):
+            raise TopologyError(f"topology '{kind}': parameter s must be an integer, got {self.s!r}")
+        if kind == "epidemic":
+            s = self.s
+            _need(1 <= s < n, kind, f"s (peers per round) must be in [1, n - 1], got s={s}, n={n}")
+            _need(n * s % 2 == 0, kind, f"n * s must be even (an s-regular graph on n nodes), got n={n}, s={s}")
+        else:
+            _need(self.s == 0, kind, f"takes no parameter s (every node has one peer per round), got s={self.s}")
+            _need(n & (n - 1) == 0, kind, f"needs n to be a power of two (2, 4, 8, 16, ...), got n={n}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the cache and its lock stay behind
+        return (TimeVarying, (self.kind, self.nodes, self.seed, self.s))
+
+    # -- what it is ---------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> str:
+        """The topology spec that names it ("epidemic:s=3", "onepeer-exp")."""
+        return f"epidemic:s={self.s}" if self.kind == "epidemic" else self.kind
+
+    @property
+    def degree(self) -> int:
+        """Every node's degree in every round's graph."""
+        return self.s if self.kind == "epidemic" else 1
+
+    @property
+    def period(self) -> int | None:
+        """Rounds after which the graphs repeat (onepeer-exp: log2 n), None if they never do."""
+        return self.nodes.bit_length() - 1 if self.kind == "onepeer-exp" else None
+
+    def node_ids(self) -> range:
+        return range(self.nodes)
+
+    # -- the graphs ---------------------------------------------------------------------------
+
+    def graph_at(self, round_: int) -> nx.Graph:
+        """Round `round_`'s graph (1-based), the same on every node; frozen, shared: do not change it."""
+        return self._entry(round_)[0]
+
+    def adjacency_at(self, round_: int) -> Mapping[int, tuple[int, ...]]:
+        """Round `round_`'s graph as {node: its sorted neighbours}, every node (read-only, shared)."""
+        return self._entry(round_)[1]
+
+    def weights_at(self, round_: int, node: int) -> dict[int, float]:
+        """Row `node` of round `round_`'s Metropolis-Hastings matrix ({neighbour: weight, node: self weight})."""
+        adj = self.adjacency_at(round_)
+        if node not in adj:
+            raise TopologyError(f"node {node} is not in the graph")
+        d = len(adj[node])
+        weights = {j: 1.0 / (1.0 + max(d, len(adj[j]))) for j in adj[node]}
+        weights[int(node)] = 1.0 - sum(weights.values())
+        return weights
+
+    def union(self) -> nx.Graph:
+        """Every edge that can occur in some round: the graph the nodes' transports connect over.
+
+        epidemic: the complete graph (any pair can be drawn); onepeer-exp: the log2 n-dimensional
+        hypercube. Built anew on each call: callers keep it.
+        """
+        n = self.nodes
+        if self.kind == "epidemic":
+            return _canonical(n, nx.complete_graph(n).edges, f"union of {self.spec} (n={n}): complete")
+        dims = self.nodes.bit_length() - 1
+        edges = [(i, i ^ (1 << k)) for i in range(n) for k in range(dims) if i < i ^ (1 << k)]
+        return _canonical(n, edges, f"union of {self.spec} (n={n}): {dims}-dimensional hypercube")
+
+    def _entry(self, round_: int) -> tuple[nx.Graph, Mapping[int, tuple[int, ...]]]:
+        if not _is_int(round_) or round_ < 1:
+            raise TopologyError(f"topology '{self.spec}': rounds are 1-based, got {round_!r}")
+        with self._lock:
+            hit = self._cache.get(round_)
+            if hit is not None:
+                self._cache.move_to_end(round_)
+                return hit
+            g = nx.freeze(_canonical(self.nodes, self._edges(round_), f"{self.spec} round {round_}"))
+            adjacency = MappingProxyType({v: tuple(sorted(g.neighbors(v))) for v in g.nodes})
+            self._cache[round_] = (g, adjacency)
+            while len(self._cache) > _TV_CACHE_ROUNDS:
+                self._cache.popitem(last=False)
+            return g, adjacency
+
+    def _edges(self, round_: int) -> list[tuple[int, int]]:
+        n = self.nodes
+        if self.kind == "onepeer-exp":
+            bit = 1 << ((round_ - 1) % (n.bit_length() - 1))
+            return [(i, i ^ bit) for i in range(n) if i < i ^ bit]
+        for attempt in range(MAX_ATTEMPTS):
+            bits = np.random.PCG64(np.random.SeedSequence([_TV_SALT, self.seed % 2**64, round_, attempt]))
+            edges = _pair_stubs(n, self.s, bits)
+            if edges is not None:
+                return sorted(edges)
+        raise TopologyError(f"topology '{self.spec}': no {self.s}-regular graph on {n} nodes drawn in "
+                            f"{MAX_ATTEMPTS} attempts (round {round_})")
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def effective_gap(self, rounds: int) -> float:
+        """1 - ||W_T ... W_1 - J||_2^(1/T) over the first T = min(rounds, 64) rounds' Metropolis-Hastings
+        matrices (J: the exact average): the per-round contraction of disagreement. For a fixed
+        symmetric W it is the usual spectral gap; onepeer-exp over a whole period gives 1 (exact)."""
+        T = max(1, min(int(rounds), _GAP_ROUNDS))
+        n = self.nodes
+        mats = [self._sparse_mh(r) for r in range(1, T + 1)]
+        # Disagreement D_t = W_t D_{t-1}, D_0 = I - J, kept of mean 0 and renormalised every round
+        # (its scale goes into `log_scale`), so neither underflow nor roundoff sets the figure.
+        if n <= _EXACT_GAP_NODES:
+            d = np.eye(n) - 1.0 / n
+            steps: list[list[tuple]] = [[m] for m in mats]
+        else:  # power iteration on A^T A, A = W_T ... W_1 on vectors of mean 0 (each W_t symmetric)
+            d = np.random.default_rng([_TV_SALT, self.seed % 2**64]).standard_normal(n)
+            steps = [mats + mats[::-1]] * 60
+        log_scale = 0.0
+        for chain in steps:
+            if n > _EXACT_GAP_NODES:
+                d = d - d.mean()
+                d /= np.linalg.norm(d)
+                log_scale = 0.0
+            for m in chain:
+                d = _apply_sparse(m, d)
+                d -= d.mean(axis=0)
+                norm = float(np.linalg.norm(d))
+                if norm < 1e-10:  # averaged exactly (onepeer-exp over a period)
+                    return 1.0
+                log_scale += math.log(norm)
+                d /= norm
+        if n <= _EXACT_GAP_NODES:
+            log_sigma = log_scale + math.log(float(np.linalg.norm(d, 2)) / float(np.linalg.norm(d)))
+        else:
+            log_sigma = log_scale / 2.0  # the last chain gave ||A^T A x|| = sigma^2 for the top x
+        return float(min(1.0, max(0.0, 1.0 - math.exp(log_sigma / T))))
+
+    def _sparse_mh(self, round_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(u, v, w_uv, self weights) of round `round_`'s MH matrix, without touching the cache."""
+        edges = np.array(self._edges(round_), dtype=np.int64).reshape(-1, 2)
+        deg = np.bincount(edges.ravel(), minlength=self.nodes)
+        w = 1.0 / (1.0 + np.maximum(deg[edges[:, 0]], deg[edges[:, 1]]))
+        own = 1.0 - np.bincount(edges.ravel(), weights=np.repeat(w, 2), minlength=self.nodes)
+        return edges[:, 0], edges[:, 1], w, own
+
+    # -- files --------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"time_varying": self.kind, "nodes": self.nodes}
+        if self.kind == "epidemic":
+            out["s"] = self.s
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> "TimeVarying":
+        """Read the fields of a time-varying topology file; a bad one is refused naming the field."""
+        kind = data.get("time_varying")
+        if not isinstance(kind, str) or kind not in TIME_VARYING:
+            raise TopologyError(f"{where}: field 'time_varying' must be one of {', '.join(TIME_VARYING)}, got {kind!r}")
+        fields_ = ("time_varying", "nodes", "seed") + TIME_VARYING[kind]
+        unknown = sorted(set(data) - set(fields_))
+        if unknown:
+            raise TopologyError(f"{where}: unknown field '{unknown[0]}' in a time-varying topology "
+                                f"(fields of {kind}: {', '.join(fields_)})")
+        required = ("nodes", "seed") + TIME_VARYING[kind]
+        for key in required:
+            if key not in data:
+                raise TopologyError(f"{where}: field '{key}' is missing ({kind} needs {', '.join(required)})")
+            if not _is_int(data[key]):
+                raise TopologyError(f"{where}: field '{key}' must be an integer, got {data[key]!r}")
+        try:
+            return cls(kind, int(data["nodes"]), int(data["seed"]), int(data.get("s", 0)))
+        except TopologyError as exc:
+            raise TopologyError(f"{where}: {exc}") from None
+
+
+def _pair_stubs(n: int, s: int, bits: np.random.PCG64) -> set[tuple[int, int]] | None:
+    """A random s-regular simple graph's edges, or None if this draw got stuck.
+
+    Each node has s stubs; shuffle them, pair neighbours in the order, keep the pairs that make
+    a new edge between two different nodes, and shuffle again the stubs of the rest (Steger and
+    Wormald's method, as networkx's random_regular_graph, here with a version-stable shuffle)."""
+    edges: set[tuple[int, int]] = set()
+    stubs = np.repeat(np.arange(n, dtype=np.int64), s)
+    while stubs.size:
+        order = np.argsort(bits.random_raw(stubs.size), kind="stable")
+        left: dict[int, int] = {}
+        for a, b in stubs[order].reshape(-1, 2).tolist():
+            u, v = (a, b) if a < b else (b, a)
+            if u != v and (u, v) not in edges:
+                edges.add((u, v))
+            else:
+                left[u] = left.get(u, 0) + 1
+                left[v] = left.get(v, 0) + 1
+        ends = sorted(left)
+        if ends and not any((u, v) not in edges for i, u in enumerate(ends) for v in ends[i + 1:]):
+            return None
+        stubs = np.array([v for v in ends for _ in range(left[v])], dtype=np.int64)
+    return edges
+
+
+def _apply_sparse(m: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """W @ x for a symmetric MH matrix given as (u, v, w_uv, self weights); x: (n,) or (n, k)."""
+    u, v, w, own = m
+    wcol = w if x.ndim == 1 else w[:, None]
+    y = (own if x.ndim == 1 else own[:, None]) * x
+    np.add.at(y, u, wcol * x[v])
+    np.add.at(y, v, wcol * x[u])
+    return y
+
+
+Topology = Union[nx.Graph, TimeVarying]  # what a topology spec resolves to
+
+
+def generate(name: str, n: int, seed: int = 0, **params: Any) -> Topology:
     """Build the named topology on nodes 0..n-1 (connected, deterministic for a given seed).
 
     Names: ring, torus (most square rows x cols, both >= 3), complete, star (node 0 is the hub),
     regular (d=4), erdos_renyi (p=2 ln(n)/n), small_world (k=4, p=0.1), exponential
     (i -- i +- 2^k mod n). Random generators redraw with derived seeds until connected.
+    The time-varying names epidemic (s=4) and onepeer-exp give a `TimeVarying`, not a graph.
     """
-    if name not in GENERATORS:
-        raise TopologyError(f"unknown topology {name!r}; valid names: {', '.join(GENERATORS)}")
+    if name not in GENERATORS and name not in TIME_VARYING:
+        raise TopologyError(f"unknown topology {name!r}; valid names: {', '.join(_ALL_NAMES)}")
     if not _is_int(n) or n < 1:
         raise TopologyError(f"topology '{name}': n must be a positive integer, got {n!r}")
     if not _is_int(seed):
         raise TopologyError(f"topology '{name}': seed must be an integer, got {seed!r}")
-    unknown = sorted(set(params) - set(GENERATOR_PARAMS[name]))
+    valid_params = GENERATOR_PARAMS[name] if name in GENERATORS else TIME_VARYING[name]
+    unknown = sorted(set(params) - set(valid_params))
     if unknown:
-        valid = ", ".join(GENERATOR_PARAMS[name]) or "none"
+        valid = ", ".join(valid_params) or "none"
         raise TopologyError(f"topology '{name}': unknown parameter(s) {', '.join(unknown)} (valid: {valid})")
+    if name in TIME_VARYING:
+        s = params.get("s", 4 if name == "epidemic" else 0)
+        return TimeVarying(name, int(n), int(seed), s)
     return GENERATORS[name](int(n), int(seed), dict(params))
 
 
@@ -352,7 +629,7 @@ def _json_list(data: Mapping[str, Any], path: Path, keys: tuple[str, ...]) -> tu
     return found[0], value
 
 
-def _load_json(path: Path) -> nx.Graph:
+def _load_json(path: Path) -> Topology:
     text = _read_text(path)
     try:
         data = json.loads(text)
@@ -360,6 +637,8 @@ def _load_json(path: Path) -> nx.Graph:
         raise TopologyError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
     if not isinstance(data, dict):
         raise TopologyError(f"{path}: expected a node-link JSON object, got {type(data).__name__}")
+    if "time_varying" in data:  # {"time_varying": "epidemic", "nodes": n, "s": s, "seed": seed}
+        return TimeVarying.from_json(data, str(path))
     for flag in ("directed", "multigraph"):
         if data.get(flag):
             raise TopologyError(f"{path}: field '{flag}' is true; topologies must be undirected simple graphs")
@@ -414,7 +693,7 @@ def _load_graphml(path: Path) -> nx.Graph:
     return _canonical(mapping.values(), edges, str(raw.graph.get("name", "")))
 
 
-_LOADERS: dict[str, Callable[[Path], nx.Graph]] = {
+_LOADERS: dict[str, Callable[[Path], Topology]] = {
     ".graphml": _load_graphml,
     ".json": _load_json,
     ".edgelist": _load_edgelist,
@@ -426,17 +705,20 @@ def _unknown_format(path: Path, ext: str) -> str:
     return f"{path}: unknown topology file format {ext or '(no extension)'!r}; use {', '.join(FILE_EXTENSIONS)}"
 
 
-def load(path: str | os.PathLike[str]) -> nx.Graph:
+def load(path: str | os.PathLike[str]) -> Topology:
     """Read a topology file (.graphml, node-link .json, .edgelist / .txt).
 
     The result is a connected, undirected simple graph with int node ids; which ids it
-    must have is for ``validate(g, node_ids)`` to check.
+    must have is for ``validate(g, node_ids)`` to check. A .json file holding
+    {"time_varying": ...} gives a `TimeVarying` (its fields are checked, a bad one named).
     """
     p = Path(path)
     ext = _extension(p)
     if ext not in _LOADERS:
         raise TopologyError(_unknown_format(p, ext))
     g = _LOADERS[ext](p)
+    if isinstance(g, TimeVarying):
+        return g
     _check_structure(g, str(p))
     return g
 
@@ -466,12 +748,21 @@ def _json_text(g: nx.Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(g: nx.Graph, path: str | os.PathLike[str]) -> None:
-    """Write `g` in the format its extension names; only graphs ``load`` would accept are written."""
+def save(g: Topology, path: str | os.PathLike[str]) -> None:
+    """Write `g` in the format its extension names; only graphs ``load`` would accept are written.
+    A `TimeVarying` is written as its .json fields (every node computes its graphs from them)."""
     p = Path(path)
     ext = _extension(p)
     if ext not in _LOADERS:
         raise TopologyError(_unknown_format(p, ext))
+    if isinstance(g, TimeVarying):
+        if ext != ".json":
+            raise TopologyError(f"{p}: a time-varying topology is saved as .json, not {ext}")
+        try:
+            p.write_text(json.dumps(g.to_json()) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise TopologyError(f"{p}: cannot write ({e.strerror or e})") from None
+        return
     _check_structure(g, f"cannot save {p}")
     name = str(g.graph.get("name", ""))
     clean = _canonical((int(v) for v in g.nodes), ((int(u), int(v)) for u, v in g.edges), name)
@@ -503,9 +794,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, int | float]]:
     """Split 'name' or 'name:key=value,key=value' into (name, params)."""
     name, _, rest = spec.strip().partition(":")
     name = name.strip()
-    if name not in GENERATORS:
+    if name not in GENERATORS and name not in TIME_VARYING:
         raise TopologyError(
-            f"unknown topology {spec!r}: not an existing file and not one of {', '.join(GENERATORS)} "
+            f"unknown topology {spec!r}: not an existing file and not one of {', '.join(_ALL_NAMES)} "
             f"(files must end in {', '.join(FILE_EXTENSIONS)})"
         )
     params: dict[str, int | float] = {}
@@ -519,19 +810,21 @@ def parse_spec(spec: str) -> tuple[str, dict[str, int | float]]:
     return name, params
 
 
-def resolve(spec: str, n: int | None, seed: int) -> nx.Graph:
+def resolve(spec: str, n: int | None, seed: int) -> Topology:
     """A file path (known extension, or an existing file that is not a generator spec) is loaded;
     anything else is parsed as 'name[:key=value,...]' and generated on n nodes with `seed`.
 
     A loaded file must have n nodes when n is given. Callers still run
-    ``validate(g, node_ids)`` to check the ids match their cluster.
+    ``validate(g, node_ids)`` to check the ids match their cluster. The time-varying specs
+    (epidemic:s=S, onepeer-exp) and files give a `TimeVarying`.
     """
     spec = str(spec)
     name = spec.partition(":")[0].strip()
-    if _extension(spec) in FILE_EXTENSIONS or (name not in GENERATORS and os.path.isfile(spec)):
+    if _extension(spec) in FILE_EXTENSIONS or (name not in _ALL_NAMES and os.path.isfile(spec)):
         g = load(spec)
-        if n is not None and g.number_of_nodes() != n:
-            raise TopologyError(f"{spec}: file has {g.number_of_nodes()} nodes but n={n} nodes were asked for")
+        size = g.nodes if isinstance(g, TimeVarying) else g.number_of_nodes()
+        if n is not None and size != n:
+            raise TopologyError(f"{spec}: file has {size} nodes but n={n} nodes were asked for")
         return g
     name, params = parse_spec(spec)
     if n is None:
@@ -542,9 +835,19 @@ def resolve(spec: str, n: int | None, seed: int) -> nx.Graph:
 # --------------------------------------------------------------------------- checks
 
 
-def validate(g: nx.Graph, node_ids: Iterable[int] | None = None) -> None:
+def validate(g: Topology, node_ids: Iterable[int] | None = None) -> None:
     """Raise TopologyError unless `g` is a non-empty, connected, undirected simple graph
-    whose nodes are exactly `node_ids` (default: 0..n-1)."""
+    whose nodes are exactly `node_ids` (default: 0..n-1). A `TimeVarying` (valid by construction,
+    its union connected) is checked for its ids: 0..n-1 must be `node_ids`."""
+    if isinstance(g, TimeVarying):
+        if node_ids is not None:
+            want = {_to_node_id(i, "node_ids") for i in node_ids}
+            missing, extra = want - set(g.node_ids()), set(g.node_ids()) - want
+            if missing or extra:
+                raise TopologyError(f"time-varying topology {g.spec} runs on nodes 0..{g.nodes - 1}; node_ids "
+                                    + ", ".join(([f"lacks {_fmt_ids(extra)}"] if extra else [])
+                                                + ([f"has {_fmt_ids(missing)} beyond them"] if missing else [])))
+        return
     problems = _structure_problems(g)
     if isinstance(g, nx.Graph) and not any(p.startswith("node ids must be integers") for p in problems):
         have = set(g.nodes)
@@ -600,6 +903,13 @@ def spectral_gap(w: np.ndarray) -> float:
     return float(1.0 - max(abs(lam[-2]), abs(lam[0])))
 
 
+def effective_gap(g: Topology, rounds: int) -> float:
+    """A graph's Metropolis-Hastings spectral gap; a `TimeVarying`'s effective gap over `rounds` rounds."""
+    if isinstance(g, TimeVarying):
+        return g.effective_gap(rounds)
+    return spectral_gap(metropolis_hastings(g))
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -649,6 +959,8 @@ def _rounds_per_decade(gap: float) -> str:
 def describe(g: nx.Graph, name: str) -> str:
     """Multi-line human-readable report for `p2pfl topology show`; the last lines note nodes of
     degree 2 and warn about nodes of degree < 2, if any."""
+    if isinstance(g, TimeVarying):
+        return _describe_time_varying(g, name)
     s = stats(g)
     lines = [
         f"topology: {name}",
@@ -671,4 +983,38 @@ def describe(g: nx.Graph, name: str) -> str:
             "they cannot aggregate privately, because a neighbourhood sum with fewer than 2 "
             "contributors reveals an input"
         )
+    return "\n".join(lines)
+
+
+_DESCRIBE_ROUNDS = 16  # rounds whose graphs `describe` looks at
+
+
+def _describe_time_varying(t: TimeVarying, name: str) -> str:
+    n, d = t.nodes, t.degree
+    if t.kind == "epidemic":
+        what = f"Epidemic Learning s-peer sampling: a fresh random {d}-regular graph every round (seed {t.seed})"
+        union_edges, union_degree = n * (n - 1) // 2, n - 1
+    else:
+        what = f"one-peer exponential graph: round r pairs node i with i XOR 2^((r - 1) mod {t.period})"
+        union_edges, union_degree = n * (t.period or 0) // 2, t.period or 0
+    lines = [
+        f"topology: {name}",
+        f"time-varying: {what}",
+        f"nodes: {n}",
+        f"degree: {d} in every round, every node",
+        f"union of the rounds (every node connects to its union neighbours): {union_edges} edges, degree {union_degree}",
+    ]
+    if n <= _EXACT_GAP_NODES:
+        gaps = [spectral_gap(metropolis_hastings(t.graph_at(r))) for r in range(1, _DESCRIBE_ROUNDS + 1)]
+        lines.append(f"spectral gap (Metropolis-Hastings) of one round's graph: mean {np.mean(gaps):.4f} "
+                     f"over rounds 1-{_DESCRIBE_ROUNDS}")
+    gap = t.effective_gap(_DESCRIBE_ROUNDS)
+    lines += [f"effective spectral gap over rounds 1-{_DESCRIBE_ROUNDS} (1 - ||W_T...W_1 - J||^(1/T)): {gap:.4f}",
+              f"gossip rounds to shrink disagreement 10x (about): {_rounds_per_decade(gap)}"]
+    if d == 2:
+        lines.append("note: every node has degree 2 in a round; with secure aggregation its neighbourhood sum fails "
+                     "safely in any round where one of its two peers drops out")
+    if d < 2:
+        lines.append(f"WARNING: every node has {d} peer(s) per round; secure aggregation cannot run on it (a "
+                     "neighbourhood sum with fewer than 2 contributors reveals an input)")
     return "\n".join(lines)
