@@ -246,16 +246,40 @@ class ExperimentConfig:
     def dp_enabled(self) -> bool:
         return self.dp != "off"
 
-    def graph(self) -> nx.Graph:
-        """The topology, resolved and validated for `nodes` nodes."""
+    def graph(self) -> topology.Topology:
+        """The topology, resolved and validated for `nodes` nodes: a graph, or a `topology.TimeVarying`
+        (a time-varying spec such as epidemic:s=3 or onepeer-exp), checked against the strategy."""
         try:
             g = topology.resolve(self.topology, self.nodes, self.seed)
             topology.validate(g, range(self.nodes))
         except topology.TopologyError as exc:
             raise ConfigError("topology", str(exc)) from exc
-        if strategies.get(self.aggregation).needs_hub and hub_of(g) is None:
-            raise ConfigError("aggregation", f"{self.aggregation} needs a star topology (one hub linked to every other node)")
+        self.check_topology(g)
         return g
+
+    def check_topology(self, topo: topology.Topology, source: str | None = None) -> None:
+        """The rules between this experiment and its topology, before anything starts: a strategy that
+        needs a hub gets a star; a time-varying topology has no hub, and under secure aggregation its
+        per-round degree must reach min_contributors (else every round of every node would fail)."""
+        strategy = strategies.get(self.aggregation)
+        if not isinstance(topo, topology.TimeVarying):
+            if strategy.needs_hub and hub_of(topo) is None:
+                raise ConfigError("aggregation", f"{self.aggregation} needs a star topology (one hub linked to every "
+                                  "other node)", source)
+            return
+        if strategy.needs_hub:
+            raise ConfigError("aggregation", f"{self.aggregation} runs through a star's hub, and the time-varying "
+                              f"topology {topo.spec} has none (its graph changes every round): use a gossip strategy "
+                              "such as aggregation = gossip", source)
+        if self.secure_agg and topo.degree < self.min_contributors:
+            m = self.min_contributors
+            if topo.kind == "epidemic":
+                fix = f"use epidemic:s={m} or more" + (", or a lower min_contributors (at least 2)" if m > 2 else "")
+            else:
+                fix = "run it without secure aggregation, or use epidemic:s=2 or more"
+            raise ConfigError("topology", f"secure aggregation never unmasks a sum of fewer than min_contributors = {m} "
+                              f"inputs, but {topo.spec} gives each of the {topo.nodes} nodes {topo.degree} peer(s) per "
+                              f"round, so every secure round would fail: {fix}", source)
 
     def display_label(self) -> str:
         if self.label:
@@ -436,9 +460,10 @@ class Cluster:
     """Who takes part: node entries and the topology that links them."""
 
     nodes: dict[int, NodeEntry]
-    graph: nx.Graph
+    graph: nx.Graph  # a time-varying topology's union: every edge that can occur (the transports connect over it)
     path: Path | None = None
     topology_spec: str = ""
+    time_varying: topology.TimeVarying | None = None  # round r's graph: time_varying.graph_at(r); None: `graph`
 
     @classmethod
     def load(cls, path: str | Path, seed: int = 0) -> "Cluster":
@@ -458,8 +483,10 @@ class Cluster:
         spec = raw.get("topology")
         if not isinstance(spec, str) or not spec:
             raise ConfigError("topology", "must name a topology file (relative to the cluster file) or a generator", src)
-        graph = _cluster_graph(spec, path.parent, len(nodes), seed, nodes, src)
-        return cls(nodes=nodes, graph=graph, path=path, topology_spec=spec)
+        topo = _cluster_graph(spec, path.parent, len(nodes), seed, nodes, src)
+        if isinstance(topo, topology.TimeVarying):
+            return cls(nodes=nodes, graph=topo.union(), path=path, topology_spec=spec, time_varying=topo)
+        return cls(nodes=nodes, graph=topo, path=path, topology_spec=spec)
 
     def neighbours(self, node_id: int) -> list[int]:
         return sorted(self.graph.neighbors(node_id))
@@ -536,7 +563,8 @@ def _check_unique_addresses(nodes: dict[int, NodeEntry], src: str) -> None:
         keys[node.public_key] = node.id
 
 
-def _cluster_graph(spec: str, base: Path, n: int, seed: int, nodes: dict[int, NodeEntry], src: str) -> nx.Graph:
+def _cluster_graph(spec: str, base: Path, n: int, seed: int, nodes: dict[int, NodeEntry],
+                   src: str) -> topology.Topology:
     candidate = base / spec
     try:
         g = topology.load(candidate) if candidate.exists() else topology.resolve(spec, n, seed)
