@@ -39,8 +39,8 @@ class RoundContext:
     node_id: int
     round: int
     last_round: int  # the run's budget: secure gossip sets up no round after it
-    adjacency: Mapping[int, tuple[int, ...]]  # every node's sorted neighbours (the whole graph)
-    weights: Mapping[int, float]  # this node's Metropolis-Hastings row, self included
+    adjacency: Mapping[int, tuple[int, ...]]  # every node's sorted neighbours (the whole graph of this round)
+    weights: Mapping[int, float]  # this node's Metropolis-Hastings row of this round's graph, self included
     hub: int | None  # the star's hub where the strategy needs one
     own: np.ndarray
     start: np.ndarray
@@ -55,6 +55,9 @@ class RoundContext:
     distributed_noise: Any = None  # secagg.DistributedNoise: each contributor's share of the DP noise
     secagg: Any = None  # secagg.SecAggParams when secure aggregation is on, else None
     secret: SecretFn | None = None  # pairwise keys, for secure aggregation
+    # The graph is drawn afresh every round (`topology.TimeVarying`): `adjacency` and `weights` are this
+    # round's, and the next round's neighbourhoods are other ones, so nothing is set up for them here.
+    time_varying: bool = False
 
     @property
     def neighbours(self) -> tuple[int, ...]:

@@ -21,9 +21,12 @@ class Gossip(Strategy):
 
     def protocol(self, ctx: RoundContext) -> RoundProtocol:
         if ctx.secure:
+            # Pipelining (the next round's share phase riding in this round's messages) needs the next
+            # round's groups to be this round's: on a time-varying graph they are other nodes' groups,
+            # reached over edges this round does not have, so each round runs its own share phase.
             return SecureGossip(ctx.node_id, ctx.round, ctx.adjacency, ctx.weights, ctx.own, ctx.secagg,
                                 ctx.secret, expected=ctx.expected, prepared=ctx.prepared,
-                                prepare_next=ctx.round < ctx.last_round)
+                                prepare_next=ctx.round < ctx.last_round and not ctx.time_varying)
         return GossipRound(ctx.node_id, ctx.round, ctx.weights, ctx.own, expected=ctx.expected, codec=ctx.codec)
 
     def senders(self, ctx: RoundContext) -> frozenset[int]:
