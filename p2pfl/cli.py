@@ -124,6 +124,8 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
     run_dir = Path(out or f"runs/simulate-{_stamp()}")
     try:
         result = run_simulation(cfg, run_dir, console)
+    except ConfigError as exc:  # known once the task loads, before any node starts: a plug-in's data too small
+        raise click.UsageError(str(exc)) from exc
     except SimulationFailed as exc:
         raise click.ClickException(str(exc)) from exc
     s = result.summary
@@ -171,6 +173,8 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
     for cfg in configs:
         try:
             run_simulation(cfg, out_dir / run_dir_name(cfg), console)
+        except ConfigError as exc:  # as in simulate
+            raise click.UsageError(str(exc)) from exc
         except SimulationFailed as exc:
             raise click.ClickException(f"{cfg.display_label()}: {exc}") from exc
     report.main([str(out_dir)], str(out_dir), target, console)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from p2pfl import strategies, topology
+from p2pfl.data import DEFAULT_MIN_SIZE
 
 if TYPE_CHECKING:
     from p2pfl.secagg.group import SecAggParams
@@ -51,8 +52,13 @@ OPTIMIZERS = ("sgd", "adam")
 DP_MODES = ("off", "local", "central", "distributed")
 DP_UNITS = ("record", "node")
 COMPRESSIONS = ("none", "q8", "q16")
-BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "apps")  # training.BUILTIN_TASKS, named here without importing torch
+BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "apps", "mnist1d")  # training.BUILTIN_TASKS, named here without importing torch
 GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (partition = "personas")
+# Training samples of the built-in tasks whose data does not grow with the node count, known here
+# so that a split they cannot support is refused without loading them (tests/test_task_scaling.py
+# checks them against the loaded tasks). mnist1d is not here: it generates enough for any count.
+TASK_TRAIN_SAMPLES = {"digits-mlp": 1437, "digits-cnn": 1437, "apps": 8000}
+SCALING_TASK = "mnist1d"  # the built-in task to suggest when the data runs out
 COMMANDS = ("simulate", "compare", "node")  # the commands that take experiment options
 _PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
@@ -101,7 +107,8 @@ def choices_of(f: dataclasses.Field) -> tuple[Any, ...] | None:
 class ExperimentConfig:
     """Everything that defines a run; the same on every node of a cluster."""
 
-    task: str = setting("digits-mlp", "digits-mlp, digits-cnn, apps (next-app recommendation), or a plug-in "
+    task: str = setting("digits-mlp", "digits-mlp, digits-cnn, apps (next-app recommendation), mnist1d (1-D digits "
+                        "generated for the node count: 40 training samples per node, at least 4,000), or a plug-in "
                         "'package.module:function' returning a task.")
     nodes: int = setting(8, "Number of nodes (node: taken from the cluster file; if given it must agree).",
                          short="-n", ge=2, note="(a decentralized run needs at least 2 nodes)")
@@ -194,9 +201,11 @@ class ExperimentConfig:
             _check_values(f, getattr(self, f.name), source)
         if self.secagg_sparse_degree == 1:
             raise ConfigError("secagg_sparse_degree", "must be 0 (automatic) or >= 2, got 1", source)
-        if self.partition == "personas" and self.task in ("digits-mlp", "digits-cnn"):
+        if self.partition == "personas" and self.task in BUILTIN_TASKS and self.task not in GROUPED_TASKS:
             raise ConfigError("partition", f"personas splits users by persona: it needs a task with user groups "
                               f"({', '.join(GROUPED_TASKS)}), not {self.task}", source)
+        if self.task in TASK_TRAIN_SAMPLES:  # a plug-in's size is known once it loads (launch.load_workload)
+            check_partition_size(self.task, TASK_TRAIN_SAMPLES[self.task], self.nodes, source)
         self._validate_knobs(source)
         return self
 
@@ -605,6 +614,21 @@ def _check_task(task: str, source: str | None) -> None:
         return
     raise ConfigError("task", f"unknown task {task!r}: use one of {', '.join(BUILTIN_TASKS)} "
                       "or a plug-in 'package.module:function'", source)
+
+
+def check_partition_size(task: str, samples: int, nodes: int, source: str | None = None) -> None:
+    """ConfigError (field `nodes`) unless `samples` training samples give each of `nodes` nodes its minimum.
+
+    The minimum is the partitions' (`data.DEFAULT_MIN_SIZE`); a split below it fails in every
+    worker after start-up, so it is refused here with the numbers and the way out.
+    """
+    need = nodes * DEFAULT_MIN_SIZE
+    if samples >= need:
+        return
+    instead = f"--task {SCALING_TASK} (its data grows with the node count)" if task != SCALING_TASK else "a larger dataset"
+    raise ConfigError("nodes", f"{task} has {samples} training samples: {nodes} nodes with at least "
+                      f"{DEFAULT_MIN_SIZE} each need {need}; use {instead} or at most "
+                      f"{samples // DEFAULT_MIN_SIZE} nodes", source)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...], source: str | None) -> None:

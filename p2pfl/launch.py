@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from p2pfl.config import Cluster, ConfigError, ExperimentConfig
+from p2pfl.config import Cluster, ConfigError, ExperimentConfig, check_partition_size
 from p2pfl.crypto import load_private_key, public_from_private
 from p2pfl.data import shard
 from p2pfl.node import Node, NodeSpec
@@ -33,11 +33,14 @@ class Workload:
 
 
 def load_workload(config: ExperimentConfig) -> Workload:
-    """The experiment's task, split over its nodes by its partition and seed.
+    """The experiment's task, sized for and split over its nodes by its partition and seed.
 
-    ValueError: a plug-in task that fails when called, or a dataset that cannot be split this way.
+    ConfigError (field `nodes`): too few training samples for the nodes (the config refuses that
+    for the built-in tasks; a plug-in's size is known only here). ValueError: a plug-in task that
+    fails when called, or a dataset that cannot be split this way.
     """
-    task = load_task(config.task, config.seed)
+    task = load_task(config.task, config.seed, config.nodes)
+    check_partition_size(config.task, len(task.dataset.y_train), config.nodes)
     return Workload(task, partition_task(task, config.nodes, config.partition, config.alpha, config.seed))
 
 

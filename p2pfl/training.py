@@ -1,10 +1,11 @@
 """Tasks, local training, evaluation and flat parameter vectors.
 
-Owns: resolving a task spec (`digits-mlp`, `digits-cnn`, `apps`, or a user plug-in
-`package.module:function`), splitting a task's training set over nodes (`partition_task`),
-building the identical initial model on every node, one node's local training round on its
-shard (optionally with FedProx's proximal term), evaluation, and converting the model to/from a
-flat float32 vector (the only thing aggregation ever sees).
+Owns: resolving a task spec (`digits-mlp`, `digits-cnn`, `apps`, `mnist1d`, or a user plug-in
+`package.module:function`) for a number of nodes (a task may size its dataset by it),
+splitting a task's training set over nodes (`partition_task`), building the identical initial
+model on every node, one node's local training round on its shard (optionally with FedProx's
+proximal term), evaluation, and converting the model to/from a flat float32 vector (the only
+thing aggregation ever sees).
 
 Must not touch: sockets, messages, aggregation/averaging, thread settings
 (the process launcher calls torch.set_num_threads).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from p2pfl import models
-from p2pfl.data import Dataset, Shard, load_digits, partition
+from p2pfl.data import Dataset, Shard, load_digits, load_mnist1d, partition
 
 OPTIMIZERS = ("sgd", "adam")
 EVAL_CHUNK = 4096
@@ -38,27 +40,38 @@ class Task:
     dataset: Dataset
 
 
-def _digits_mlp(seed: int) -> Task:
+# A built-in task is built from (seed, nodes): `nodes` is how many nodes will split its training
+# set (None: no particular count), so a dataset that grows with the network can size itself.
+TaskFunction = Callable[[int, int | None], Task]
+
+
+def _digits_mlp(seed: int, nodes: int | None) -> Task:
     ds = load_digits(seed=seed)
     return Task("digits-mlp", lambda: models.mlp(64, ds.num_classes), ds)
 
 
-def _digits_cnn(seed: int) -> Task:
+def _digits_cnn(seed: int, nodes: int | None) -> Task:
     ds = load_digits(seed=seed)
     return Task("digits-cnn", lambda: models.small_cnn(ds.num_classes), ds)
 
 
-def _apps(seed: int) -> Task:
+def _apps(seed: int, nodes: int | None) -> Task:
     from p2pfl import apps
 
     task = apps.app_task(seed)
     return Task("apps", task.make_model, task.dataset)
 
 
-BUILTIN_TASKS: dict[str, Callable[[int], Task]] = {
+def _mnist1d(seed: int, nodes: int | None) -> Task:
+    ds = load_mnist1d(seed=seed, nodes=nodes)
+    return Task("mnist1d", lambda: models.mlp(ds.input_shape[0], ds.num_classes), ds)
+
+
+BUILTIN_TASKS: dict[str, TaskFunction] = {
     "digits-mlp": _digits_mlp,
     "digits-cnn": _digits_cnn,
     "apps": _apps,  # next-app recommendation on synthetic per-user data (p2pfl/apps.py)
+    "mnist1d": _mnist1d,  # 1-D digits generated for any node count (p2pfl/mnist1d.py)
 }
 DEFAULT_TASK = "digits-mlp"
 
@@ -78,19 +91,32 @@ def _plugin_function(spec: str) -> Callable[..., Any]:
     return func
 
 
-def _load_plugin(spec: str, seed: int) -> Task:
+def _load_plugin(spec: str, seed: int, nodes: int | None) -> Task:
     func = _plugin_function(spec)
     func_name = spec.partition(":")[2]
+    # A plug-in is called as function(seed=...); one that also takes `nodes` gets the node count.
+    kwargs: dict[str, Any] = {"seed": seed}
+    if _takes_nodes(func):
+        kwargs["nodes"] = nodes
     try:
-        task = func(seed=seed)
+        task = func(**kwargs)
     except Exception as exc:
-        raise ValueError(f"task {spec!r}: {func_name}(seed={seed}) raised {exc!r}") from exc
+        called = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ValueError(f"task {spec!r}: {func_name}({called}) raised {exc!r}") from exc
     if not isinstance(task, Task):
         raise ValueError(
             f"task {spec!r}: {func_name}(seed=...) must return p2pfl.training.Task, "
             f"got {type(task).__name__}"
         )
     return task
+
+
+def _takes_nodes(func: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature: seed only
+        return False
+    return "nodes" in params  # named, not **kwargs: a plug-in written before `nodes` never gets it
 
 
 def check_task(spec: str) -> None:
@@ -119,13 +145,17 @@ def _unknown_task(spec: str) -> ValueError:
                       f"or a plug-in 'package.module:function'")
 
 
-def load_task(spec: str = DEFAULT_TASK, seed: int = 0) -> Task:
-    """Resolve a task spec: a built-in name or 'package.module:function(seed) -> Task'."""
+def load_task(spec: str = DEFAULT_TASK, seed: int = 0, nodes: int | None = None) -> Task:
+    """Resolve a task spec: a built-in name or 'package.module:function(seed[, nodes]) -> Task'.
+
+    `nodes`: how many nodes will split the training set (None: no particular count); a task whose
+    data grows with the network (`mnist1d`) generates enough for them, the others ignore it.
+    """
     spec = _clean_spec(spec)
     if spec in BUILTIN_TASKS:
-        return BUILTIN_TASKS[spec](seed)
+        return BUILTIN_TASKS[spec](seed, nodes)
     if ":" in spec:
-        return _load_plugin(spec, seed)
+        return _load_plugin(spec, seed, nodes)
     raise _unknown_task(spec)
 
 

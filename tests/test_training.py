@@ -210,7 +210,7 @@ def test_train_config_validation(kwargs: dict, word: str) -> None:
 
 
 def test_builtin_tasks() -> None:
-    classes = {"digits-mlp": 10, "digits-cnn": 10, "apps": 20}
+    classes = {"digits-mlp": 10, "digits-cnn": 10, "apps": 20, "mnist1d": 10}
     assert set(BUILTIN_TASKS) == set(classes)
     for name in BUILTIN_TASKS:
         t = load_task(name, seed=1)
