@@ -280,6 +280,8 @@ def _start_method(config: ExperimentConfig) -> tuple[Any, Any]:
     """
     if "fork" not in mp.get_all_start_methods():
         return mp.get_context("spawn"), None
+    import torch._dynamo  # noqa: F401  # torch.optim's first step imports it (1 s, ~100 MiB): once, here, shared
+
     from p2pfl.launch import load_workload
 
     return mp.get_context("fork"), load_workload(config)

@@ -20,7 +20,7 @@ from p2pfl import crypto, wire
 from p2pfl.channel import Peer
 from p2pfl.config import Cluster, ConfigError, NodeEntry, write_cluster
 from p2pfl.messages import Kind, Message
-from p2pfl.transports.hub import Hub, HubTransport
+from p2pfl.transports.hub import _ROUTE as ROUTE, Hub, HubTransport
 
 LIMITS = wire.Limits.for_model(10_000)
 WAIT = 10.0  # generous: only a broken transport ever waits this long
@@ -105,6 +105,10 @@ def model(sender: int, round_: int = 1, seed: int = 0) -> Message:
     return Message(Kind.MODEL, sender, round_, {"samples": 5}, {"delta": data})
 
 
+def route(frame: bytes) -> tuple[bytes, int, int]:
+    return ROUTE.unpack(frame)
+
+
 def receive(t: HubTransport, timeout: float = WAIT) -> Message | None:
     return t.recv(timeout)
 
@@ -130,9 +134,9 @@ def test_a_frame_set_rerouted_to_another_node_of_the_hub_is_dropped_as_wrong_rec
     h.tap()
     assert h.nodes[0].send(1, model(0))
     assert receive(h.nodes[1]) is not None
-    captured = next(f for f in h.sent if f[0] == b"M" and int.from_bytes(f[1], "big") == 1)
+    captured = next(f for f in h.sent if f[0][:1] == b"M" and route(f[0])[1] == 1)
     attacker = h.raw_dealer(1)
-    rerouted = [b"M", (2).to_bytes(4, "big"), captured[2], *captured[3:]]  # same sealed bytes, to node 2
+    rerouted = [ROUTE.pack(b"M", 2, 0), *captured[1:]]  # the same sealed bytes, to node 2
     attacker.send_multipart(rerouted)
     assert receive(h.nodes[2], 1.0) is None
     assert h.nodes[2].stats.dropped.get("wrong_recipient") == 1
@@ -149,12 +153,13 @@ def test_frames_a_hub_cannot_route_are_dropped_counted_and_harmless(make_hubs) -
     h = make_hubs([0, 1])
     h.agree()
     attacker = h.raw_dealer(1)
-    attacker.send_multipart([b"garbage"])
-    attacker.send_multipart([b"M", b"\x00\x01", b"\x00\x00\x00\x00", b"x"])  # a node id of 2 bytes
-    attacker.send_multipart([b"M", (77).to_bytes(4, "big"), (0).to_bytes(4, "big"), b"x"])  # no such node here
-    attacker.send_multipart([b"M", (1).to_bytes(4, "big"), (0).to_bytes(4, "big"), b"not a sealed frame"])
+    attacker.send_multipart([b"garbage"])  # one frame: no route and nothing to route
+    attacker.send_multipart([b"M\x00\x01", b"x"])  # a routing frame too short
+    attacker.send_multipart([ROUTE.pack(b"A", 1, 0), b"x"])  # an answer's route on the message connection
+    attacker.send_multipart([ROUTE.pack(b"M", 77, 0), b"x"])  # no such node here
+    attacker.send_multipart([ROUTE.pack(b"M", 1, 0), b"not a sealed frame"])
     assert receive(h.nodes[1], 1.0) is None
-    assert h.hubs[1].dropped == {"bad_routing": 2, "unknown_node": 1}
+    assert h.hubs[1].dropped == {"bad_routing": 3, "unknown_node": 1}
     assert sum(h.nodes[1].stats.dropped.values()) == 1  # the last reached node 1's channels, which refused it
     assert h.nodes[0].send(1, model(0))
     got = receive(h.nodes[1])
@@ -167,9 +172,9 @@ def test_a_forged_sender_in_the_routing_prefix_fails_authentication(make_hubs) -
     h.tap()
     assert h.nodes[2].send(1, model(2))
     assert receive(h.nodes[1]) is not None
-    captured = next(f for f in h.sent if f[0] == b"M" and int.from_bytes(f[1], "big") == 1)
+    captured = next(f for f in h.sent if f[0][:1] == b"M" and route(f[0])[1] == 1)
     attacker = h.raw_dealer(1)
-    attacker.send_multipart([b"M", captured[1], (0).to_bytes(4, "big"), *captured[3:]])  # "from node 0"
+    attacker.send_multipart([ROUTE.pack(b"M", 1, 0), *captured[1:]])  # "from node 0"
     assert receive(h.nodes[1], 1.0) is None  # the sealed header says 2; node 2's counter is spent: refused
     assert sum(h.nodes[1].stats.dropped.values()) == 1
 

@@ -10,9 +10,10 @@ still a real ZeroMQ message between real sockets (nodes of one process reach eac
 their hub's connection to itself), sealed and opened by the node's own `channel.Channels` with
 its own keys and sessions, byte for byte as the ZeroMQ transport does.
 
-The hub puts a routing prefix before the sealed frames: `[tag, to, from, *frames]`, tag `M` for
-a message to node `to` (what channel calls an inbound connection) and `A` for a handshake answer
-back to node `to` on its own outbound connection. The prefix is not trusted: the sealed header
+The hub puts one routing frame before the sealed frames: `tag | to | from` (1 + 4 + 4 bytes, one
+frame because every frame costs a send call), tag `M` for a message to node `to` (what channel
+calls an inbound connection) and `A` for a handshake answer back to node `to` on its own
+outbound connection. The prefix is not trusted: the sealed header
 names sender and recipient and the channels check both (a frame routed to the wrong node is
 dropped as `wrong_recipient`, one that lies about its sender fails authentication). Frame sets
 the hub cannot route (too short, an unknown node) are dropped, counted in `Hub.dropped` and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import time
 from collections import deque
 from typing import Any, Iterable, Sequence
@@ -43,6 +45,7 @@ log = logging.getLogger("p2pfl.transport")
 SCHEMES = ("hub+tcp", "hub+ipc")
 MESSAGE, ANSWER = b"M", b"A"
 _ID_BYTES = 4
+_ROUTE = struct.Struct(">cII")  # tag, to, from
 LOG_EVERY_S = 1.0
 
 
@@ -52,13 +55,6 @@ def endpoint_of(address: str) -> str:
     if not sep or scheme not in SCHEMES:
         raise ValueError(f"{address!r} is not a hub address ({', '.join(s + '://' for s in SCHEMES)})")
     return address[len("hub+"):]
-
-
-def _node_id(frame: Any) -> int:
-    raw = frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
-    if len(raw) != _ID_BYTES:
-        raise ValueError("bad node id frame")
-    return int.from_bytes(raw, "big")
 
 
 def _id(node: int) -> bytes:
@@ -162,11 +158,11 @@ class Hub:
     # -- sending -------------------------------------------------------------------------------------
 
     def send_message(self, endpoint: str, to: int, sender: int, frames: Sequence[wire.Buffer]) -> Sent:
-        return self._send(self._dealer(endpoint), [MESSAGE, _id(to), _id(sender), *frames], sender, f"to node {to}")
+        return self._send(self._dealer(endpoint), [_ROUTE.pack(MESSAGE, to, sender), *frames], sender, f"to node {to}")
 
     def send_answer(self, connection: bytes, to: int, sender: int, frames: Sequence[wire.Buffer]) -> Sent:
         assert self._router is not None
-        return self._send(self._router, [connection, ANSWER, _id(to), _id(sender), *frames], sender,
+        return self._send(self._router, [connection, _ROUTE.pack(ANSWER, to, sender), *frames], sender,
                           f"back to node {to}")
 
     def has_room(self, endpoint: str) -> bool:
@@ -222,10 +218,10 @@ class Hub:
                 frames = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 5 or frames[1].bytes != MESSAGE:
+            if len(frames) < 3:
                 self._drop("bad_routing", f"{len(frames)} frames, not a routed message")
                 continue
-            self._deliver(frames[2], frames[3], frames[4:], frames[0].bytes, answer=False)
+            self._deliver(frames[1].bytes, frames[2:], frames[0].bytes, MESSAGE)
 
     def _drain_dealers(self) -> None:
         for sock in self._dealers.values():
@@ -234,22 +230,22 @@ class Hub:
                     frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                if len(frames) < 4 or frames[0].bytes != ANSWER:
+                if len(frames) < 2:
                     self._drop("bad_routing", f"{len(frames)} frames, not a routed answer")
                     continue
-                self._deliver(frames[1], frames[2], frames[3:], b"", answer=True)
+                self._deliver(frames[0].bytes, frames[1:], b"", ANSWER)
 
-    def _deliver(self, to_frame: Any, from_frame: Any, frames: list, connection: bytes, answer: bool) -> None:
-        try:
-            to, sender = _node_id(to_frame), _node_id(from_frame)
-        except ValueError:
-            self._drop("bad_routing", "a node id frame is not 4 bytes")
+    def _deliver(self, route: bytes, frames: list, connection: bytes, expected: bytes) -> None:
+        """Queue `frames` for the node `route` names, if it is a routing frame of the `expected` tag."""
+        if len(route) != _ROUTE.size or route[:1] != expected:
+            self._drop("bad_routing", f"routing frame of {len(route)} bytes, not a {expected.decode()} route")
             return
+        _, to, sender = _ROUTE.unpack(route)
         node = self._nodes.get(to)
         if node is None:
             self._drop("unknown_node", f"frames for node {to}, which this hub does not host (now)")
             return
-        node.inbox.append((answer, sender, connection, frames))
+        node.inbox.append((expected == ANSWER, sender, connection, frames))
         self._ready[to] = None
 
     def _drop(self, reason: str, detail: str) -> None:
