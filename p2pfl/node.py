@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -128,9 +128,15 @@ class Node:
     ) -> None:
         self.id = spec.node_id
         self.config = spec.config
+        # A time-varying topology draws each round's graph (`_round_graph`); `graph` is then the union of
+        # the rounds' graphs, and the transport connects to every neighbour the node can ever have.
         self.graph = spec.cluster.graph
+        self._time_varying = spec.cluster.time_varying
+        if self._time_varying is not None:
+            self.config.check_topology(self._time_varying)  # ConfigError before any socket opens
         self.neighbours = sorted(self.graph.neighbors(self.id))
-        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes}
+        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes} \
+            if self._time_varying is None else {}  # a union's would cost n^2 per node, and no round uses it
         self.strategy = strategies.get(self.config.aggregation)
         self.on_round = on_round
         self.task = task
@@ -395,7 +401,16 @@ class Node:
     def _owes(self, j: int, r: int) -> bool:
         """Whether neighbour j owes us a message in round r (the strategy's word, this round's context)."""
         assert self._ctx is not None
-        return j in self.strategy.senders(replace(self._ctx, round=r, active=self.schedule.active(r)))
+        adjacency, _ = self._round_graph(r)
+        return j in self.strategy.senders(replace(self._ctx, round=r, adjacency=adjacency,
+                                                  active=self.schedule.active(r)))
+
+    def _round_graph(self, r: int) -> tuple[Mapping[int, tuple[int, ...]], Mapping[int, float]]:
+        """Round r's graph (every node's neighbours) and this node's Metropolis-Hastings row of it:
+        the fixed graph's, or the one a time-varying topology draws for r (alike on every node)."""
+        if self._time_varying is None:
+            return self._adjacency, self.weights
+        return self._time_varying.adjacency_at(r), self._time_varying.weights_at(r, self.id)
 
     def _drop_skipped(self, skipped: list[Dropped]) -> None:
         for d in skipped:
@@ -439,7 +454,7 @@ class Node:
         )
         log.info("node %d round %d: loss %s acc %s arrived %d/%d", self.id, r,
                  "-" if train_loss is None else f"{train_loss:.4f}",
-                 "-" if test_acc is None else f"{test_acc:.3f}", record.arrived, len(self.neighbours))
+                 "-" if test_acc is None else f"{test_acc:.3f}", record.arrived, len(ctx.neighbours))
         if self.on_round is not None:
             self.on_round(record)
         record.delta = None  # a model-sized copy: only `on_round` needs it, the records list must not keep it
@@ -528,13 +543,15 @@ class Node:
         """What the strategy needs to build round r's protocol; DP noise as the placement says."""
         c = self.config
         secure = c.secure_agg
+        adjacency, weights = self._round_graph(r)
         return RoundContext(
-            node_id=self.id, round=r, last_round=c.rounds, adjacency=self._adjacency, weights=self.weights,
+            node_id=self.id, round=r, last_round=c.rounds, adjacency=adjacency, weights=weights,
             hub=self.hub, own=own, start=self._delta, fallback=fallback, samples=self._samples(self.id in active),
             local_steps=steps, expected=self._liveness.expected(), active=active, prepared=self._prepared,
             codec=self._codec, central_noise=self._central_noise if c.dp == "central" else None,
             distributed_noise=self._distributed_noise() if c.dp == "distributed" and secure else None,
             secagg=self._secagg_params if secure else None, secret=self._secret if secure else None,
+            time_varying=self._time_varying is not None,
         )
 
     def _count_step(self, *_: object) -> None:

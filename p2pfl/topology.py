@@ -880,10 +880,22 @@ def metropolis_hastings(g: nx.Graph) -> np.ndarray:
 
 
 def mh_weights(g: nx.Graph, node: int) -> dict[int, float]:
-    """Row `node` of the Metropolis-Hastings matrix: {neighbour: weight, node: self weight}."""
-    _check_simple(g)
+    """Row `node` of the Metropolis-Hastings matrix: {neighbour: weight, node: self weight}.
+
+    Checks only what this row depends on (the graph's kind, the node, its edges): every node of
+    a 10,000-node simulation asks for its row, and checking the whole graph each time would cost
+    O(n^2); `validate` checks the whole graph once, when it is loaded.
+    """
+    kind = _structure_problems(g) if not isinstance(g, nx.Graph) or g.is_directed() or g.is_multigraph() else []
+    if kind:
+        raise TopologyError("; ".join(kind))
     if node not in g:
         raise TopologyError(f"node {node} is not in the graph")
+    bad = [v for v in (node, *g.neighbors(node)) if not _is_int(v)]
+    if bad:
+        raise TopologyError(f"node ids must be integers, got {_fmt_ids(bad)}")
+    if g.has_edge(node, node):
+        raise TopologyError(f"self-loop(s) on node(s) {_fmt_ids([node])}")
     d = g.degree(node)
     weights = {int(v): 1.0 / (1.0 + max(d, g.degree(v))) for v in sorted(g.neighbors(node))}
     weights[int(node)] = 1.0 - sum(weights.values())
