@@ -135,8 +135,8 @@ class Node:
         if self._time_varying is not None:
             self.config.check_topology(self._time_varying)  # ConfigError before any socket opens
         self.neighbours = sorted(self.graph.neighbors(self.id))
-        self._adjacency = {v: tuple(sorted(self.graph.neighbors(v))) for v in self.graph.nodes} \
-            if self._time_varying is None else {}  # a union's would cost n^2 per node, and no round uses it
+        # shared by the nodes of a process; a time-varying topology's rounds have their own
+        self._adjacency = topology.adjacency(self.graph) if self._time_varying is None else {}
         self.strategy = strategies.get(self.config.aggregation)
         self.on_round = on_round
         self.task = task

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import weakref
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +53,7 @@ __all__ = [
     "validate",
     "metropolis_hastings",
     "mh_weights",
+    "adjacency",
     "spectral_gap",
     "effective_gap",
     "TopologyStats",
@@ -877,6 +879,19 @@ def metropolis_hastings(g: nx.Graph) -> np.ndarray:
         w[index[u], index[v]] = w[index[v], index[u]] = 1.0 / (1.0 + max(deg[u], deg[v]))
     np.fill_diagonal(w, 1.0 - w.sum(axis=1))
     return w
+
+
+_ADJACENCY: "weakref.WeakKeyDictionary[nx.Graph, Mapping[int, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def adjacency(g: nx.Graph) -> Mapping[int, tuple[int, ...]]:
+    """Every node's sorted neighbours, read-only, made once per graph object: the nodes of one
+    process share it (one copy per node would cost O(n^2) time and memory at 10,000 nodes).
+    The graph must not change afterwards (the cluster's does not)."""
+    hit = _ADJACENCY.get(g)
+    if hit is None:
+        hit = _ADJACENCY[g] = MappingProxyType({v: tuple(sorted(g.neighbors(v))) for v in g.nodes})
+    return hit
 
 
 def mh_weights(g: nx.Graph, node: int) -> dict[int, float]:
