@@ -170,6 +170,10 @@ class ExperimentConfig:
                                     file_only="simulate and compare do not checkpoint")
     processes: int = setting(0, "OS processes to spread the nodes over (0 = automatic).", ge=0,
                              commands=("simulate", "compare"), file_only="node is one process")
+    ray: str = setting("", "Address of a Ray cluster's head (HOST:PORT): place the worker processes as Ray actors "
+                       "across its machines, each node keyed and bound on its own host (needs pip install "
+                       "'p2pfl[ray]'; run on a machine of the cluster). Empty: every process on this host.",
+                       commands=("simulate", "compare"), file_only="node is one node of a cluster file")
     label: str = setting("", "Name of the run in reports (empty: derived from topology and options).",
                          commands=("simulate", "node"), file_only="compare labels each of its runs")
     # differential privacy (docs/privacy.md): clip each round update to dp_clip, noise sigma * clip
