@@ -46,7 +46,7 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
-from p2pfl.rounds import Dropped, Liveness, Place, RoundWindow
+from p2pfl.rounds import Dropped, Liveness, PhaseTimeout, Place, RoundWindow
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise
 from p2pfl.strategies import RoundContext
@@ -62,6 +62,12 @@ COMPRESSION_BITS = {"q8": 8, "q16": 16}
 _CODEC_SALT = 0xC0DEC  # quantization randomness: unbiased rounding, not secret (seeded per node)
 HELLO_MIN_INTERVAL = 1.0  # seconds: a neighbour's hellos are answered at most once per round of ours and per this
 HELLO_RESEND = 2.0  # seconds: start-up asks again the neighbours that have not answered (a hello can be lost)
+
+
+def train_config(c: ExperimentConfig) -> TrainConfig:
+    """How every node of experiment `c` trains locally."""
+    return TrainConfig(lr=c.lr, momentum=c.momentum, batch_size=c.batch_size, local_epochs=c.local_epochs,
+                       local_steps=c.local_steps or None, optimizer=c.optimizer, prox_mu=c.fedprox_mu)
 
 
 T = TypeVar("T")
@@ -142,9 +148,9 @@ class Node:
         self.task = task
         self.samples = len(shard.y)
         # All nodes measure deltas against the same reference model, built from the seed.
-        self.reference = LocalTrainer(init_model(task, self.config.seed), shard, self._train_config(), 0).get_flat()
+        self.reference = LocalTrainer(init_model(task, self.config.seed), shard, train_config(self.config), 0).get_flat()
         start_seed = self.config.seed if self.config.same_init else self.config.seed + 1 + self.id
-        self.trainer = LocalTrainer(init_model(task, start_seed), shard, self._train_config(), self.config.seed * 7919 + self.id)
+        self.trainer = LocalTrainer(init_model(task, start_seed), shard, train_config(self.config), self.config.seed * 7919 + self.id)
         self.transport = create_transport(
             self.id,
             spec.private_key,
@@ -156,6 +162,7 @@ class Node:
         self.weights = topology.mh_weights(self.graph, self.id)
         self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
         self._window = RoundWindow(self.config.rounds, MAX_BUFFERED_PER_PEER)  # later rounds' messages
+        self._timeout = PhaseTimeout(self.config.round_timeout)  # grows with measured phases (a loaded host)
         self._liveness = Liveness(self.neighbours, self.config.down_after)
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._done: set[int] = set()  # neighbours that have run their last round
@@ -203,11 +210,6 @@ class Node:
             seed = [_CODEC_SALT, c.seed, self.id]
             self._codec = SharedVectorCodec(COMPRESSION_BITS[c.compression], self.trainer.num_params, seed)
         self._budget_logged = False
-
-    def _train_config(self) -> TrainConfig:
-        c = self.config
-        return TrainConfig(lr=c.lr, momentum=c.momentum, batch_size=c.batch_size, local_epochs=c.local_epochs,
-                           local_steps=c.local_steps or None, optimizer=c.optimizer, prox_mu=c.fedprox_mu)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -570,19 +572,25 @@ class Node:
         for msg in self._window.take(r):
             self._liveness.hear(msg.sender)
             self._feed(protocol, msg)
-        phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
+        timeout = self._timeout
+        began = time.monotonic()
+        phase, deadline, expired = protocol.phase, began + timeout.current(), False
         while not protocol.finished():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.info("node %d round %d: phase %d deadline passed", self.id, r, protocol.phase)
+                log.info("node %d round %d: phase %d deadline (%.1fs) passed", self.id, r, protocol.phase, timeout.current())
                 self._send_all(protocol.on_deadline())
-                phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
+                phase, deadline, expired = protocol.phase, time.monotonic() + timeout.current(), True
                 continue
             msg = yield remaining
             if msg is not None and self._admit(msg, r):
                 self._feed(protocol, msg)
-            if protocol.phase != phase:
-                phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
+            if protocol.phase != phase or protocol.finished():
+                now = time.monotonic()
+                if not expired:
+                    timeout.completed(now - began)
+                began = now
+                phase, deadline, expired = protocol.phase, now + timeout.current(), False
         return protocol.result()
 
     def _admit(self, msg: Message, r: int) -> bool:

@@ -10,6 +10,7 @@ exactly as `p2pfl node` starts them, from a cluster file, by `launch.build_node`
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -34,6 +35,11 @@ from p2pfl.record import (MODELS_DIR, METRICS_FILE, MetricsWriter, RoundRecord, 
 log = logging.getLogger(__name__)
 
 FINAL_LINGER_S = 2.0  # a worker's last messages (its nodes' last models) get this long to leave
+# A round's cost per node beyond local training, on a 2-core machine (BENCHMARKS.md, scale curve):
+# what `_paced` adds to the training it times, and the slack between that estimate and a deadline.
+NODE_OVERHEAD_S = 0.003
+SECURE_NODE_OVERHEAD_S = 0.015
+PACE_SLACK = 3.0
 
 
 @dataclass
@@ -223,14 +229,17 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     groups = assign_processes(config.nodes, config.processes)
     if not config.ray:
         cluster_path = prepare_cluster(config, run_dir, groups)
-    write_config(run_dir, config.to_dict())
     started = time.monotonic()
     if config.ray:  # the worker groups as actors across a Ray cluster, each making its nodes' keys on its host
         from p2pfl import raycluster  # the optional extra p2pfl[ray]: imported only for --ray
 
+        write_config(run_dir, config.to_dict())
         cluster_path, procs, events = raycluster.place(config.ray, config, run_dir, groups, _worker)
     else:
         ctx, workload = _start_method(config)
+        if workload is not None:
+            config = _paced(config, groups, workload, console)
+        write_config(run_dir, config.to_dict())  # what the nodes run with
         events: mp.Queue = ctx.Queue()
         procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
                              daemon=True) for g in groups]
@@ -285,6 +294,35 @@ def _start_method(config: ExperimentConfig) -> tuple[Any, Any]:
     from p2pfl.launch import load_workload
 
     return mp.get_context("fork"), load_workload(config)
+
+
+def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, console: Console) -> ExperimentConfig:
+    """`config`, its round timeout raised where one honest round of the busiest worker would outlast it.
+
+    A worker runs its nodes one after another in one loop, so its neighbours wait up to a whole
+    pass over them for a message: at thousands of nodes per process that is longer than a timeout
+    meant for dead neighbours, and round 1 (before a node has measured a round, `PhaseTimeout`)
+    would go ahead short everywhere. The pass is estimated from one node's local training and
+    evaluation, timed here, plus the measured per-node cost of a round beyond training.
+    """
+    from p2pfl.data import shard
+    from p2pfl.node import train_config
+    from p2pfl.training import LocalTrainer, init_model
+
+    task = workload.task
+    trainer = LocalTrainer(init_model(task, config.seed), shard(task.dataset, workload.parts[0]), train_config(config), 0)
+    trainer.train()  # the first call pays one-time set-up
+    began = time.perf_counter()
+    trainer.train()
+    trainer.evaluate(task.dataset.x_test, task.dataset.y_test)
+    per_node = time.perf_counter() - began + (SECURE_NODE_OVERHEAD_S if config.secure_agg else NODE_OVERHEAD_S)
+    share = max(1.0, len(groups) / (os.cpu_count() or 1))  # workers beyond the cores share them
+    needed = PACE_SLACK * per_node * max(len(g) for g in groups) * share
+    if needed <= config.round_timeout:
+        return config
+    console.print(f"[dim]round timeout raised from {config.round_timeout:g}s to {needed:.0f}s: a round of "
+                  f"{max(len(g) for g in groups)} nodes per process takes about {needed / PACE_SLACK:.1f}s here[/]")
+    return replace(config, round_timeout=float(math.ceil(needed)))
 
 
 def _collect(config: ExperimentConfig, procs: list, groups: list[list[int]], events: mp.Queue,
