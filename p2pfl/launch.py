@@ -43,6 +43,7 @@ def load_workload(config: ExperimentConfig) -> Workload:
     lean_optimizers()  # once per process that builds nodes: faster, same results
     task = load_task(config.task, config.seed, config.nodes)
     check_partition_size(config.task, len(task.dataset.y_train), config.nodes)
+    task.initial_flat(config.seed)  # the nodes' shared reference, made before simulate forks its workers
     return Workload(task, partition_task(task, config.nodes, config.partition, config.alpha, config.seed))
 
 

@@ -148,7 +148,7 @@ class Node:
         self.task = task
         self.samples = len(shard.y)
         # All nodes measure deltas against the same reference model, built from the seed.
-        self.reference = LocalTrainer(init_model(task, self.config.seed), shard, train_config(self.config), 0).get_flat()
+        self.reference = task.initial_flat(self.config.seed)  # one read-only vector per process
         start_seed = self.config.seed if self.config.same_init else self.config.seed + 1 + self.id
         self.trainer = LocalTrainer(init_model(task, start_seed), shard, train_config(self.config), self.config.seed * 7919 + self.id)
         self.transport = create_transport(
