@@ -29,6 +29,7 @@ from p2pfl.transports.hub import Hub, HubTransport
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # how often nodes whose sessions are not all agreed get their handshake retries
+BUSY_TICK_S = 60.0  # ... at the latest, while frames keep arriving (see `run`)
 
 
 @dataclass(eq=False)
@@ -71,9 +72,10 @@ class Host:
             self._expire(now)
             # Handshake retries are for lost frames: while frames wait to be read, the answer may be
             # among them, and retrying (a fresh key agreement each time) only deepens the backlog of
-            # a loop that thousands of starting nodes keep busy. So retry when idle, or at the latest
-            # after `TICK_S` x 10 of continuous work.
-            if now >= next_tick and (not busy or now - last_tick >= 10 * TICK_S):
+            # a loop that thousands of starting nodes keep busy (an attempt superseded by its retry
+            # is never confirmed: with a round trip longer than the backoff, none ever would be).
+            # So retry when idle, or at the latest after `BUSY_TICK_S` of continuous work.
+            if now >= next_tick and (not busy or now - last_tick >= BUSY_TICK_S):
                 self._tick(now)
                 next_tick = last_tick = now + TICK_S
             if not self._running:

@@ -154,7 +154,9 @@ class Node:
         self.transport = create_transport(
             self.id,
             spec.private_key,
-            peers={j: Peer(e.address, e.public_key) for j, e in spec.cluster.nodes.items()},
+            # itself and its neighbours only: a table of the whole cluster per node is O(n^2) at scale
+            peers={j: Peer(spec.cluster.nodes[j].address, spec.cluster.nodes[j].public_key)
+                   for j in (self.id, *self.neighbours)},
             neighbours=self.neighbours,
             limits=Limits.for_model(self.trainer.num_params),
             context=context,
@@ -179,7 +181,7 @@ class Node:
         directory = self.config.checkpoint_dir
         self._store = CheckpointStore(Path(directory) / f"node-{self.id}") if directory else None
         self._private_key = spec.private_key
-        self._public_keys = {j: e.public_key for j, e in spec.cluster.nodes.items()}
+        self._members = spec.cluster.nodes  # shared, read only: public keys of peers up to two hops away
         self._secrets: dict[tuple[int, bytes], bytes] = {}
         self._secagg_params = self.config.secagg_params()
         self._t0 = 0.0
@@ -204,7 +206,8 @@ class Node:
                 if max_steps == 0:
                     log.warning("node %d: one round costs epsilon %.3f, above the budget %.3f: the node will never share",
                                 self.id, self.accountant.epsilon_after(1), c.dp_budget)
-        self.schedule = Schedule(c.seed, tuple(self.graph.nodes), c.participation, self.hub, c.fedavg_sample, max_steps)
+        nodes, everyone = topology.members(self.graph)  # shared by the nodes of a process
+        self.schedule = Schedule(c.seed, nodes, c.participation, self.hub, c.fedavg_sample, max_steps, everyone)
         self._codec = None
         if c.compression != "none":
             seed = [_CODEC_SALT, c.seed, self.id]
@@ -563,7 +566,7 @@ class Node:
         """End-to-end key shared with `peer` (up to two hops away), from the cluster's static keys."""
         key = (peer, context)
         if key not in self._secrets:
-            self._secrets[key] = pairwise_key(self._private_key, self.id, self._public_keys[peer], peer, context)
+            self._secrets[key] = pairwise_key(self._private_key, self.id, self._members[peer].public_key, peer, context)
         return self._secrets[key]
 
     def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:

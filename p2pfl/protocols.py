@@ -384,11 +384,18 @@ class Schedule:
     hub: int | None = None
     sample: int = 0
     max_steps: int | None = None
+    everyone: frozenset[int] | None = None  # `nodes` as a set; given (with `nodes` sorted) to share both
     _active: list[frozenset[int]] = field(default_factory=list, repr=False)
     _steps: list[dict[int, int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self.nodes = tuple(sorted(self.nodes))
+        # The nodes of a 10,000-node simulation each hold a schedule: they pass the sorted ids and
+        # their set made once per process (`topology.members`), not 10,000 copies of each.
+        if self.everyone is None:
+            self.nodes = tuple(sorted(self.nodes))
+            self.everyone = frozenset(self.nodes)
+        elif len(self.everyone) != len(self.nodes):
+            raise ValueError("everyone must be the set of nodes")
         if not 0 < self.participation <= 1:
             raise ValueError(f"participation must be in (0, 1], got {self.participation}")
         leaves = len(self.nodes) - (self.hub is not None)
@@ -405,7 +412,8 @@ class Schedule:
     def drawn(self, r: int) -> frozenset[int]:
         """Who the participation draw and the hub's sample pick for round r (budgets aside)."""
         if self.participation >= 1 and not self.sample:
-            return frozenset(self.nodes)
+            assert self.everyone is not None
+            return self.everyone
         rng = np.random.default_rng([_SCHEDULE_SALT, self.seed, r])
         u = rng.random(len(self.nodes))
         chosen = {v for v, x in zip(self.nodes, u) if x < self.participation}
@@ -420,7 +428,8 @@ class Schedule:
         if r < 1:
             raise ValueError(f"rounds are 1-based, got {r}")
         if self.trivial:
-            return frozenset(self.nodes)
+            assert self.everyone is not None
+            return self.everyone
         while len(self._active) < r:
             k = len(self._active) + 1
             before = self._steps[-1] if self._steps else {v: 0 for v in self.nodes}

@@ -54,6 +54,7 @@ __all__ = [
     "metropolis_hastings",
     "mh_weights",
     "adjacency",
+    "members",
     "spectral_gap",
     "effective_gap",
     "TopologyStats",
@@ -891,6 +892,18 @@ def adjacency(g: nx.Graph) -> Mapping[int, tuple[int, ...]]:
     hit = _ADJACENCY.get(g)
     if hit is None:
         hit = _ADJACENCY[g] = MappingProxyType({v: tuple(sorted(g.neighbors(v))) for v in g.nodes})
+    return hit
+
+
+_MEMBERS: "weakref.WeakKeyDictionary[nx.Graph, tuple[tuple[int, ...], frozenset[int]]]" = weakref.WeakKeyDictionary()
+
+
+def members(g: nx.Graph) -> tuple[tuple[int, ...], frozenset[int]]:
+    """The graph's node ids, sorted, and as a set, made once per graph object (shared as `adjacency` is)."""
+    hit = _MEMBERS.get(g)
+    if hit is None:
+        ids = tuple(sorted(g.nodes))
+        hit = _MEMBERS[g] = (ids, frozenset(ids))
     return hit
 
 
