@@ -141,6 +141,47 @@ def floor_startup() -> float:
     return time.monotonic() - t
 
 
+def primitives_floor(params: int, degree: int, repeats: int = 400) -> float:
+    """ms per node-round of what a gossip round must do beyond training, timed alone in one thread:
+    seal `degree` model messages (wire.seal: encode + AEAD), open `degree` (header, meta, tensors),
+    pass each through a ZeroMQ inproc PAIR, and mix. No protocol logic, no event loop, no records:
+    the floor that a Python node on this machine cannot go below with these primitives."""
+    import numpy as np
+    import zmq
+
+    from p2pfl import wire
+    from p2pfl.messages import Kind, Message
+    from p2pfl.protocols import mix
+
+    limits = wire.Limits.for_model(params)
+    key = bytes(range(32))
+    rng = np.random.default_rng(0)
+    vec = rng.standard_normal(params).astype(np.float32)
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://floor")
+    b.connect("inproc://floor")
+    counter = 1
+    began = time.perf_counter()
+    for _ in range(repeats):
+        got = {}
+        for j in range(degree):
+            counter += 1
+            msg = Message(Kind.MODEL, 0, 1, {}, {"delta": vec})
+            a.send_multipart(wire.seal(msg, 1, counter, key, limits), copy=False)
+            frames = b.recv_multipart(copy=False)
+            header = wire.read_header(frames, limits)
+            aead = wire.message_aead(header, key)
+            wire.open_meta(header, frames, aead, limits)
+            got[j] = (0.2, wire.open_tensors(header, frames, aead)["delta"])
+        mix(vec, got)
+    elapsed = time.perf_counter() - began
+    a.close(0)
+    b.close(0)
+    ctx.term()
+    return elapsed / repeats * 1000
+
+
 def run(args: list[str], out: Path, nodes: int, pythonpath: str | None = None) -> dict:
     """One `p2pfl simulate` with `args`; its figures."""
     env = dict(os.environ)
@@ -204,6 +245,8 @@ def main() -> None:
     a = ap.parse_args()
     floor = floor_startup()
     print(f"floor: a fresh interpreter imports torch + torch._dynamo in {floor:.2f} s")
+    print(f"floor: the primitives of one gossip node-round (seal, send, open, mix {a.degree} models of 7,434 "
+          f"parameters) take {primitives_floor(7434, a.degree):.2f} ms in one thread")
     base_path = None
     if a.baseline_rev:
         base_path = tempfile.mkdtemp(prefix="p2pfl-base-")

@@ -38,7 +38,7 @@ import zmq
 from p2pfl import crypto, wire
 from p2pfl.channel import SEND_FAILED, ChannelTransport, Peer, Sent
 from p2pfl.messages import Message
-from p2pfl.transports.zeromq import CONNECT_TIMEOUT_MS, HEARTBEAT_TIMEOUT_MS, QUEUE_DEPTH, _set_heartbeats
+from p2pfl.transports.zeromq import HEARTBEAT_TIMEOUT_MS, QUEUE_DEPTH, bound_router, connected_dealer, send_frames
 
 log = logging.getLogger("p2pfl.transport")
 
@@ -82,7 +82,6 @@ class Hub:
         self._ready: dict[int, None] = {}  # nodes with frames waiting, in arrival order
         self._room_wanted: dict[str, set[tuple[HubTransport, int]]] = {}
         self._last_log: dict[str, float] = {}
-        self._max_frame = 0
         self._closed = False
 
     # -- nodes joining and leaving -----------------------------------------------------------------
@@ -123,33 +122,14 @@ class Hub:
         self._router = None
 
     def _bind(self, max_frame: int) -> None:
-        router = self.context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.RCVHWM, self.hwm)
-        router.setsockopt(zmq.SNDHWM, self.hwm)
-        # a hub's frame set is a node's plus the routing prefix; libzmq refuses larger before allocating
-        router.setsockopt(zmq.MAXMSGSIZE, max_frame + 64)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an answer to a gone connection fails (GONE)
-        _set_heartbeats(router)
-        try:
-            router.bind(self.endpoint)
-        except zmq.ZMQError:
-            router.close(linger=0)
-            raise
-        self._router = router
-        self._max_frame = max_frame
-        self._poller.register(router, zmq.POLLIN)
+        # a hub's frame set is a node's plus the routing frame
+        self._router = bound_router(self.context, self.endpoint, self.hwm, max_frame + 64)
+        self._poller.register(self._router, zmq.POLLIN)
 
     def _dealer(self, endpoint: str) -> zmq.Socket:
         sock = self._dealers.get(endpoint)
         if sock is None:
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, self.hwm)
-            sock.setsockopt(zmq.RCVHWM, self.hwm)
-            _set_heartbeats(sock)
-            sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            sock.connect(endpoint)
+            sock = connected_dealer(self.context, endpoint, self.hwm, self.hwm)  # answers for all its nodes
             self._dealers[endpoint] = sock
             self._endpoint_of[sock] = endpoint
             self._poller.register(sock, zmq.POLLIN)
@@ -174,19 +154,12 @@ class Hub:
         self._poller.modify(self._dealer(endpoint), zmq.POLLIN | zmq.POLLOUT if waiting else zmq.POLLIN)
 
     def _send(self, sock: zmq.Socket, frames: list, sender: int, what: str) -> Sent:
-        """As the ZeroMQ transport's `_send`: EAGAIN is FULL, EHOSTUNREACH GONE, anything else FAILED."""
-        try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return Sent.FULL
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return Sent.GONE
+        """`zeromq.send_frames`; a failure other than FULL or GONE is counted on the sending node."""
+        def failed(exc: zmq.ZMQError) -> None:
             node = self._nodes.get(sender)
             if node is not None:
                 node.drop(SEND_FAILED, f"send {what} failed: {exc} (errno {exc.errno})")
-            return Sent.FAILED
-        return Sent.OK
+        return send_frames(sock, frames, failed)
 
     # -- receiving ---------------------------------------------------------------------------------
 

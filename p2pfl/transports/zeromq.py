@@ -27,7 +27,7 @@ passed in, else the process-wide `zmq.Context.instance()`); inproc:// addresses 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import zmq
 
@@ -80,35 +80,11 @@ class ZmqTransport(ChannelTransport):
         """
         if self._router is not None or self._closed:
             raise RuntimeError("a Transport starts once")
-        router = self._context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.RCVHWM, QUEUE_DEPTH)
-        router.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
-        # libzmq refuses a frame larger than this before allocating it (and drops that connection)
-        router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
-        # A send to a routing id whose connection is gone fails (EHOSTUNREACH) instead of vanishing:
-        # that is how a second session for a node id learns whether the first one's process is alive.
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        _set_heartbeats(router)
-        try:
-            router.bind(self._address)
-        except zmq.ZMQError:
-            router.close(linger=0)  # leave nothing half-started: the caller may retry
-            raise
+        router = bound_router(self._context, self._address, QUEUE_DEPTH, self.limits.max_frame_bytes)
         self._router = router
         self._poller.register(router, zmq.POLLIN)
         for j, peer in self._peers.items():
-            dealer = self._context.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
-            dealer.setsockopt(zmq.SNDHWM, QUEUE_DEPTH)
-            _set_heartbeats(dealer)
-            # No IMMEDIATE: messages queue for a neighbour whose connection is not up (yet, or again
-            # after a blip) and go when it is. IMMEDIATE was tried (2026-12-06): a lost connection
-            # then takes its queue with it, but every send to a neighbour that has just finished
-            # fails at once and is counted as a drop, and recovery after a heal was no faster
-            # (docs/faults.md).
-            dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            dealer.connect(peer.address)
+            dealer = connected_dealer(self._context, peer.address, QUEUE_DEPTH)
             self._dealers[j] = dealer
             self._dealer_of[dealer] = j
             self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
@@ -195,18 +171,68 @@ class ZmqTransport(ChannelTransport):
         nor a vanished peer: it is counted as SEND_FAILED and logged with its errno (FAILED), and
         the node keeps running (the message is not sent, as for a full queue).
         """
-        try:
-            # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return Sent.FULL
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return Sent.GONE
-            to = f"to node {where}" if isinstance(where, int) else f"back on connection {where.hex()}"
-            self._channels.drop(SEND_FAILED, f"send {to} failed: {exc} (errno {exc.errno})")
-            return Sent.FAILED
-        return Sent.OK
+        to = f"to node {where}" if isinstance(where, int) else f"back on connection {where.hex()}"
+        return send_frames(sock, frames, lambda exc: self._channels.drop(
+            SEND_FAILED, f"send {to} failed: {exc} (errno {exc.errno})"))
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Any], failed: Callable[[zmq.ZMQError], None]) -> Sent:
+    """Queue one multipart message on `sock` without blocking (shared with `transports.hub`).
+
+    EAGAIN is a full queue (FULL), EHOSTUNREACH (a ROUTER_MANDATORY send) a connection that is
+    gone (GONE); any other error is handed to `failed` (to count and log it) and is FAILED.
+    """
+    try:
+        # copy=False: zmq keeps a reference to the sealed buffers instead of copying them
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return Sent.FULL
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            return Sent.GONE
+        failed(exc)
+        return Sent.FAILED
+    return Sent.OK
+
+
+def bound_router(context: zmq.Context, endpoint: str, hwm: int, max_message: int) -> zmq.Socket:
+    """A ROUTER with the options of docs/wire.md (*Sockets*), bound at `endpoint` (zmq.ZMQError if it
+    cannot be, leaving nothing open: the caller may retry)."""
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVHWM, hwm)
+    router.setsockopt(zmq.SNDHWM, hwm)
+    # libzmq refuses a frame larger than this before allocating it (and drops that connection)
+    router.setsockopt(zmq.MAXMSGSIZE, max_message)
+    # A send to a routing id whose connection is gone fails (EHOSTUNREACH) instead of vanishing:
+    # that is how a second session for a node id learns whether the first one's process is alive.
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    _set_heartbeats(router)
+    try:
+        router.bind(endpoint)
+    except zmq.ZMQError:
+        router.close(linger=0)
+        raise
+    return router
+
+
+def connected_dealer(context: zmq.Context, endpoint: str, hwm: int, receive_hwm: int | None = None) -> zmq.Socket:
+    """A DEALER with the options of docs/wire.md (*Sockets*), connecting to `endpoint` (who may not be
+    up yet); `receive_hwm`: its receive queue, when not libzmq's default."""
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)  # close() must not wait for a dead neighbour
+    dealer.setsockopt(zmq.SNDHWM, hwm)
+    if receive_hwm is not None:  # options apply to the connections made after they are set
+        dealer.setsockopt(zmq.RCVHWM, receive_hwm)
+    _set_heartbeats(dealer)
+    # No IMMEDIATE: messages queue for a neighbour whose connection is not up (yet, or again
+    # after a blip) and go when it is. IMMEDIATE was tried (2026-12-06): a lost connection
+    # then takes its queue with it, but every send to a neighbour that has just finished
+    # fails at once and is counted as a drop, and recovery after a heal was no faster
+    # (docs/faults.md).
+    dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    dealer.connect(endpoint)
+    return dealer
 
 
 def _set_heartbeats(sock: zmq.Socket) -> None:
