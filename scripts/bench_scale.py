@@ -11,9 +11,10 @@ and measures from outside, while it runs:
   counts 1/k in each, so forked workers sharing torch are not counted twice) over the command's
   whole process tree, sampled every 0.2 s; the launcher's own `peak_rss_mb` (a sum of per-process
   peaks, an upper bound) is printed beside it;
-- **CPU/node-round beyond training**: the process tree's CPU (user + system) from round 1 written
-  to the end, divided by node-rounds, minus the mean local training time per node-round (from
-  the metrics' `train_time`). It includes everything the simulator spends: crypto, sockets,
+- **CPU/node-round**: the process tree's CPU (user + system) from round 1 written to the end,
+  divided by node-rounds; **beyond training**: that minus the mean local training time per
+  node-round (from the metrics' `train_time`; an older p2pfl's threads timed their training by
+  the wall clock, so only the first figure compares across versions). It includes everything the simulator spends: crypto, sockets,
   protocol, the event loop, the launcher's consensus distance and the record keeping;
 - **lost**: nodes that did not complete every round; **ok**: the share of node-rounds that
   aggregated every neighbour.
@@ -189,7 +190,9 @@ def run(args: list[str], out: Path, nodes: int, pythonpath: str | None = None) -
         env["PYTHONPATH"] = pythonpath
     cmd = [sys.executable, "-m", "p2pfl.cli", "simulate", *args, "--out", str(out)]
     started, before = time.monotonic(), _children_cpu()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # `python -m` puts the working directory first on sys.path: run each code from its own tree
+    proc = subprocess.Popen(cmd, env=env, cwd=pythonpath or ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     sampler = Sampler(proc.pid, out / "metrics.jsonl", nodes)
     thread = sampler.start()
     _, err = proc.communicate()
@@ -214,11 +217,13 @@ def run(args: list[str], out: Path, nodes: int, pythonpath: str | None = None) -
     cpu_rounds = total_cpu - (sampler.cpu_at_round1 or 0.0)
     figures.update(
         round_s=statistics.median(periods) if periods else None,
-        first_round_s=(summary.get("first_round_s") or 0.0) + (elapsed - summary["wall_time"]),
+        # an older p2pfl's summary has no first_round_s: then unknown
+        first_round_s=(summary["first_round_s"] + elapsed - summary["wall_time"]) if summary.get("first_round_s") else None,
         launcher_rss_mb=summary["peak_rss_mb"],
         lost=nodes - len(complete),
         ok=sum(r["aggregation"] == "ok" for r in records) / len(records),
         train_ms=train * 1000,
+        cpu_ms=cpu_rounds / max(1, len(later)) * 1000 if later else None,
         overhead_ms=(cpu_rounds / max(1, len(later)) - train) * 1000 if later else None,
         acc=summary["final_acc_mean"],
         status=summary.get("status", "complete"),
@@ -266,8 +271,8 @@ def main() -> None:
                     args += ["--round-timeout", str(a.round_timeout)]
                 configs.append((f"{n} nodes{' secure' if secure else ''}", args, n))
     print("| run | code | round (s) | first round (s) | peak PSS (MiB) | launcher's RSS sum (MiB) | train ms/node-round "
-          "| CPU beyond training ms/node-round | lost | rounds ok | accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU ms/node-round | CPU beyond training ms/node-round | lost | rounds ok | accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
             for label, args, n in configs:
@@ -275,11 +280,13 @@ def main() -> None:
                     for k in range(a.repeats):
                         f = run(args, Path(tmp) / f"{len(os.listdir(tmp))}", n, path)
                         if "error" in f:
-                            print(f"| {label} | {code} | failed: {f['error'][:120]} | | {f['peak_pss_mb']:.0f} | | | | | | |")
+                            print(f"| {label} | {code} | failed: {f['error'][:120]} | | {f['peak_pss_mb']:.0f} | | | | | | | |")
                             continue
-                        print(f"| {label} | {code} | {_fmt(f['round_s'], '.3f')} | {f['first_round_s']:.2f} "
-                              f"({f['first_round_s'] / floor:.1f}x floor) | {f['peak_pss_mb']:.0f} | {f['launcher_rss_mb']:.0f} "
-                              f"| {f['train_ms']:.2f} | {_fmt(f['overhead_ms'], '.2f')} | {f['lost']} | {f['ok']:.3f} "
+                        first = f["first_round_s"]
+                        first_text = "-" if first is None else f"{first:.2f} ({first / floor:.1f}x floor)"
+                        print(f"| {label} | {code} | {_fmt(f['round_s'], '.3f')} | {first_text} | {f['peak_pss_mb']:.0f} "
+                              f"| {f['launcher_rss_mb']:.0f} | {f['train_ms']:.2f} | {_fmt(f['cpu_ms'], '.2f')} "
+                              f"| {_fmt(f['overhead_ms'], '.2f')} | {f['lost']} | {f['ok']:.3f} "
                               f"| {_fmt(f['acc'], '.3f')} |", flush=True)
     finally:
         if base_path:
