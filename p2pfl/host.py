@@ -55,7 +55,7 @@ class Host:
     def add(self, node: Node, on_done: Callable[[Node, list], None],
             on_error: Callable[[Node, BaseException], None]) -> None:
         """Run `node` here; `on_done(node, records)` when its life ends, `on_error(node, exc)` if it raises."""
-        if not isinstance(node.transport, HubTransport) or node.transport._hub is not self.hub:
+        if not isinstance(node.transport, HubTransport) or node.transport.hub is not self.hub:
             raise ValueError(f"node {node.id} is not on this host's hub")
         self._running[node.id] = _Running(node, node.lifecycle(), node.transport)
         self._on_done[node.id] = on_done

@@ -111,8 +111,23 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
     """Host `node_ids` in this process, in one event loop, reporting every round to `events`.
 
     `workload`: the task and its split, when the launcher forked this process after loading it
-    (the pages are shared, nothing is loaded twice); None: load it here.
+    (the pages are shared, nothing is loaded twice); None: load it here. Whatever ends the
+    process early is reported for each node that had not ended yet: never a silent exit.
     """
+    ended: set[int] = set()
+    try:
+        _host_nodes(node_ids, config, cluster_path, events, workload, ended)
+    except BaseException:  # noqa: BLE001 - reported, then the process ends
+        why = "its worker process failed:\n" + traceback.format_exc()
+        for node_id in node_ids:
+            if node_id not in ended:
+                events.put(("error", node_id, why))
+        events.put(("rss", os.getpid(), own_peak_rss_mb()))
+
+
+def _host_nodes(node_ids: list[int], config: dict, cluster_path: str, events: mp.Queue, workload: Any,
+                ended: set[int]) -> None:
+    """`_worker`'s work; `ended` collects the nodes whose end was reported."""
     # One compute thread: N processes x the default pool would thrash the cores (set before torch
     # is imported when this is a fresh interpreter; a forked one sets it below).
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -146,17 +161,20 @@ def _worker(node_ids: list[int], config: dict, cluster_path: str, events: mp.Que
         try:
             save_model(models / f"node-{node.id}.npy", node.trainer.get_flat())
             events.put(("done", node.id, None))
+            ended.add(node.id)
         except BaseException as exc:  # noqa: BLE001 - reported, never silent
             failed(node, exc)
 
     def failed(node: Any, exc: BaseException) -> None:
         events.put(("error", node.id, "".join(traceback.format_exception(exc))))
+        ended.add(node.id)
 
     for node_id in node_ids:
         try:
             node = build_node(cfg, cluster, node_id, workload=workload, context=hub, on_round=report)
         except BaseException:  # report and let the launcher decide; never die silently
             events.put(("error", node_id, traceback.format_exc()))
+            ended.add(node_id)
             continue
         host.add(node, done, failed)
     host.run()

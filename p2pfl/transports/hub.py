@@ -255,6 +255,10 @@ class HubTransport(ChannelTransport):
         self.inbox: deque[tuple[bool, int, bytes, list]] = deque()
         self._running = False
 
+    @property
+    def hub(self) -> Hub:
+        return self._hub
+
     def peer_endpoints(self) -> set[str]:
         return {endpoint_of(p.address) for p in self._peers.values()}
 
