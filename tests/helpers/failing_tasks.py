@@ -1,6 +1,8 @@
 """Plug-in tasks (`--task helpers.failing_tasks:NAME`) whose model construction fails inside a
-simulate worker: the digits task, but the third model a worker process builds (its second node's)
-raises, or kills the process outright, as a bug or the out-of-memory killer would."""
+simulate worker: the digits task, but the second model a worker process builds raises, or kills
+the process outright, as a bug or the out-of-memory killer would. A worker builds one model per
+node (the shared reference is built by the launcher, before it forks), so that is its second
+node's."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def _failing(seed: int, fail) -> Task:
         global _built
         if os.getpid() != _LOADER:
             _built += 1
-            if _built == 3:
+            if _built == 2:
                 fail()
         return make()
     return Task("failing", make_model, task.dataset)
