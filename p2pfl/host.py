@@ -37,7 +37,6 @@ class _Running:
     node: Node
     life: Life
     transport: HubTransport
-    deadline: float = math.inf
     generation: int = 0  # bumped at every resume: a timer of an earlier wait is stale
 
 
@@ -65,7 +64,7 @@ class Host:
         """Start every node, then serve them until all have ended."""
         for run in list(self._running.values()):
             self._resume(run, None, first=True)
-        next_tick = last_tick = time.monotonic() + TICK_S
+        next_tick = time.monotonic() + TICK_S
         busy = False
         while self._running:
             now = time.monotonic()
@@ -75,9 +74,9 @@ class Host:
             # a loop that thousands of starting nodes keep busy (an attempt superseded by its retry
             # is never confirmed: with a round trip longer than the backoff, none ever would be).
             # So retry when idle, or at the latest after `BUSY_TICK_S` of continuous work.
-            if now >= next_tick and (not busy or now - last_tick >= BUSY_TICK_S):
+            if now >= next_tick and (not busy or now >= next_tick + BUSY_TICK_S):
                 self._tick(now)
-                next_tick = last_tick = now + TICK_S
+                next_tick = now + TICK_S
             if not self._running:
                 break
             soonest = self._timers[0][0] if self._timers else math.inf
@@ -133,8 +132,8 @@ class Host:
             return
         meter.end()
         run.generation += 1
-        run.deadline = time.monotonic() + max(0.0, wait)
-        heapq.heappush(self._timers, (run.deadline, next(self._tie), run.node.id, run.generation))
+        deadline = time.monotonic() + max(0.0, wait)
+        heapq.heappush(self._timers, (deadline, next(self._tie), run.node.id, run.generation))
 
     def _fail(self, run: _Running, exc: BaseException) -> None:
         self._end(run)
