@@ -46,7 +46,7 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
-from p2pfl.rounds import Dropped, Liveness, PhaseTimeout, Place, RoundWindow
+from p2pfl.rounds import Dropped, Liveness, Place, RoundWindow
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise
 from p2pfl.strategies import RoundContext
@@ -164,7 +164,6 @@ class Node:
         self.weights = topology.mh_weights(self.graph, self.id)
         self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
         self._window = RoundWindow(self.config.rounds, MAX_BUFFERED_PER_PEER)  # later rounds' messages
-        self._timeout = PhaseTimeout(self.config.round_timeout)  # grows with measured phases (a loaded host)
         self._liveness = Liveness(self.neighbours, self.config.down_after)
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._done: set[int] = set()  # neighbours that have run their last round
@@ -575,25 +574,19 @@ class Node:
         for msg in self._window.take(r):
             self._liveness.hear(msg.sender)
             self._feed(protocol, msg)
-        timeout = self._timeout
-        began = time.monotonic()
-        phase, deadline, expired = protocol.phase, began + timeout.current(), False
+        phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         while not protocol.finished():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.info("node %d round %d: phase %d deadline (%.1fs) passed", self.id, r, protocol.phase, timeout.current())
+                log.info("node %d round %d: phase %d deadline passed", self.id, r, protocol.phase)
                 self._send_all(protocol.on_deadline())
-                phase, deadline, expired = protocol.phase, time.monotonic() + timeout.current(), True
+                phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
                 continue
             msg = yield remaining
             if msg is not None and self._admit(msg, r):
                 self._feed(protocol, msg)
-            if protocol.phase != phase or protocol.finished():
-                now = time.monotonic()
-                if not expired:
-                    timeout.completed(now - began)
-                began = now
-                phase, deadline, expired = protocol.phase, now + timeout.current(), False
+            if protocol.phase != phase:
+                phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         return protocol.result()
 
     def _admit(self, msg: Message, r: int) -> bool:

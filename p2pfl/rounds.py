@@ -10,7 +10,6 @@ Owns two small state machines the node consults with no sockets and no clock:
   and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held.
 - `Liveness`: neighbours heard this round, consecutive rounds each stayed silent while it owed
   us a message, and so who is down (no longer waited for) after `down_after` such rounds.
-- `PhaseTimeout`: how long a protocol phase may wait, from how long recent phases took.
 
 Must not touch: sockets, clocks, logging, protocols and models. It returns what to drop and
 why; the node counts, logs and sends.
@@ -18,7 +17,6 @@ why; the node counts, logs and sends.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -161,28 +159,3 @@ class Liveness:
                 newly_down.append(j)
         return newly_down
 
-
-class PhaseTimeout:
-    """How long a protocol phase may wait: the configured `floor`, or `slack` times the slowest of
-    the last `window` phases that ended without their deadline, whichever is longer.
-
-    A fixed deadline is wrong at scale: a host running thousands of nodes in one loop takes seconds
-    to serve them all once, so an honest round there takes longer than a timeout meant for dead
-    neighbours, and every round would go ahead short. Phases that hit their deadline are not
-    measured (their length is the deadline itself, and would only ratchet it up); so a dead
-    neighbour costs at most the deadline the live ones justified.
-    """
-
-    def __init__(self, floor: float, slack: float = 3.0, window: int = 8) -> None:
-        if floor <= 0 or slack < 1 or window < 1:
-            raise ValueError("floor > 0, slack >= 1 and window >= 1 are required")
-        self.floor = floor
-        self.slack = slack
-        self._recent: deque[float] = deque(maxlen=window)
-
-    def current(self) -> float:
-        return max(self.floor, self.slack * max(self._recent, default=0.0))
-
-    def completed(self, seconds: float) -> None:
-        """A phase ended on its own (every awaited message came) after `seconds`."""
-        self._recent.append(max(0.0, seconds))

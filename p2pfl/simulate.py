@@ -319,8 +319,7 @@ def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, con
 
     A worker runs its nodes one after another in one loop, so its neighbours wait up to a whole
     pass over them for a message: at thousands of nodes per process that is longer than a timeout
-    meant for dead neighbours, and round 1 (before a node has measured a round, `PhaseTimeout`)
-    would go ahead short everywhere. The pass is estimated from one node's local training and
+    meant for dead neighbours, and every round would go ahead short everywhere. The pass is estimated from one node's local training and
     evaluation, timed here, plus the measured per-node cost of a round beyond training.
     """
     from p2pfl.data import shard

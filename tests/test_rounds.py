@@ -5,7 +5,7 @@ from __future__ import annotations
 from p2pfl.messages import Kind, Message
 import pytest
 
-from p2pfl.rounds import Liveness, PhaseTimeout, Place, RoundWindow
+from p2pfl.rounds import Liveness, Place, RoundWindow
 
 
 def _m(sender: int, round_: int, kind: Kind = Kind.MODEL) -> Message:
@@ -115,29 +115,3 @@ def test_silence_counts_only_in_rounds_where_the_neighbour_owed_a_message() -> N
     assert live.end_round(frozenset()) == []  # heard without owing: still alive, count reset
     assert live.missed[1] == 0
 
-
-# -- PhaseTimeout ------------------------------------------------------------------------------
-
-
-def test_phase_timeout_is_the_floor_until_phases_take_longer_than_a_third_of_it() -> None:
-    t = PhaseTimeout(10.0)
-    assert t.current() == 10.0
-    t.completed(2.0)
-    assert t.current() == 10.0  # 3 x 2 s is below the floor
-    t.completed(5.0)
-    assert t.current() == 15.0  # a loaded host: 3 x the slowest recent phase
-
-
-def test_phase_timeout_forgets_slow_phases_after_its_window() -> None:
-    t = PhaseTimeout(1.0, slack=2.0, window=3)
-    t.completed(4.0)
-    assert t.current() == 8.0
-    for _ in range(3):
-        t.completed(0.1)
-    assert t.current() == 1.0
-
-
-def test_phase_timeout_refuses_nonsense() -> None:
-    for args in [(0.0,), (1.0, 0.5), (1.0, 2.0, 0)]:
-        with pytest.raises(ValueError):
-            PhaseTimeout(*args)
