@@ -670,7 +670,7 @@ class Node:
             out = protocol.on_message(msg)
         except Rejected as exc:
             self._drop(exc.reason, str(exc))
-            return
+            out = exc.reply
         self._send_all(out)
 
     def _send_all(self, outbound: list[Outbound]) -> None:

@@ -43,11 +43,13 @@ class VectorCodec(Protocol):
 
 
 class Rejected(Exception):
-    """A message the protocol refuses; the node drops it and counts `reason`."""
+    """A message the protocol refuses; the node drops it and counts `reason`, then sends `reply`
+    (e.g. an abort telling a late sender to stop waiting for an answer that will never come)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", reply: list[Outbound] | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.reply: list[Outbound] = reply or []
 
 
 class RoundProtocol(ABC):

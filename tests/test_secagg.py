@@ -116,6 +116,7 @@ class Router:
                 self.post(to, self.protos[to].on_message(msg))
             except Rejected as exc:
                 self.rejected.append((to, msg, exc.reason))
+                self.post(to, exc.reply)  # as the node does: the drop is counted, the reply still goes out
 
     def release(self) -> None:
         self.queue.extend(self.held)

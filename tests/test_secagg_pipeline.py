@@ -82,9 +82,12 @@ def test_a_member_without_its_setup_counts_as_dropped_and_rejoins_two_rounds_lat
     cluster.round(1)
     protos, xs, router, steps = cluster.round(2, forget=frozenset({5}))  # node 5 restarted
     lost_by = set(adj[5])
+    # its own group: members mask for a setup it no longer has, and each of them answers its shares
+    # with "resync", which tells it that member will not share this round: it fails safely at once,
+    # not at the share deadline, so a restarted node is not a deadline behind its neighbours
+    assert router.deadlines == 0
     for i, p in protos.items():
         if i == 5:
-            # its own group: members mask for a setup it no longer has; it fails safely at the deadline
             assert p.status == "failed" and p.failure_reason == "too_few_members"
             assert np.array_equal(p.result(), xs[5])
             assert {(f.group, f.reason) for f in p.failures if f.role == "member"} == {(j, "aborted") for j in adj[5]}
@@ -171,3 +174,33 @@ def test_members_without_their_setup_cost_no_deadline(verify: bool) -> None:
             assert p.agg.lost == {6} and 6 in p.agg.revealed_mask and 6 not in p.agg.revealed_self
     assert {(f.group, f.detail) for f in protos[6].failures} == {(j, "resync") for j in adj[6]}
     assert steps["shares"] == len(adj[6])
+
+
+def test_shares_after_the_group_finished_are_answered_so_a_restarted_node_stops_waiting() -> None:
+    # node 5 restarted in round 2 and its shares reach its neighbours only after their groups
+    # finished (a new process is slower to start than a round); what they sent its old process is
+    # lost. Each answers "late": 5's memberships end at once, and so does its own group's share
+    # phase (those neighbours will not share with it this round), with no deadline of its own.
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=4, seed=5)
+    cluster.round(1)
+    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
+    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
+                                   prepared=None if i == 5 else cluster.prepared[i]) for i in adj}
+    router = Router(protos, hold=lambda to, m: to == 5 or (m.sender == 5 and step_of(m) == "shares"))
+    router.start()
+    router.deliver()
+    for _ in range(4):  # the others' deadlines pass (not 5's, still starting): its groups finish without it
+        for i in adj:
+            if i != 5 and not protos[i].agg.done:
+                router.post(i, protos[i].on_deadline())
+        router.deliver()
+    assert all(protos[j].agg.done and protos[j].contributors == [u for u in adj[j] if u != 5] for j in adj[5])
+    assert not any(m.done for m in protos[5].members.values()) and not protos[5].agg.done
+    router.held = [(to, m) for to, m in router.held if to != 5]  # addressed to the old process: lost
+    router.release()
+    assert router.deadlines == 0
+    assert {(to, reason) for to, m, reason in router.rejected if m.sender == 5} == {(j, "late") for j in adj[5]}
+    assert {j: m.outcome for j, m in protos[5].members.items()} == dict.fromkeys(adj[5], "aborted:late")
+    assert protos[5].agg.done and protos[5].failure_reason == "too_few_members"
+    assert protos[5].finished()

@@ -175,7 +175,7 @@ PINNED = {
     'late_masked': 'a9a0446ce08f7ca2',
     'pipelined': '2813cc5ed7194469f8bef8cf8d8a2750',
     'pipelined_drop': '2813cc5ed7194469b31673a08617a658',
-    'pipelined_restart': '2813cc5ed7194469d591f7ed81f8ff46',
+    'pipelined_restart': '2813cc5ed7194469c4f4bc869f45de16',
     'pipelined_unverified': '2813cc5ed7194469f8bef8cf8d8a2750',
     'ring': '04c285960e023f49',
     'sparse': '07e466ec320501fe',

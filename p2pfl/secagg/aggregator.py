@@ -141,7 +141,7 @@ class Aggregator:
         if u not in self.spec.members:
             raise Rejected("not_neighbour", f"{step} from {u}, not a member of this node's group")
         if self.done and step != STEP_REVEAL:
-            raise Rejected("late", f"{step} from {u} after the group finished")
+            raise Rejected("late", f"{step} from {u} after the group finished", self._late_reply(step, u))
         if step == STEP_SHARES:
             return self.on_shares(u, body)
         if step == STEP_MASKED:
@@ -155,9 +155,24 @@ class Aggregator:
         if self._stage is not AggStage.SHARES:
             if self.prepared and u not in self.inputs:
                 return self._resync(u)
-            raise Rejected("late", f"shares from {u} after the share phase closed")
+            raise Rejected("late", f"shares from {u} after the share phase closed", self._late_reply(STEP_SHARES, u))
         self.take_shares(u, decode_map(body, Shares.KEYS))
         if self.expected <= set(self.pks):
+            return self.close_shares()
+        return []
+
+    def _late_reply(self, step: str, u: int) -> list[Outbound]:
+        """Late `shares` are answered with an abort: a member that joined after the share phase
+        (a restarted process) stops waiting for this group at once instead of a deadline per
+        step, and learns this node is past the round's setup (`SecureGossipRound`)."""
+        return self._send([u], Abort("late")) if step == STEP_SHARES else []
+
+    def not_coming(self, u: int) -> list[Outbound]:
+        """Member u said it is past this round's share phase: stop waiting for its shares."""
+        if u not in self.expected:
+            return []
+        self.expected = self.expected - {u}
+        if self._stage is AggStage.SHARES and not self.prepared and self.expected <= set(self.pks):
             return self.close_shares()
         return []
 

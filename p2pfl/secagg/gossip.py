@@ -24,7 +24,7 @@ from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import Rejected
 from p2pfl.secagg.aggregator import Aggregator
 from p2pfl.secagg.base import SecAggRound, sanitize
-from p2pfl.secagg.codec import AGGREGATOR_STEPS, Shares, is_id, step_of
+from p2pfl.secagg.codec import AGGREGATOR_STEPS, STEP_ABORT, Shares, is_id, step_of
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member
 from p2pfl.secagg.sealing import RandomFn, SecretFn
@@ -170,7 +170,25 @@ class SecureGossipRound(SecAggRound):
             out = self._agg_step(step, msg, body)
             self._after_agg(was_done)
             return out
-        return self._member_step(step, msg, body)
+        out = self._member_step(step, msg, body)
+        if step == STEP_ABORT:
+            out += self._past_setup(msg.sender)
+        return out
+
+    def _past_setup(self, j: int) -> list[Outbound]:
+        """Neighbour j aborted my membership because it is past this round's share phase ("late":
+        its group finished; "resync": it prepared a setup I lack, so my old process had its
+        prepared membership in my group). Either way it will send my group no shares this round
+        (what it sent earlier on this session came before its abort), so my share phase stops
+        waiting for it: a restarted node learns at once that its first round is lost instead of
+        waiting out the share deadline, and reaches the next round in time for its neighbours."""
+        m, agg = self.members.get(j), self.agg
+        if agg is None or m is None or m.outcome not in ("aborted:late", "aborted:resync"):
+            return []
+        was_done = agg.done
+        out = agg.not_coming(j)
+        self._after_agg(was_done)
+        return out
 
     def on_deadline(self) -> list[Outbound]:
         self._tick_members()
