@@ -205,9 +205,11 @@ def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> Non
               help="Also append this node's per-round records (metrics.jsonl lines) to this file.")
 @click.option("--fresh", is_flag=True, help="Start from round 1: delete this node's checkpoints in --checkpoint-dir first "
                                             "(a node refuses to start over on its own when none of them is usable).")
+@click.option("--record", "record_flag", hidden=True, default=None,
+              help="Refused: recording a node's view for a privacy audit is for `p2pfl simulate` only.")
 @_experiment_options("node")
 def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str | None, run_dir: str | None,
-         metrics: str | None, fresh: bool, **overrides: Any) -> None:
+         metrics: str | None, fresh: bool, record_flag: str | None, **overrides: Any) -> None:
     """Run one node of a cluster until its rounds are done (one per machine, or several)."""
     import time
 
@@ -220,7 +222,11 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     from p2pfl.session import DuplicateIdentity
 
     try:
+        if record_flag is not None:
+            raise ConfigError("record", RECORD_REFUSED)
         cfg, cluster = _node_setup(config_file, cluster_file, overrides)
+        if cfg.record:
+            raise ConfigError("record", RECORD_REFUSED)
         entry = cluster.require(node_id)
         private_key = load_node_key(cluster, node_id, key_file)
         if fresh and not cfg.checkpoint_dir:
@@ -269,6 +275,10 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         return
     last = records[-1]
     console.print(f"node {node_id}: {len(records)} rounds, final accuracy {last.test_acc:.3f}, dropped {last.dropped}")
+
+
+RECORD_REFUSED = ("p2pfl node never records what it decrypts: recording for a privacy audit is for "
+                  "`p2pfl simulate --record` only, so that no deployment records by accident")
 
 
 def _open_run_dir(run_dir: str | None, cfg: ExperimentConfig, node_id: int) -> Any:

@@ -196,6 +196,11 @@ class ExperimentConfig:
                                  note="(0 = every leaf)")
     compression: str = setting("none", "Plain gossip / FedAvg: q8 or q16 quantized vectors with error feedback.",
                                choices=COMPRESSIONS)
+    # privacy audit (docs/privacy.md, "Measured"): simulate only; p2pfl node refuses it
+    record: str = setting("", "Privacy audit: node ids (e.g. 0 or 0,5) whose decrypted view is recorded in the run "
+                          "directory (view/), with every node's true models (truth/), for `p2pfl audit` (empty: off).",
+                          commands=("simulate", "compare"),
+                          file_only="node refuses to record, so that no deployment records by accident")
 
     def validate(self, source: str | None = None) -> "ExperimentConfig":
         """Check every field, then the rules between fields; raise `ConfigError` naming the first bad one."""
@@ -211,7 +216,24 @@ class ExperimentConfig:
         if self.task in TASK_TRAIN_SAMPLES:  # a plug-in's size is known once it loads (launch.load_workload)
             check_partition_size(self.task, TASK_TRAIN_SAMPLES[self.task], self.nodes, source)
         self._validate_knobs(source)
+        self.record_nodes(source)
         return self
+
+    def record_nodes(self, source: str | None = None) -> tuple[int, ...]:
+        """The node ids of `record` (sorted; empty: recording off), or ConfigError naming the problem."""
+        ids: list[int] = []
+        for part in (self.record.split(",") if self.record.strip() else []):
+            part = part.strip()
+            if not part.isdigit():
+                raise ConfigError("record", f"{self.record!r}: give node ids separated by commas, e.g. 0 or 0,5 "
+                                  f"({part!r} is not a node id)", source)
+            if int(part) >= self.nodes:
+                raise ConfigError("record", f"{self.record!r}: node {part} does not exist in a run of {self.nodes} "
+                                  f"nodes (ids 0..{self.nodes - 1})", source)
+            if int(part) in ids:
+                raise ConfigError("record", f"{self.record!r}: node {part} is named twice", source)
+            ids.append(int(part))
+        return tuple(sorted(ids))
 
     def _validate_knobs(self, source: str | None) -> None:
         """DP, FedProx, participation and compression: combinations."""

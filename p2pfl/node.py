@@ -46,6 +46,7 @@ from p2pfl.data import Shard
 from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.compression import SharedVectorCodec
 from p2pfl.record import RoundRecord
+from p2pfl.recording import Observer, RoundSeen
 from p2pfl.rounds import Dropped, Liveness, Place, RoundWindow
 from p2pfl.protocols import DELTA, Rejected, RoundProtocol, Schedule, check_vector
 from p2pfl.secagg import DistributedNoise
@@ -185,6 +186,8 @@ class Node:
         self._secagg_params = self.config.secagg_params()
         self._t0 = 0.0
         self.meter = Meter()
+        # `simulate --record` only (p2pfl.recording): told what the node admits and its own round; None otherwise
+        self.observer: Observer | None = None
         self._init_knobs()
 
     def _init_knobs(self) -> None:
@@ -432,6 +435,8 @@ class Node:
         steps_before = self._steps
         train_loss = self.trainer.train() if takes_part else None
         train_time = time.monotonic() - started
+        trained = self.trainer.get_flat() - self.reference if self.observer is not None else None
+        public_start = self._delta
         own, fallback = self._contribution(takes_part, start)
         ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
         protocol = self.strategy.protocol(ctx)
@@ -441,6 +446,9 @@ class Node:
         self._prepared = protocol.prepared_next()  # e.g. secure gossip's next share phase, done in this one
         self.trainer.set_flat(self.reference + new_delta)
         self._delta = new_delta
+        if self.observer is not None and trained is not None:
+            self.observer.round_done(RoundSeen(r, own, public_start, new_delta, trained, dict(ctx.weights),
+                                               protocol.arrived(), protocol.failure_reason or "ok"))
         self._update_liveness(r, self.strategy.senders(ctx))
         test_loss = test_acc = None
         if r % self.config.eval_every == 0 or r == self.config.rounds:
@@ -597,6 +605,8 @@ class Node:
         beyond the run's budget cannot be honest and is dropped.
         """
         self._liveness.hear(msg.sender)
+        if self.observer is not None:
+            self.observer.received(msg)  # everything authenticated and decrypted, as a curious node would keep it
         if msg.kind == Kind.HEARTBEAT:
             self._on_heartbeat(msg, r)
             return False

@@ -157,8 +157,12 @@ def _host_nodes(node_ids: list[int], config: dict, cluster_path: str, events: mp
         # Serialised now, not when the queue's feeder thread pickles it: the node drops `delta` on return.
         events.put(("round", record.to_json(), record.delta.tobytes()))
 
+    coalition = cfg.record_nodes()  # simulate --record: every node keeps its truth, the coalition its view
+
     def done(node: Any, _records: list) -> None:
         try:
+            if node.observer is not None:
+                node.observer.close()
             save_model(models / f"node-{node.id}.npy", node.trainer.get_flat())
             events.put(("done", node.id, None))
             ended.add(node.id)
@@ -166,6 +170,8 @@ def _host_nodes(node_ids: list[int], config: dict, cluster_path: str, events: mp
             failed(node, exc)
 
     def failed(node: Any, exc: BaseException) -> None:
+        if node.observer is not None:
+            node.observer.close()  # what it recorded so far stays readable
         events.put(("error", node.id, "".join(traceback.format_exception(exc))))
         ended.add(node.id)
 
@@ -176,6 +182,10 @@ def _host_nodes(node_ids: list[int], config: dict, cluster_path: str, events: mp
             events.put(("error", node_id, traceback.format_exc()))
             ended.add(node_id)
             continue
+        if coalition:
+            from p2pfl.recording import Recorder
+
+            node.observer = Recorder(Path(cluster_path).parent, node_id, workload.parts[node_id], coalition)
         host.add(node, done, failed)
     host.run()
     hub.close(linger=FINAL_LINGER_S)
@@ -245,6 +255,8 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     run_dir.mkdir(parents=True, exist_ok=True)
     graph = config.graph()
     groups = assign_processes(config.nodes, config.processes)
+    if config.record_nodes() and config.ray:
+        raise ConfigError("record", "recording for a privacy audit runs on one host: leave out --ray")
     if not config.ray:
         cluster_path = prepare_cluster(config, run_dir, groups)
     started = time.monotonic()
@@ -257,6 +269,8 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         ctx, workload = _start_method(config)
         if workload is not None:
             config = _paced(config, groups, workload, console)
+        if config.record_nodes():
+            _start_recording(config, run_dir, workload)
         write_config(run_dir, config.to_dict())  # what the nodes run with
         events: mp.Queue = ctx.Queue()
         procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
@@ -288,6 +302,16 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         shown = "\n".join(f"  {f}" for f in failures[:10]) + (f"\n  ... {len(failures) - 10} more" if len(failures) > 10 else "")
         raise SimulationFailed(f"{len(errors)} node(s) failed; summary.json in {run_dir} is marked failed:\n{shown}")
     return RunResult(run_dir, summary.to_json())
+
+
+def _start_recording(config: ExperimentConfig, run_dir: Path, workload: Any) -> None:
+    """`view/coalition.json` (who records, and their own shards) before any node starts."""
+    from p2pfl.launch import load_workload
+    from p2pfl.recording import write_coalition
+
+    work = workload if workload is not None else load_workload(config)
+    coalition = config.record_nodes()
+    write_coalition(run_dir, coalition, {k: work.parts[k] for k in coalition})
 
 
 class SimulationFailed(RuntimeError):
