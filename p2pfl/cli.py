@@ -147,8 +147,12 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
 @click.option("--target", type=float, default=0.9, show_default=True, callback=_finite,
               help="Target accuracy for the table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default runs/compare-TIMESTAMP).")
+@click.option("--audit", "audit_runs", is_flag=True,
+              help="Audit every run (needs --record K): privacy and accuracy side by side, and a trade-off plot.")
+@click.option("--noise-levels", default=None,
+              help="Comma-separated DP noise multipliers: each variant with dp runs once per level, e.g. 0.5,1,2.")
 def compare(config_file: str | None, topologies: str | None, secure_mode: str, variants: str | None, target: float,
-            out: str | None, **overrides: Any) -> None:
+            out: str | None, audit_runs: bool, noise_levels: str | None, **overrides: Any) -> None:
     """Same task, seed and partition on several topologies plus the star-FedAvg baseline.
 
     Default: ring, torus, random 4-regular, complete and star-FedAvg on 16 nodes. With
@@ -167,8 +171,11 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
     try:
         names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else None
         configs = compare_configs(base, specs, secure_mode, names)
+        configs = _noise_levels(configs, noise_levels)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    if audit_runs and not base.record:
+        raise click.UsageError("--audit attacks what a coalition recorded: give --record K (e.g. --record 0)")
     out_dir = Path(out or f"runs/compare-{_stamp()}")
     for cfg in configs:
         try:
@@ -178,6 +185,72 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
         except SimulationFailed as exc:
             raise click.ClickException(f"{cfg.display_label()}: {exc}") from exc
     report.main([str(out_dir)], str(out_dir), target, console)
+    if audit_runs:
+        _audit([str(out_dir / run_dir_name(cfg)) for cfg in configs], str(out_dir), 0)
+
+
+def _noise_levels(configs: list[ExperimentConfig], levels: str | None) -> list[ExperimentConfig]:
+    """Each config with DP once per noise multiplier of `levels` (others unchanged)."""
+    if levels is None:
+        return configs
+    try:
+        zs = [float(z) for z in levels.split(",") if z.strip()]
+    except ValueError:
+        raise ConfigError("noise_levels", f"{levels!r}: give noise multipliers separated by commas, e.g. 0.5,1,2") from None
+    if not zs or any(not math.isfinite(z) or z <= 0 for z in zs):
+        raise ConfigError("noise_levels", f"{levels!r}: every noise multiplier must be a positive number")
+    out = []
+    for cfg in configs:
+        if not cfg.dp_enabled:
+            out.append(cfg)
+            continue
+        for z in zs:
+            out.append(replace(cfg, dp_noise=z, label=f"{cfg.display_label()}-z{z:g}").validate())
+    return out
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--window", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Reconstruct only the last this many rounds (0: all that fit).")
+@click.option("--out", type=click.Path(file_okay=False), help="With several runs: where to write the side-by-side table "
+              "and the trade-off plot (default: the first directory's parent).")
+def audit(run_dirs: tuple[str, ...], window: int, out: str | None) -> None:
+    """Attack recorded runs (simulate --record K) as their coalition would: reconstruction and membership inference.
+
+    The attacks read only the coalition's view (config.json, topology.json, view/); the ground
+    truth (truth/, models/) only scores them. Writes RUN_DIR/audit/ (audit.json, audit.md, a plot)
+    and prints the table; a compare directory audits every run in it.
+    """
+    _audit(list(run_dirs), out, window)
+
+
+def _audit(run_dirs: list[str], out: str | None, window: int) -> None:
+    from p2pfl.audit import tradeoff
+    from p2pfl.audit.score import run_audit, table
+    from p2pfl.audit.truth import TruthError
+    from p2pfl.audit.view import ViewError
+    from p2pfl.topology import TopologyError
+
+    dirs: list[Path] = []
+    for d in map(Path, run_dirs):
+        found = [d] if (d / "view").is_dir() else sorted(p for p in d.iterdir() if (p / "view").is_dir())
+        if not found:
+            raise click.UsageError(f"{d}: not a recorded run (no view/): run simulate (or compare) with --record K")
+        dirs += found
+    results = []
+    for d in dirs:
+        try:
+            results.append(run_audit(d, window))
+        except (ViewError, TruthError, TopologyError) as exc:
+            raise click.UsageError(f"{d}: {exc}") from exc
+    click.echo(table(results), nl=False)
+    if len(results) > 1:
+        where = Path(out) if out else dirs[0].parent
+        written = tradeoff.write(where, results)
+        console.print("wrote " + ", ".join(map(str, written)))
+    else:
+        console.print(f"wrote {dirs[0] / 'audit'}")
 
 
 @main.command("report")

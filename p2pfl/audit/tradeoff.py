@@ -1,0 +1,50 @@
+"""Attack success against accuracy, a point per run (`compare --audit`, `p2pfl audit DIR...`).
+
+Owns: the trade-off plot and the side-by-side table file of several audits. Must not touch:
+running or attacking anything (it is handed `score.AuditResult`s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pfl.audit.score import CLASSES, AuditResult, table
+
+PLOT = "privacy_tradeoff.png"
+TABLE = "privacy_audit.md"
+
+
+def write(out: Path, results: list[AuditResult]) -> list[Path]:
+    """privacy_audit.md (every run's audit table) and privacy_tradeoff.png; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TABLE).write_text(table(results))
+    plot(out / PLOT, results)
+    return [out / TABLE, out / PLOT]
+
+
+def plot(path: Path, results: list[AuditResult]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    never = []
+    for res in results:
+        s = res.summary.get(CLASSES[0]) or res.summary.get(CLASSES[1])
+        if s is None or res.accuracy is None:
+            continue
+        lo, hi = s["attack_auc_ci"]
+        ax.errorbar([res.accuracy], [s["attack_auc"]], yerr=[[s["attack_auc"] - lo], [hi - s["attack_auc"]]], fmt="o", capsize=3)
+        eps = "" if res.epsilon is None else f" (eps {res.epsilon:.1f})"
+        ax.annotate(res.label + eps, (res.accuracy, s["attack_auc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        never.append(s["never_auc"])
+    if never:
+        ax.axhline(sum(never) / len(never), color="k", ls=":", lw=0.8, label="never-trained model")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("final test accuracy (mean over nodes)")
+    ax.set_ylabel("membership AUC against the nearest victims")
+    ax.set_title("privacy vs accuracy: one point per variant (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
