@@ -58,8 +58,9 @@ class AuditResult:
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return float(a.astype(np.float64) @ b.astype(np.float64) / (na * nb)) if na > 0 and nb > 0 else 0.0
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
 def _rel(est: np.ndarray, true: np.ndarray) -> float:
