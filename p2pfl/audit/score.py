@@ -11,8 +11,8 @@ Scores, per victim (every node outside the coalition), grouped by distance to th
   mean vector of that round (which it has anyway: without centring, gossip's consensus makes every
   guess look good); and the cosine of the victim's local update u_j(r) = x_j(r) - sum_l W_jl x_l(r-1)
   (one round's training on its shard alone), mean and largest over the rounds;
-- membership inference (`membership.LossAttack`) with the attacker's estimate of the victim's
-  last-round vector: members = the victim's shard, non-members = the task's held-out test set
+- membership inference (`membership.LossAttack`) with the attacker's estimates of the victim's
+  vector, a record's -loss averaged over the rounds (`attack`): members = the victim's shard, non-members = the task's held-out test set
   (same distribution, never trained on). AUC and TPR at 1% FPR with 95% bootstrap CIs;
 - baselines, the same attack against the final public model (mean of the final models: what a
   deployment would publish) and against the never-trained initial model.
@@ -69,21 +69,24 @@ def _rel(est: np.ndarray, true: np.ndarray) -> float:
 
 
 def attack(view: View, window: int = 0) -> tuple[Estimates, dict[int, dict[str, np.ndarray]]]:
-    """The attack side only: estimates, and the membership scores of every candidate record under
-    the estimate of each victim's last-round vector ({victim: {"train": scores of every training
-    record, "test": of every held-out record}}). Labels come later, from the truth."""
+    """The attack side only: estimates, and the membership scores of every candidate record for
+    each victim ({victim: {"train": scores of every training record, "test": of every held-out
+    record}}). A record's score is its -loss averaged over the estimates of the victim's vector in
+    every round: each round is fresh evidence (its early rounds, trained on its shard from a
+    nearly common start, most of all), and the attacker cannot know which round fits best. Labels
+    come later, from the truth."""
     est = reconstruct(view, window)
     cfg = view.config
     task = load_task(cfg["task"], int(cfg["seed"]), int(cfg["nodes"]))
     mia = membership.LossAttack(task, int(cfg["seed"]))
     data = task.dataset
-    last = max(est.rounds)
     scores = {}
     for j in range(view.nodes):
-        vec = est.of(j, last)
-        if j in view.coalition or vec is None:
+        vecs = [v for r in est.rounds if (v := est.of(j, r)) is not None]
+        if j in view.coalition or not vecs:
             continue
-        scores[j] = {"train": mia.scores(vec, data.x_train, data.y_train), "test": mia.scores(vec, data.x_test, data.y_test)}
+        scores[j] = {"train": np.mean([mia.scores(v, data.x_train, data.y_train) for v in vecs], axis=0),
+                     "test": np.mean([mia.scores(v, data.x_test, data.y_test) for v in vecs], axis=0)}
     return est, scores
 
 
