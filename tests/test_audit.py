@@ -10,6 +10,8 @@ the CLI; the audit then reads the run directory.
   for every round of a neighbour's model), and the same attack on the plain run clears it;
 - local DP: the membership AUC against the neighbours decreases in the noise multiplier over
   NOISE_RANGE, each step within the CI of the one before, and ends significantly below where it began;
+- secure gossip on a ring does not stop two adjacent colluders: their other neighbours' vectors
+  are read exactly (fixed-point error only);
 - `p2pfl node` refuses --record (flag or experiment file);
 - the attack gets a `View`, which refuses truth/, models/ and metrics (a symlink out of view/
   too), and an attack on a copy of the run without them gives the same estimates and scores.
@@ -116,6 +118,18 @@ def test_secure_ring_reconstructs_no_neighbour_update(plain_run: Path, tmp_path:
         assert secure[j]["model_rel_error"] > 0.01, secure[j]
         # the same attack clears the bar where the protocol shows the vectors: the test can fail
         assert plain[j]["model_cosine"] >= RECONSTRUCTED and plain[j]["update_cosine_max"] >= RECONSTRUCTED
+
+
+def test_secure_ring_does_not_stop_two_adjacent_colluders(tmp_path: Path) -> None:
+    """What secure aggregation alone does not stop (docs/privacy.md): on a ring, node 1's secure sum
+    is W(x_0 + x_2); node 0 knows x_0, so together they read x_2 exactly, every round (and node 7
+    likewise from node 0's sum)."""
+    run = _simulate(tmp_path / "adjacent", "-n", "8", "-t", "ring", "-r", "3", "--local-epochs", "2", "--secure",
+                    "--record", "0,1")
+    victims = {v["node"]: v for v in _audit(run)["victims"]}
+    for j in (2, 7):
+        assert victims[j]["model_cosine"] >= RECONSTRUCTED and victims[j]["model_rel_error"] < 1e-4, victims[j]
+    assert all(victims[j]["model_rel_error"] > 0.1 for j in (3, 4, 5, 6)), victims
 
 
 @pytest.mark.slow
