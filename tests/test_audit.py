@@ -81,6 +81,16 @@ def test_node_refuses_to_record(plain_run: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "never records" in result.output
 
 
+def test_audit_refuses_a_run_that_was_not_recorded(plain_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["audit", str(tmp_path)])
+    assert result.exit_code == 2 and "not a recorded run" in result.output and "Traceback" not in result.output
+    copy = tmp_path / "run"
+    shutil.copytree(plain_run, copy)
+    (copy / "truth" / "node-3.npz").write_bytes(b"not an npz")
+    result = CliRunner().invoke(main, ["audit", str(copy)])
+    assert result.exit_code == 2 and "node-3.npz" in result.output and "Traceback" not in result.output
+
+
 def test_the_attack_cannot_reach_the_ground_truth(plain_run: Path, tmp_path: Path) -> None:
     view = View(plain_run)
     for private in ("truth/node-1.npz", "models/node-1.npy", "metrics.jsonl", "summary.json", "view/../truth/node-1.npz"):

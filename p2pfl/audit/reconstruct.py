@@ -54,7 +54,7 @@ def reconstruct(view: View, window: int = 0) -> Estimates:
     `window` > 0: solve the last `window` rounds only (0: as many as `MAX_UNKNOWNS` allows).
     """
     aggregation = view.config.get("aggregation", "gossip")
-    if view.topology is not None and aggregation == "fedavg":
+    if aggregation == "fedavg":
         return _fedavg(view)
     if aggregation != "gossip":
         raise ViewError(f"audit reconstructs gossip and FedAvg runs; this run's aggregation is {aggregation}")

@@ -171,7 +171,7 @@ def table(results: list[AuditResult]) -> str:
     """A Markdown table: one row per run and victim class."""
     head = ("| run | coalition | victims | acc | eps | model cos | centred cos | update cos (mean/max) | rel err | "
             "MIA AUC [95% CI] | max AUC | TPR@1%FPR | public-model AUC | never-trained AUC |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for res in results:
         for kind, s in res.summary.items():
             f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
