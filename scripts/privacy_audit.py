@@ -48,8 +48,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--local-epochs", type=int, default=10)
     ap.add_argument("--record", default="0,16,32,48")
-    ap.add_argument("--clip", type=float, default=0.1,
-                    help="local DP clip C of a round update (plain round updates measure 0.13-2.4; C = 1 diverges at eps 8)")
+    ap.add_argument("--clip", type=float, default=1.0, help="largest local DP clip C (plain round updates measure 0.13-2.4)")
+    ap.add_argument("--noise-per-coordinate", type=float, default=0.057,
+                    help="local DP: C = min(--clip, this / sigma), so the noise per coordinate per round stays this "
+                         "small; more diverges (eps 8 at C = 1 and eps 4 at C = 0.1 ended in NaN)")
     ap.add_argument("--central-clip", type=float, default=0.2, help="central DP clip C on the star")
     ap.add_argument("--epsilons", default="8,4,1")
     ap.add_argument("--central-epsilon", type=float, default=8.0)
@@ -63,7 +65,8 @@ def main() -> None:
     runs: list[tuple[str, ExperimentConfig]] = [("plain", base), ("secure", replace(base, secure_agg=True))]
     for eps in (float(e) for e in args.epsilons.split(",") if e.strip()):
         z = sigma_for(eps, args.rounds, base.dp_delta)
-        runs.append((f"secure+dp eps{eps:g}", replace(base, secure_agg=True, dp="local", dp_clip=args.clip, dp_noise=z)))
+        clip = round(min(args.clip, args.noise_per_coordinate / z), 5)
+        runs.append((f"secure+dp eps{eps:g}", replace(base, secure_agg=True, dp="local", dp_clip=clip, dp_noise=z)))
     z = sigma_for(args.central_epsilon, args.rounds, base.dp_delta)
     runs.append((f"star-fedavg central-dp eps{args.central_epsilon:g}",
                  replace(base, topology="star", aggregation="fedavg", dp="central", dp_clip=args.central_clip, dp_noise=z, record="1")))
