@@ -36,16 +36,17 @@ def plot(path: Path, results: list[AuditResult]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     never = []
-    for res in results:
+    for n, res in enumerate(results):
         s = _nearest(res)
         if s is None or res.accuracy is None:
             continue
         lo, hi = s["attack_auc_ci"]
         ax.errorbar([res.accuracy], [s["attack_auc"]], yerr=[[s["attack_auc"] - lo], [hi - s["attack_auc"]]], fmt="o", capsize=3)
         eps = "" if res.epsilon is None else f" (eps {res.epsilon:.1f})"
-        ax.annotate(res.label + eps, (res.accuracy, s["attack_auc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(res.label + eps, (res.accuracy, s["attack_auc"]), fontsize=7, textcoords="offset points",
+                    xytext=(8, 18 * (n % 3) - 18), ha="left" if res.accuracy < 0.6 else "right")  # fan out close points
         never.append(s["never_auc"])
     if never:
         ax.axhline(sum(never) / len(never), color="k", ls=":", lw=0.8, label="never-trained model")
