@@ -155,6 +155,7 @@ class Channels:
         self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
         self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
         self._last_reset: dict[bytes, float] = {}  # per connection (route)
+        self._restarted: set[int] = set()  # neighbours whose new process replaced its old one, not yet taken
         self._counter = 0
         self._stats = TransportStats()
         self._last_log: dict[str, float] = {}
@@ -194,6 +195,11 @@ class Channels:
 
     def all_established(self) -> bool:
         return all(out.established for out in self._out.values())
+
+    def take_restarted(self) -> set[int]:
+        """The neighbours whose earlier process a new one replaced since the last call."""
+        taken, self._restarted = self._restarted, set()
+        return taken
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -372,6 +378,7 @@ class Channels:
         self._handshake(j, {"t": session.ACCEPT}, proposed.agreed.key, proposed.agreed.sid, route)
         if rival is not None:
             log.warning("node %d: node %d restarted (its earlier process is gone); new sessions", self.node_id, j)
+            self._restarted.add(j)
             # What we send j is still sealed for its earlier process: agree anew now rather than
             # lose a message to find out.
             init = self._out[j].restart(time.monotonic())
@@ -600,6 +607,10 @@ class ChannelTransport(ABC):
     def established(self, j: int) -> bool:
         """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
         return self._channels.established(j)
+
+    def restarted(self) -> set[int]:
+        """Neighbours whose earlier process a new one replaced since the last call (each told once)."""
+        return self._channels.take_restarted()
 
     def count_drop(self, reason: str) -> None:
         """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""

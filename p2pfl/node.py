@@ -570,6 +570,7 @@ class Node:
 
     def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
+        self._tell_restarts(protocol)
         self._send_all(protocol.start())
         for msg in self._window.take(r):
             self._liveness.hear(msg.sender)
@@ -583,11 +584,18 @@ class Node:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
                 continue
             msg = yield remaining
+            self._tell_restarts(protocol)  # first: a new process's messages come after its restart
             if msg is not None and self._admit(msg, r):
                 self._feed(protocol, msg)
             if protocol.phase != phase:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         return protocol.result()
+
+    def _tell_restarts(self, protocol: RoundProtocol) -> None:
+        """Tell the round which neighbours' processes were replaced: what the old ones held of it
+        (shares, a prepared setup, owed reveals) will never come, so it need not wait for them."""
+        for j in sorted(self.transport.restarted()):
+            self._send_all(protocol.peer_restarted(j))
 
     def _admit(self, msg: Message, r: int) -> bool:
         """True if `msg` belongs to round `r`; keep later rounds' messages, drop the rest (counted).
