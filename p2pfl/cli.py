@@ -115,13 +115,21 @@ def main(verbose: int) -> None:
 @main.command()
 @_experiment_options("simulate")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
-def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:
+@click.option("--dashboard", is_flag=True, help="Serve the live web dashboard of this run (docs/dashboard.md); "
+              "it keeps serving after the run until Ctrl-C.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The dashboard's port (0: any free one).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Address the dashboard binds; anything but loopback shows the run's metrics to the network.")
+def simulate(config_file: str | None, out: str | None, dashboard: bool, dashboard_port: int, dashboard_host: str,
+             **overrides: Any) -> None:
     """Run every node of a topology on this host: real processes, sockets and crypto."""
     from p2pfl.simulate import SimulationFailed, run_simulation
 
     cfg = _config(config_file, **overrides)
     _check_graph(cfg)
     run_dir = Path(out or f"runs/simulate-{_stamp()}")
+    board = _start_dashboard([str(run_dir)], dashboard_host, dashboard_port) if dashboard else None
     try:
         result = run_simulation(cfg, run_dir, console)
     except ConfigError as exc:  # known once the task loads, before any node starts: a plug-in's data too small
@@ -135,6 +143,39 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
     if s.get("epsilon_max") is not None:
         console.print(f"privacy: epsilon {s['epsilon_max']:.3f} at delta {s['dp_delta']:g} (largest over nodes, {cfg.dp} DP)")
     console.print(f"run directory: {run_dir}")
+    if board is not None:
+        console.print(f"dashboard: the run is over; still serving {board.url} (Ctrl-C to stop)")
+        _wait_for_interrupt(board)
+
+
+def _start_dashboard(run_dirs: list[str], host: str, port: int) -> Any:
+    """Serve the dashboard of `run_dirs` on a thread (the run directory may not exist yet)."""
+    from p2pfl.dashboard.runs import open_runs
+    from p2pfl.dashboard.server import Dashboard, is_loopback
+
+    try:
+        board = Dashboard(open_runs(run_dirs), host=host, port=port)
+    except OSError as exc:
+        raise click.UsageError(f"--dashboard-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    board.start()
+    if not is_loopback(host):
+        console.print(f"[yellow]dashboard bound to {host}: anyone who reaches it sees the run's metrics[/]")
+    console.print(f"dashboard: {board.url}")
+    return board
+
+
+def _wait_for_interrupt(board: Any) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    board.stop()
 
 
 @main.command()
@@ -184,14 +225,45 @@ def compare(config_file: str | None, topologies: str | None, secure_mode: str, v
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the table and plots.")
 @click.option("--target", type=float, default=0.9, show_default=True, callback=_finite)
-def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> None:
+@click.option("--html", "html", is_flag=True, help="Also write report.html: one self-contained page (scripts and "
+              "data inlined, no network) with the dashboard's views.")
+def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float, html: bool) -> None:
     """Re-render the table and plots of finished runs (or a compare directory)."""
     from p2pfl import report
 
     try:
-        report.main(list(run_dirs), out, target, console)
+        files = report.main(list(run_dirs), out, target, console)
     except report.ReportError as exc:
         raise click.UsageError(str(exc)) from exc
+    if html:
+        from p2pfl import htmlreport
+
+        page = htmlreport.write(list(run_dirs), files.markdown.parent / htmlreport.REPORT_FILE)
+        console.print(f"  {page.name} (self-contained)")
+
+
+@main.command("dashboard")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback shows the runs' metrics to the network (docs/dashboard.md).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
+def dashboard_cmd(run_dirs: tuple[str, ...], host: str, port: int) -> None:
+    """Serve the web dashboard of run directories (finished, or still being written), read-only.
+
+    A compare directory counts as all its runs; the directories the nodes of one experiment
+    write on their own machines (`p2pfl node --run-dir`) are shown as one run.
+    """
+    from p2pfl.dashboard.runs import open_runs
+    from p2pfl.dashboard.server import Dashboard, is_loopback
+
+    try:
+        board = Dashboard(open_runs(list(run_dirs)), host=host, port=port)
+    except OSError as exc:
+        raise click.UsageError(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    if not is_loopback(host):
+        console.print(f"[yellow]bound to {host}: anyone who reaches it sees the runs' metrics[/]")
+    console.print(f"dashboard: {board.url} (Ctrl-C to stop)")
+    board.serve_forever()
 
 
 @main.command()
