@@ -327,7 +327,7 @@
     const x = $("xaxis").value;
     chart("chart-acc").setOption(curveOption("Test accuracy", run, "acc", x, false, "test_acc"), true);
     chart("chart-loss").setOption(curveOption("Test loss", run, "loss", x, false, "test_loss"), true);
-    chart("chart-consensus").setOption(curveOption("Consensus distance (mean squared distance to the average model, log)", run,
+    chart("chart-consensus").setOption(curveOption("Consensus distance (log)", run,
                                                    "consensus", x, true, null), true);
   }
 
@@ -364,6 +364,7 @@
     if (last) for (const k of Object.keys(last.dropped).sort()) {
       const tr = el("tr"); tr.dataset.reason = k; td(tr, k); td(tr, last.dropped[k], last.dropped[k]); drops.appendChild(tr);
     }
+    if (!drops.children.length) { const tr = el("tr"); td(tr, "none"); td(tr, 0); drops.appendChild(tr); }
     const links = $("node-links").tBodies[0];
     links.textContent = "";
     if (last && last.links) for (const j of Object.keys(last.links).sort((a, b) => a - b)) {
@@ -383,7 +384,7 @@
       animation: false, title: { text: "node " + state.node, left: 10, top: 6, textStyle: { fontSize: 14 } }, tooltip: TIP,
       legend: { top: 6, right: 10 }, grid: { left: 56, right: 56, top: 40, bottom: 40 },
       xAxis: { type: "value", name: "round", nameLocation: "middle", nameGap: 26, min: "dataMin", max: "dataMax" },
-      yAxis: [{ type: "value", name: "accuracy", min: 0, max: 1 }, { type: "value", name: "epsilon", show: eps.length > 0 }],
+      yAxis: [{ type: "value", min: 0, max: 1 }, { type: "value", show: eps.length > 0 }],
       series,
     }, true);
   }
