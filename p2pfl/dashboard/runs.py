@@ -148,6 +148,7 @@ class Run:
             return -1
         self.rows.extend(row_of(rec) for rec in new)
         self._update_graph(new)
+        self.messages += [src.error for src in self._sources if src.error and src.error not in self.messages]
         return len(new)
 
     def _read_facts(self) -> None:
@@ -180,7 +181,6 @@ class Run:
                                 else f"{path / METRICS_FILE}: missing")
             if path.is_dir() and self.config is None and not (path / CONFIG_FILE).is_file():
                 messages.append(f"{path / CONFIG_FILE}: missing")
-        messages += [src.error for src in self._sources if src.error]
         self.messages = messages
 
     def _json(self, name: str, messages: list[str], required: bool) -> dict[str, Any] | None:
