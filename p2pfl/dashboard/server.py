@@ -139,6 +139,27 @@ class Watcher:
         return run.version, len(run.rows), len(run.edges), run.status, tuple(run.messages)
 
 
+class SecurityHeaders:
+    """ASGI middleware: the security headers on every response (a plain ASGI wrapper, which unlike
+    Starlette's BaseHTTPMiddleware passes an event stream through untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + self.headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     # json.dumps escapes no newline raw: one data line per event
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), allow_nan=False)}\n\n".encode()
@@ -198,17 +219,10 @@ def create_app(runs: Sequence[Run], *, host: str = DEFAULT_HOST, poll_s: float =
         finally:
             task.cancel()
 
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    from starlette.middleware.base import BaseHTTPMiddleware
-
     routes = [Route("/", index, methods=["GET"]), Route("/static/{name:path}", static, methods=["GET"]),
               Route("/api/runs", api_runs, methods=["GET"]), Route("/api/events", events, methods=["GET"])]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(host)),
-                  Middleware(BaseHTTPMiddleware, dispatch=security_headers)]
+                  Middleware(SecurityHeaders)]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.watcher = watcher
     return app
