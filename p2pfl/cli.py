@@ -145,7 +145,7 @@ def simulate(config_file: str | None, out: str | None, dashboard: bool, dashboar
     console.print(f"run directory: {run_dir}")
     if board is not None:
         console.print(f"dashboard: the run is over; still serving {board.url} (Ctrl-C to stop)")
-        _wait_for_interrupt(board)
+        board.wait_for_interrupt()
 
 
 def _start_dashboard(run_dirs: list[str], host: str, port: int) -> Any:
@@ -162,20 +162,6 @@ def _start_dashboard(run_dirs: list[str], host: str, port: int) -> Any:
         console.print(f"[yellow]dashboard bound to {host}: anyone who reaches it sees the run's metrics[/]")
     console.print(f"dashboard: {board.url}")
     return board
-
-
-def _wait_for_interrupt(board: Any) -> None:
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    board.stop()
 
 
 @main.command()
@@ -263,7 +249,8 @@ def dashboard_cmd(run_dirs: tuple[str, ...], host: str, port: int) -> None:
     if not is_loopback(host):
         console.print(f"[yellow]bound to {host}: anyone who reaches it sees the runs' metrics[/]")
     console.print(f"dashboard: {board.url} (Ctrl-C to stop)")
-    board.serve_forever()
+    board.start()
+    board.wait_for_interrupt()
 
 
 @main.command()

@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 POLL_S = 0.5  # how often the run directories are looked at (a stat per file when nothing changed)
+CLOSE_CHECK_S = 0.25  # how soon an event stream notices the server is stopping
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the browser from closing an idle stream
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -97,6 +99,7 @@ class Watcher:
         self.poll_s = poll_s
         self.changed = asyncio.Event()
         self.generation = 0
+        self.closing = threading.Event()  # set by `Dashboard.stop`, from another thread
         self._lock = threading.Lock()  # refresh runs in a worker thread; snapshots must not see half a refresh
 
     def refresh(self) -> bool:
@@ -194,12 +197,18 @@ def create_app(runs: Sequence[Run], *, host: str = DEFAULT_HOST, poll_s: float =
                 cursors.append(cursor)
                 yield _sse("snapshot", {"run": i, **snap})
             yield _sse("ready", {"runs": len(watcher.runs)})
-            while True:
+            quiet = 0.0
+            while not watcher.closing.is_set():  # the server is stopping: end the stream, cleanly
                 changed = watcher.changed
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=KEEPALIVE_S)
+                    await asyncio.wait_for(changed.wait(), timeout=CLOSE_CHECK_S)
+                    quiet = 0.0
                 except asyncio.TimeoutError:
-                    yield b": keep-alive\n\n"
+                    quiet += CLOSE_CHECK_S
+                    if quiet >= KEEPALIVE_S:
+                        quiet = 0.0
+                        yield b": keep-alive\n\n"
+                    continue
                 if await request.is_disconnected():
                     return
                 for i in range(len(watcher.runs)):
@@ -252,7 +261,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 class Dashboard:
-    """A dashboard server on its own thread (`simulate --dashboard`), or in the foreground (`serve_forever`)."""
+    """A dashboard server on its own thread (`simulate --dashboard`), served until Ctrl-C (`wait_for_interrupt`)."""
 
     def __init__(self, runs: Sequence[Run], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  poll_s: float = POLL_S) -> None:
@@ -261,6 +270,7 @@ class Dashboard:
         self.sock = bind(host, port)
         self.url = url_of(self.sock)
         app = create_app(runs, host=host, poll_s=poll_s)
+        self.watcher: Watcher = app.state.watcher
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
@@ -271,12 +281,22 @@ class Dashboard:
                                         name="p2pfl-dashboard", daemon=True)
         self._thread.start()
 
-    def serve_forever(self) -> None:
-        self.server.run(sockets=[self.sock])
+    def wait_for_interrupt(self) -> None:
+        """Serve (already started) until Ctrl-C or SIGTERM, then stop; call from the main thread."""
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
 
     def stop(self) -> None:
+        self.watcher.closing.set()  # open event streams end, so the shutdown is graceful
         self.server.should_exit = True
-        self.server.force_exit = True  # open event streams would hold a graceful shutdown forever
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.sock.close()

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""What the dashboard costs: the page with 1,000 nodes, and the simulation with the dashboard on.
+
+    .venv/bin/python scripts/bench_dashboard.py [--nodes 1000] [--rounds 10] [--sim-nodes 16] [--sim-rounds 30] [--pairs 2]
+
+1. Page with `--nodes` nodes (a synthetic run directory written through `p2pfl.record`, topology
+   regular:d=4, `--rounds` rounds): the server's first read of it (records validated, networkx
+   layout), the page's load time in headless Chromium (navigation start to first drawing done;
+   median of 3), and the cost of one live update: one more round (`--nodes` records) appended to
+   metrics.jsonl, measured in the page (parse + redraw of every node and edge) and end to end
+   (from the write to the round counter showing it; includes the server's look every 0.5 s).
+2. Simulation round time with and without `--dashboard` (a browser watching the page the whole
+   run), `--pairs` pairs alternated in one run; the ratio is with / without. Round time: the mean
+   over rounds 2.. of the time between the last node finishing one round and the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2pfl import record  # noqa: E402
+from p2pfl.dashboard import browser  # noqa: E402
+from p2pfl.dashboard.runs import open_runs  # noqa: E402
+from p2pfl.dashboard.server import Dashboard  # noqa: E402
+from tests.helpers.synthetic_run import write_run  # noqa: E402
+
+P2PFL = str(ROOT / ".venv" / "bin" / "p2pfl")
+
+
+def wait(pred, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def page_bench(nodes: int, rounds: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="p2pfl-bench-dash-"))
+    full = write_run(tmp / "full", nodes=nodes, rounds=rounds, topo="regular:d=4", drop_every=7)
+    lines = (full / record.METRICS_FILE).read_text().splitlines(keepends=True)
+    run_dir = tmp / "live"
+    run_dir.mkdir()
+    for name in ("config.json", "topology.json"):
+        (run_dir / name).write_bytes((full / name).read_bytes())
+    first = rounds // 2
+    (run_dir / record.METRICS_FILE).write_text("".join(lines[:first * nodes]))
+    t0 = time.perf_counter()
+    runs = open_runs([run_dir])
+    read_s = time.perf_counter() - t0
+    board = Dashboard(runs, port=0)
+    board.start()
+    d = browser.start()
+    out: dict[str, float] = {"server_first_read_s": read_s}
+    try:
+        loads = []
+        for _ in range(3):
+            d.get("about:blank")
+            d.get(board.url)
+            wait(lambda: d.execute_script("return document.body.dataset.ready") == "1", 60, "the page")
+            loads.append(d.execute_script("return window.p2pflDashboard.loadMs") / 1000)
+        out["page_load_s"] = statistics.median(loads)
+        in_page, end_to_end = [], []
+        for r in range(first + 1, rounds + 1):
+            chunk = "".join(lines[(r - 1) * nodes:r * nodes])
+            t0 = time.perf_counter()
+            with (run_dir / record.METRICS_FILE).open("a") as f:
+                f.write(chunk)
+            wait(lambda: d.find_element("id", "round-counter").text == str(r), 30, f"round {r} on the page")
+            end_to_end.append(time.perf_counter() - t0)
+            in_page.append(d.execute_script("return window.p2pflDashboard.lastUpdateMs") / 1000)
+        out["update_in_page_s"] = statistics.median(in_page)
+        out["update_end_to_end_s"] = statistics.median(end_to_end)
+        t0 = time.perf_counter()
+        d.execute_script("const s = document.getElementById('scrubber'); s.value = 1; s.dispatchEvent(new Event('input'));")
+        out["scrub_render_s"] = d.execute_script("return window.p2pflDashboard.lastRenderMs") / 1000
+        out["circles"] = d.execute_script("return document.querySelectorAll('#nodes circle').length")
+        out["lines"] = d.execute_script("return document.querySelectorAll('#edges line').length")
+    finally:
+        browser.quit(d)
+        board.stop()
+    return out
+
+
+def round_time(run_dir: Path) -> float:
+    done: dict[int, float] = {}
+    for rec, _ in record.read_records(run_dir / record.METRICS_FILE):
+        done[rec.round] = max(done.get(rec.round, 0.0), rec.wall_time)
+    rs = sorted(done)
+    return (done[rs[-1]] - done[rs[0]]) / (len(rs) - 1)
+
+
+def simulate(nodes: int, rounds: int, dashboard: bool) -> float:
+    run_dir = Path(tempfile.mkdtemp(prefix="p2pfl-bench-sim-")) / "run"
+    cmd = [P2PFL, "simulate", "-n", str(nodes), "-t", "regular:d=4", "-r", str(rounds), "--out", str(run_dir)]
+    if dashboard:
+        cmd += ["--dashboard", "--dashboard-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    d = None
+    try:
+        if dashboard:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                match = re.search(r"dashboard: (http://\S+/)", line)
+                if match:
+                    d = browser.start()
+                    d.get(match.group(1))  # a viewer watches the whole run
+                    break
+        wait(lambda: (run_dir / record.SUMMARY_FILE).exists() or proc.poll() is not None, 900, "the run")
+        if not (run_dir / record.SUMMARY_FILE).exists():
+            raise SystemExit(f"simulate failed: {proc.communicate()[0][-2000:]}")
+        if d is not None:
+            shown = d.find_element("id", "round-counter").text
+            wait(lambda: d.find_element("id", "round-counter").text == str(rounds), 10, "the page's last round")
+            print(f"  (the page showed round {shown} when the run ended)")
+    finally:
+        if d is not None:
+            browser.quit(d)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    return round_time(run_dir)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--sim-nodes", type=int, default=16)
+    ap.add_argument("--sim-rounds", type=int, default=30)
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--skip-page", action="store_true")
+    ap.add_argument("--skip-sim", action="store_true")
+    args = ap.parse_args()
+    results: dict[str, object] = {}
+    if not args.skip_page:
+        page = page_bench(args.nodes, args.rounds)
+        results["page"] = page
+        print(f"page, {args.nodes} nodes ({page['circles']} circles, {page['lines']} links drawn), {args.rounds} rounds:")
+        print(f"  server first read (validate records + layout): {page['server_first_read_s']:.2f} s")
+        print(f"  page load (median of 3):                        {page['page_load_s']:.2f} s")
+        print(f"  one live round ({args.nodes} records), in the page:   {page['update_in_page_s'] * 1000:.0f} ms")
+        print(f"  one live round, write to shown (0.5 s polls):  {page['update_end_to_end_s']:.2f} s")
+        print(f"  scrubbing to another round (redraw):           {page['scrub_render_s'] * 1000:.0f} ms")
+    if not args.skip_sim:
+        without, with_ = [], []
+        for i in range(args.pairs):
+            without.append(simulate(args.sim_nodes, args.sim_rounds, False))
+            print(f"pair {i + 1}: without dashboard {without[-1] * 1000:.1f} ms/round")
+            with_.append(simulate(args.sim_nodes, args.sim_rounds, True))
+            print(f"pair {i + 1}: with dashboard + browser {with_[-1] * 1000:.1f} ms/round")
+        a, b = statistics.mean(without), statistics.mean(with_)
+        results["simulation"] = {"without_s": without, "with_s": with_, "ratio": b / a}
+        print(f"simulate -n {args.sim_nodes} -t regular:d=4 -r {args.sim_rounds}: round time without {a * 1000:.1f} ms, "
+              f"with --dashboard and a browser watching {b * 1000:.1f} ms: ratio {b / a:.3f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
