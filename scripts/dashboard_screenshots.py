@@ -89,7 +89,8 @@ def main() -> None:
         try:
             offline.get(report.as_uri())
             wait_ready(offline)
-            click(offline, '#tabs button[data-view="curves"]')
+            select(offline, "run-select", "1")
+            select(offline, "metric", "node_distance")
             shoot(offline, "report_html")
         finally:
             browser.quit(offline)

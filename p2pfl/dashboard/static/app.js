@@ -26,6 +26,11 @@
     if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e6)) return x.toExponential(digits - 1);
     return x.toFixed(digits);
   }
+  function axis(v) {  // axis ticks: 0.2, 1, 10, 1e-4 (no trailing zeros)
+    if (v === 0) return "0";
+    if (Math.abs(v) < 1e-2 || Math.abs(v) >= 1e4) return v.toExponential(0);
+    return String(parseFloat(v.toPrecision(3)));
+  }
   const MiB = 1024 * 1024;
   function mean(xs) { return xs.reduce((a, b) => a + b, 0) / xs.length; }
   function std(xs) { const m = mean(xs); return Math.sqrt(mean(xs.map((x) => (x - m) * (x - m)))); }
@@ -317,7 +322,7 @@
       grid: { left: 64, right: 20, top: 40, bottom: 44 }, tooltip: TIP,
       xAxis: { type: "value", name: xKey === "round" ? "round" : "MiB sent per node", nameLocation: "middle", nameGap: 28,
                min: "dataMin", max: "dataMax" },
-      yAxis: { type: log ? "log" : "value", scale: !log, name: "", axisLabel: { formatter: (v) => fmt(v, 3) } },
+      yAxis: { type: log ? "log" : "value", scale: !log, name: "", axisLabel: { formatter: axis } },
       series,
     };
   }
@@ -416,7 +421,7 @@
       animation: false, title: { text: title, left: 10, top: 6, textStyle: { fontSize: 14 } }, tooltip: TIP,
       legend: { type: "scroll", bottom: 0 }, grid: { left: 64, right: 20, top: 40, bottom: 64 },
       xAxis: { type: "value", name: xname, nameLocation: "middle", nameGap: 24, min: "dataMin", max: "dataMax" },
-      yAxis: { type: log ? "log" : "value", scale: !log, axisLabel: { formatter: (v) => fmt(v, 3) } }, series,
+      yAxis: { type: log ? "log" : "value", scale: !log, axisLabel: { formatter: axis } }, series,
     });
     chart("cmp-acc").setOption(opt("Mean accuracy per round", "round", acc, false), true);
     chart("cmp-bytes").setOption(opt("Mean accuracy vs MiB sent per node", "MiB sent per node", bytes, false), true);
@@ -485,7 +490,7 @@
   function live() {
     const conn = $("conn");
     const source = new EventSource("api/events");
-    source.addEventListener("open", () => { conn.textContent = "live"; });
+    source.addEventListener("open", () => { conn.textContent = "connected: live updates"; });
     source.addEventListener("error", () => { conn.textContent = "disconnected: retrying"; });
     source.addEventListener("snapshot", (ev) => {
       const d = JSON.parse(ev.data);
