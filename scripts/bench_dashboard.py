@@ -129,7 +129,7 @@ def simulate(nodes: int, rounds: int, dashboard: bool) -> float:
     finally:
         if d is not None:
             browser.quit(d)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # simulate --dashboard serves until Ctrl-C or SIGTERM
         proc.communicate(timeout=30)
     return round_time(run_dir)
 

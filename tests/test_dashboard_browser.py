@@ -158,7 +158,7 @@ def test_live_simulation(driver: Any, tmp_path: Path) -> None:
         check_drilldown(driver, 2, recs)
         assert browser.errors(driver) == []
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # it serves until Ctrl-C or SIGTERM (SIGINT may be ignored in a background job)
         try:
             out, _ = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
