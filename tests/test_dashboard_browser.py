@@ -220,6 +220,21 @@ def test_compare_directory_and_hostile_names(driver: Any, compare_dir: Path, tmp
         tab(driver, "topology")
         assert len(by_css(driver, "#nodes circle.node")) == 5
         check_no_script_ran(driver)
+        # the torus run's links that dropped messages (up to the round shown) are marked, and only those
+        select.find_elements("css selector", "option")[names.index("torus")].click()
+        recs = metrics(compare_dir / "torus")
+        for rnd in (1, max(r for _, r in recs)):
+            driver.execute_script("const s = document.getElementById('scrubber'); s.value = arguments[0];"
+                                  "s.dispatchEvent(new Event('input'));", rnd)
+            marked = driver.execute_script(
+                "return Array.from(document.querySelectorAll('#edges line'))"
+                ".map(l => [Number(l.dataset.a), Number(l.dataset.b), l.classList.contains('dropped')])")
+            assert len(marked) == 18
+            expected = {(a, b): recs[(a, rnd)].links[str(b)][2] + recs[(b, rnd)].links[str(a)][2] > 0  # type: ignore[index]
+                        for a, b, _ in marked}
+            assert {(a, b): m for a, b, m in marked} == expected
+            if rnd == 1:
+                assert 0 < sum(expected.values()) < len(expected)
         assert browser.errors(driver) == []
     finally:
         board.stop()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from p2pfl import record, topology
 from p2pfl.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunDirError
@@ -33,6 +34,7 @@ FIELDS = ("round", "node", "test_acc", "test_loss", "train_loss", "consensus_dis
 SUMMARY_SHOWN = ("label", "topology", "aggregation", "secure_agg", "nodes", "rounds", "partition", "seed",
                  "spectral_gap", "final_acc_mean", "final_acc_std", "dp", "dp_delta", "epsilon_max", "compression",
                  "wall_time", "processes", "peak_rss_mb", "status", "failures")
+LARGE_GRAPH = 300  # above this many nodes the layout starts from the spectral one (BENCHMARKS.md, Dashboard)
 READ_CHUNK = 8 << 20  # bytes read per look at a growing metrics file: a huge file is taken in steps
 
 
@@ -269,13 +271,39 @@ def layout(graph: nx.Graph) -> dict[Any, tuple[float, float]]:
         return nx.circular_layout(graph)  # a ring (or nothing known yet): a circle shows it best
     if graph.number_of_edges() == n * (n - 1) // 2:
         return nx.circular_layout(graph)
-    iterations = 50 if n <= 300 else 25  # the cost grows with n^2 per iteration (BENCHMARKS.md, dashboard)
-    pos = nx.spring_layout(graph, seed=0, iterations=iterations)
+    if n <= LARGE_GRAPH:
+        pos = nx.spring_layout(graph, seed=0, iterations=50)
+    else:  # force-directed costs n^2 per iteration: start from the spectral layout, then a few steps to spread it
+        pos = _spread(graph, nx.spectral_layout(graph) if nx.is_connected(graph) else nx.random_layout(graph, seed=0))
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
     span = max(max(xs) - min(xs), max(ys) - min(ys)) or 1.0
     cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
     return {v: ((p[0] - cx) * 2 / span, (p[1] - cy) * 2 / span) for v, p in pos.items()}
+
+
+def _spread(graph: nx.Graph, start: dict[Any, Any], iterations: int = 10) -> dict[Any, tuple[float, float]]:
+    """A few Fruchterman-Reingold steps from `start`, vectorised with numpy (networkx's own code for
+    graphs this large loops over the nodes in Python: seconds per run at 1,000 nodes)."""
+    nodes = list(graph.nodes)
+    index = {v: i for i, v in enumerate(nodes)}
+    n = len(nodes)
+    pos = np.array([start[v] for v in nodes], dtype=np.float64)
+    pos = (pos - pos.min(axis=0)) / np.maximum(np.ptp(pos, axis=0), 1e-9)
+    adjacency = np.zeros((n, n))
+    for u, v in graph.edges:
+        adjacency[index[u], index[v]] = adjacency[index[v], index[u]] = 1.0
+    k = math.sqrt(1.0 / n)
+    step = 0.1
+    for _ in range(iterations):
+        delta = pos[:, None, :] - pos[None, :, :]
+        distance = np.maximum(np.sqrt((delta ** 2).sum(axis=-1)), 0.01)
+        force = (k * k / distance ** 2 - adjacency * distance / k)[:, :, None] * delta
+        move = force.sum(axis=1)
+        length = np.maximum(np.sqrt((move ** 2).sum(axis=1)), 0.01)
+        pos += move * (np.minimum(length, step) / length)[:, None]
+        step -= 0.1 / (iterations + 1)
+    return {v: (float(pos[i, 0]), float(pos[i, 1])) for i, v in enumerate(nodes)}
 
 
 # -- finding runs ---------------------------------------------------------------------------------

@@ -113,7 +113,12 @@ class Watcher:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            if await asyncio.to_thread(self.refresh):
+            try:
+                changed = await asyncio.to_thread(self.refresh)
+            except Exception:  # a reader bug must not end the updates of every run: say it, look again later
+                log.exception("dashboard: reading the run directories failed")
+                continue
+            if changed:
                 self.generation += 1
                 self.changed.set()
                 self.changed = asyncio.Event()
@@ -197,18 +202,19 @@ def create_app(runs: Sequence[Run], *, host: str = DEFAULT_HOST, poll_s: float =
                 cursors.append(cursor)
                 yield _sse("snapshot", {"run": i, **snap})
             yield _sse("ready", {"runs": len(watcher.runs)})
-            quiet = 0.0
+            quiet, seen = 0.0, watcher.generation
             while not watcher.closing.is_set():  # the server is stopping: end the stream, cleanly
-                changed = watcher.changed
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=CLOSE_CHECK_S)
-                    quiet = 0.0
-                except asyncio.TimeoutError:
-                    quiet += CLOSE_CHECK_S
-                    if quiet >= KEEPALIVE_S:
-                        quiet = 0.0
-                        yield b": keep-alive\n\n"
-                    continue
+                # A change while this stream was sending counts (generation), not only one it waits for.
+                if watcher.generation == seen:
+                    try:
+                        await asyncio.wait_for(watcher.changed.wait(), timeout=CLOSE_CHECK_S)
+                    except asyncio.TimeoutError:
+                        quiet += CLOSE_CHECK_S
+                        if quiet >= KEEPALIVE_S:
+                            quiet = 0.0
+                            yield b": keep-alive\n\n"
+                        continue
+                quiet, seen = 0.0, watcher.generation
                 if await request.is_disconnected():
                     return
                 for i in range(len(watcher.runs)):
