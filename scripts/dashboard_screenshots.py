@@ -6,7 +6,8 @@
 Without COMPARE_DIR it first runs `p2pfl compare --topologies ring,torus,regular:d=4 -n 16 -r 15`
 into a temporary directory (a real run: real per-link bytes, real consensus distance). The views:
 topology (colour = accuracy at a round picked with the scrubber, and = distance to the average
-model), curves, node drill-down, run comparison, and the self-contained report opened from file://.
+model), curves, node drill-down, run comparison, the self-contained report opened from file://, and
+a synthetic 1,000-node run (tests/helpers/synthetic_run.py: a few links dropping messages).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from p2pfl import htmlreport  # noqa: E402
 from p2pfl.dashboard import browser  # noqa: E402
 from p2pfl.dashboard.runs import open_runs  # noqa: E402
 from p2pfl.dashboard.server import Dashboard  # noqa: E402
+from tests.helpers.synthetic_run import write_run  # noqa: E402
 
 OUT = ROOT / "docs" / "img"
 
@@ -84,6 +86,18 @@ def main() -> None:
         shoot(d, "node")
         click(d, '#tabs button[data-view="compare"]')
         shoot(d, "compare")
+        big = write_run(Path(tempfile.mkdtemp(prefix="p2pfl-shots-")) / "synthetic-1000", nodes=1000, rounds=10,
+                        topo="regular:d=4", drop_every=9)
+        big_board = Dashboard(open_runs([big]), port=0)
+        big_board.start()
+        try:
+            d.get(big_board.url)
+            wait_ready(d)
+            d.execute_script("const s = document.getElementById('scrubber'); s.value = 2; s.dispatchEvent(new Event('input'));")
+            time.sleep(0.5)
+            shoot(d, "1000_nodes")
+        finally:
+            big_board.stop()
         report = htmlreport.write([compare], Path(tempfile.mkdtemp(prefix="p2pfl-report-")) / "report.html")
         offline = browser.start(width=1400, height=860, offline=True)
         try:

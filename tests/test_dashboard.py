@@ -193,3 +193,19 @@ def test_per_link_figures_are_part_of_the_record_schema(run_dir: Path) -> None:
     for bad in ({"1": [1, 2]}, {"x": [1, 2, 3]}, {"1": [1, -2, 3]}, [1, 2, 3]):
         with pytest.raises(record.RunDirError, match="field 'links'"):
             record.parse_record(dict(rec.to_json(), links=bad), run_dir, 1)
+
+
+def test_a_port_in_use_is_one_clear_line(run_dir: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([str(Path(sys.executable).with_name("p2pfl")), "dashboard", str(run_dir), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
