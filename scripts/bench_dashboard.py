@@ -9,15 +9,17 @@
    median of 3), and the cost of one live update: one more round (`--nodes` records) appended to
    metrics.jsonl, measured in the page (parse + redraw of every node and edge) and end to end
    (from the write to the round counter showing it; includes the server's look every 0.5 s).
-2. Simulation round time with and without `--dashboard` (a browser watching the page the whole
-   run), `--pairs` pairs alternated in one run; the ratio is with / without. Round time: the mean
-   over rounds 2.. of the time between the last node finishing one round and the next.
+2. Simulation round time without the dashboard, with `--dashboard` and nobody watching, and with a
+   headless Chromium watching the page the whole run (on this machine too), `--pairs` sets
+   interleaved in one run; ratios against the runs without. Round time: the median over rounds 2..
+   of the time between the last node finishing one round and finishing the next.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import statistics
@@ -97,22 +99,35 @@ def page_bench(nodes: int, rounds: int) -> dict[str, float]:
 
 
 def round_time(run_dir: Path) -> float:
+    """Median over rounds 2.. of the time from the last node finishing one round to the last finishing the next
+    (a median: a burst of other work on this shared machine moves a mean more than the dashboard does)."""
     done: dict[int, float] = {}
     for rec, _ in record.read_records(run_dir / record.METRICS_FILE):
         done[rec.round] = max(done.get(rec.round, 0.0), rec.wall_time)
     rs = sorted(done)
-    return (done[rs[-1]] - done[rs[0]]) / (len(rs) - 1)
+    return statistics.median(done[b] - done[a] for a, b in zip(rs, rs[1:]))
 
 
-def simulate(nodes: int, rounds: int, dashboard: bool) -> float:
+MODES = ("off", "server", "browser")  # no dashboard; --dashboard, nobody watching; --dashboard and a browser watching
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the process's own CPU seconds, its reaped children's): /proc/PID/stat utime+stime, cutime+cstime."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def simulate(nodes: int, rounds: int, mode: str) -> tuple[float, float, float]:
+    """(median round time, the launcher's CPU seconds, the whole run's CPU seconds) of one run."""
     run_dir = Path(tempfile.mkdtemp(prefix="p2pfl-bench-sim-")) / "run"
     cmd = [P2PFL, "simulate", "-n", str(nodes), "-t", "regular:d=4", "-r", str(rounds), "--out", str(run_dir)]
-    if dashboard:
+    if mode != "off":
         cmd += ["--dashboard", "--dashboard-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     d = None
     try:
-        if dashboard:
+        if mode == "browser":
             for line in proc.stdout:  # type: ignore[union-attr]
                 match = re.search(r"dashboard: (http://\S+/)", line)
                 if match:
@@ -122,16 +137,15 @@ def simulate(nodes: int, rounds: int, dashboard: bool) -> float:
         wait(lambda: (run_dir / record.SUMMARY_FILE).exists() or proc.poll() is not None, 900, "the run")
         if not (run_dir / record.SUMMARY_FILE).exists():
             raise SystemExit(f"simulate failed: {proc.communicate()[0][-2000:]}")
+        own, children = cpu_seconds(proc.pid)  # the workers are joined before summary.json is written
         if d is not None:
-            shown = d.find_element("id", "round-counter").text
             wait(lambda: d.find_element("id", "round-counter").text == str(rounds), 10, "the page's last round")
-            print(f"  (the page showed round {shown} when the run ended)")
     finally:
         if d is not None:
             browser.quit(d)
         proc.send_signal(signal.SIGTERM)  # simulate --dashboard serves until Ctrl-C or SIGTERM
         proc.communicate(timeout=30)
-    return round_time(run_dir)
+    return round_time(run_dir), own, own + children
 
 
 def main() -> None:
@@ -140,7 +154,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--sim-nodes", type=int, default=16)
     ap.add_argument("--sim-rounds", type=int, default=30)
-    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=3, help="runs of each mode")
     ap.add_argument("--skip-page", action="store_true")
     ap.add_argument("--skip-sim", action="store_true")
     args = ap.parse_args()
@@ -155,16 +169,21 @@ def main() -> None:
         print(f"  one live round, write to shown (0.5 s polls):  {page['update_end_to_end_s']:.2f} s")
         print(f"  scrubbing to another round (redraw):           {page['scrub_render_s'] * 1000:.0f} ms")
     if not args.skip_sim:
-        without, with_ = [], []
+        runs: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
         for i in range(args.pairs):
-            without.append(simulate(args.sim_nodes, args.sim_rounds, False))
-            print(f"pair {i + 1}: without dashboard {without[-1] * 1000:.1f} ms/round")
-            with_.append(simulate(args.sim_nodes, args.sim_rounds, True))
-            print(f"pair {i + 1}: with dashboard + browser {with_[-1] * 1000:.1f} ms/round")
-        a, b = statistics.mean(without), statistics.mean(with_)
-        results["simulation"] = {"without_s": without, "with_s": with_, "ratio": b / a}
-        print(f"simulate -n {args.sim_nodes} -t regular:d=4 -r {args.sim_rounds}: round time without {a * 1000:.1f} ms, "
-              f"with --dashboard and a browser watching {b * 1000:.1f} ms: ratio {b / a:.3f}")
+            for mode in MODES:  # interleaved: a slow spell of this shared machine hits every mode alike
+                runs[mode].append(simulate(args.sim_nodes, args.sim_rounds, mode))
+                rt, own, total = runs[mode][-1]
+                print(f"set {i + 1}: {mode:8s} {rt * 1000:6.1f} ms/round  launcher CPU {own:5.2f} s  "
+                      f"run CPU {total:6.2f} s", flush=True)
+        med = {m: [statistics.median(x[k] for x in runs[m]) for k in range(3)] for m in MODES}
+        base_rt, base_own, base_total = med["off"]
+        results["simulation"] = {"runs": runs, "medians": med}
+        print(f"simulate -n {args.sim_nodes} -t regular:d=4 -r {args.sim_rounds}, medians of {args.pairs} runs each:")
+        for mode in MODES:
+            rt, own, total = med[mode]
+            print(f"  {mode:8s} round {rt * 1000:6.1f} ms (ratio {rt / base_rt:.3f})  launcher CPU {own:5.2f} s "
+                  f"({own - base_own:+.2f} s = {(own - base_own) / base_total:+.1%} of the run's CPU)")
     print(json.dumps(results))
 
 

@@ -209,3 +209,29 @@ def test_a_port_in_use_is_one_clear_line(run_dir: Path) -> None:
     assert proc.returncode == 2
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_directories_of_a_multi_host_run_are_one_run(tmp_path: Path) -> None:
+    """`p2pfl node --run-dir` on each machine: one directory per node, joined into one run, still being written."""
+    full = write_run(tmp_path / "full", nodes=3, rounds=3)
+    records = [rec for rec, _ in record.read_records(full / record.METRICS_FILE)]
+    config = json.loads((full / record.CONFIG_FILE).read_text())
+    shares = []
+    for node in range(3):
+        share = tmp_path / f"node{node}"
+        share.mkdir()
+        record.write_config(share, config)
+        mine = [rec for rec in records if rec.node == node and rec.round <= 2 + (node == 0)]
+        (share / record.METRICS_FILE).write_text("".join(record.record_line(rec) for rec in mine))
+        shares.append(share)
+    other = write_run(tmp_path / "other", nodes=3, rounds=3, seed=5)  # another experiment: a run of its own
+    runs = open_runs([*shares, other])
+    assert [run.name for run in runs] == ["node0 + 2 more", "other"]
+    joined = runs[0]
+    assert joined.paths == shares and joined.status == "running"
+    assert sorted((row[1], row[0]) for row in joined.rows) == sorted(
+        (rec.node, rec.round) for rec in records if rec.round <= 2 or rec.node == 0)
+    assert len(joined.edges) == 3  # from the links the nodes recorded: no topology.json in a node's directory
+    with (shares[1] / record.METRICS_FILE).open("a") as f:  # node 1 finishes round 3 on its machine
+        f.write(record.record_line(next(r for r in records if (r.node, r.round) == (1, 3))))
+    assert joined.refresh() == 1
