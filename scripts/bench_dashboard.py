@@ -152,12 +152,13 @@ def simulate(nodes: int, rounds: int, mode: str) -> dict[str, float]:
         metrics = run_dir / record.METRICS_FILE
         wait(lambda: (metrics.exists() and metrics.read_bytes().count(b"\n") >= nodes) or proc.poll() is not None,
              900, "round 1")
-        own_r1 = cpu_seconds(proc.pid)[0]
+        own_r1, wall_r1 = cpu_seconds(proc.pid)[0], time.monotonic()
         browser_r1 = tree_cpu(d.service.process.pid) if d is not None else 0.0
         wait(lambda: (run_dir / record.SUMMARY_FILE).exists() or proc.poll() is not None, 900, "the run")
         if not (run_dir / record.SUMMARY_FILE).exists():
             raise SystemExit(f"simulate failed: {proc.communicate()[0][-2000:]}")
         own, children = cpu_seconds(proc.pid)  # the workers are joined before summary.json is written
+        wall = time.monotonic() - wall_r1
         browser_cpu = tree_cpu(d.service.process.pid) - browser_r1 if d is not None else 0.0
         if d is not None:
             wait(lambda: d.find_element("id", "round-counter").text == str(rounds), 10, "the page's last round")
@@ -167,7 +168,8 @@ def simulate(nodes: int, rounds: int, mode: str) -> dict[str, float]:
         proc.send_signal(signal.SIGTERM)  # simulate --dashboard serves until Ctrl-C or SIGTERM
         proc.communicate(timeout=30)
     return {"round_s": round_time(run_dir), "launcher_rounds_cpu_s": own - own_r1, "browser_rounds_cpu_s": browser_cpu,
-            "run_cpu_s": own + children, "rounds": rounds - 1}
+            "run_cpu_s": own + children, "rounds": rounds - 1, "wall_s": wall,
+            "launcher_core": (own - own_r1) / wall, "browser_core": browser_cpu / wall}
 
 
 def main() -> None:
@@ -196,20 +198,17 @@ def main() -> None:
             for mode in MODES:  # interleaved: a slow spell of this shared machine hits every mode alike
                 r = simulate(args.sim_nodes, args.sim_rounds, mode)
                 runs[mode].append(r)
-                print(f"set {i + 1}: {mode:8s} {r['round_s'] * 1000:6.1f} ms/round; CPU per round after round 1: "
-                      f"launcher {r['launcher_rounds_cpu_s'] / r['rounds'] * 1000:5.1f} ms, "
-                      f"browser {r['browser_rounds_cpu_s'] / r['rounds'] * 1000:5.1f} ms", flush=True)
+                print(f"set {i + 1}: {mode:8s} {r['round_s'] * 1000:6.1f} ms/round; share of a core after round 1: "
+                      f"launcher {r['launcher_core']:.1%}, browser {r['browser_core']:.1%}", flush=True)
         med = {m: {k: statistics.median(x[k] for x in runs[m]) for k in runs[m][0]} for m in MODES}
         base = med["off"]
-        per_round = {m: med[m]["launcher_rounds_cpu_s"] / med[m]["rounds"] for m in MODES}
         results["simulation"] = {"runs": runs, "medians": med}
         print(f"simulate -n {args.sim_nodes} -t regular:d=4 -r {args.sim_rounds}, medians of {args.pairs} runs each:")
         for mode in MODES:
-            extra = per_round[mode] - per_round["off"] + med[mode]["browser_rounds_cpu_s"] / med[mode]["rounds"]
+            extra = med[mode]["launcher_core"] - base["launcher_core"] + med[mode]["browser_core"]
             print(f"  {mode:8s} round {med[mode]['round_s'] * 1000:6.1f} ms (ratio {med[mode]['round_s'] / base['round_s']:.3f}); "
-                  f"CPU the dashboard{' and browser' if mode == 'browser' else ''} added per round: {extra * 1000:5.1f} ms "
-                  f"= at most {extra / base['round_s']:.1%} of a round (bound: it can delay a round by no more than the "
-                  f"CPU it takes)")
+                  f"launcher {med[mode]['launcher_core']:.1%} of a core, browser {med[mode]['browser_core']:.1%}: "
+                  f"the dashboard{' and browser' if mode == 'browser' else ''} take {extra:+.1%} of a core")
     print(json.dumps(results))
 
 
