@@ -20,9 +20,9 @@ or the node.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -38,7 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from p2pfl.dashboard.listen import bind, is_loopback, url_of
 from p2pfl.dashboard.runs import Run
+
+__all__ = ["Dashboard", "create_app", "is_loopback", "static_text"]
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +72,6 @@ STATIC_FILES = {
 def static_text(name: str) -> str:
     """A file of the page (index.html, app.js, app.css, vendor/echarts/...), from the package."""
     return resources.files("p2pfl.dashboard").joinpath("static", *name.split("/")).read_text(encoding="utf-8")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def allowed_hosts(host: str) -> list[str]:
@@ -243,37 +237,14 @@ def create_app(runs: Sequence[Run], *, host: str = DEFAULT_HOST, poll_s: float =
     return app
 
 
-def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
-    """A listening socket on host:port (port 0: any free one); OSError (e.g. port in use) says why."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(False)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = socket.gethostname()
-    return f"http://{shown}:{port}/"
-
-
 class Dashboard:
     """A dashboard server on its own thread (`simulate --dashboard`), served until Ctrl-C (`wait_for_interrupt`)."""
 
     def __init__(self, runs: Sequence[Run], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, sock: socket.socket | None = None) -> None:
         import uvicorn  # imported here: reading run directories (runs.py, htmlreport) does not need it
 
-        self.sock = bind(host, port)
+        self.sock = bind(host, port) if sock is None else sock  # `sock`: bound by whoever started us
         self.url = url_of(self.sock)
         app = create_app(runs, host=host, poll_s=poll_s)
         self.watcher: Watcher = app.state.watcher
@@ -287,13 +258,15 @@ class Dashboard:
                                         name="p2pfl-dashboard", daemon=True)
         self._thread.start()
 
-    def wait_for_interrupt(self) -> None:
-        """Serve (already started) until Ctrl-C or SIGTERM, then stop; call from the main thread."""
+    def wait_for_interrupt(self, parent: int | None = None) -> None:
+        """Serve (already started) until Ctrl-C or SIGTERM (or, given `parent`, until that process is
+        gone: `simulate --dashboard`'s launcher), then stop; call from the main thread."""
         stop = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             while not stop.wait(0.5):
-                pass
+                if parent is not None and os.getppid() != parent:
+                    break
         except KeyboardInterrupt:
             pass
         finally:
