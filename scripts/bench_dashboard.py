@@ -153,16 +153,18 @@ def simulate(nodes: int, rounds: int, mode: str) -> dict[str, float]:
     cmd = [P2PFL, "simulate", "-n", str(nodes), "-t", "regular:d=4", "-r", str(rounds), "--out", str(run_dir)]
     if mode != "off":
         cmd += ["--dashboard", "--dashboard-port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = run_dir.parent / "simulate.log"  # a file, not a pipe: an unread pipe would block the launcher's output
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     d = None
     try:
         if mode == "browser":
-            for line in proc.stdout:  # type: ignore[union-attr]
-                match = re.search(r"dashboard: (http://\S+/)", line)
-                if match:
-                    d = browser.start()
-                    d.get(match.group(1))  # a viewer watches the whole run
-                    break
+            url = wait(lambda: re.search(r"dashboard: (http://\S+/)", log.read_text()) or proc.poll() is not None,
+                       120, "the dashboard's URL")
+            if proc.poll() is not None:
+                raise SystemExit(f"simulate failed: {log.read_text()[-2000:]}")
+            d = browser.start()
+            d.get(url.group(1))  # a viewer watches the whole run
         metrics = run_dir / record.METRICS_FILE
         wait(lambda: (metrics.exists() and metrics.read_bytes().count(b"\n") >= nodes) or proc.poll() is not None,
              900, "round 1")
@@ -170,7 +172,7 @@ def simulate(nodes: int, rounds: int, mode: str) -> dict[str, float]:
         browser_r1 = tree_cpu(d.service.process.pid) if d is not None else 0.0
         wait(lambda: (run_dir / record.SUMMARY_FILE).exists() or proc.poll() is not None, 900, "the run")
         if not (run_dir / record.SUMMARY_FILE).exists():
-            raise SystemExit(f"simulate failed: {proc.communicate()[0][-2000:]}")
+            raise SystemExit(f"simulate failed: {log.read_text()[-2000:]}")
         own, children = cpu_seconds(proc.pid)  # the workers are joined before summary.json is written
         own += dashboard_cpu(proc.pid)  # the dashboard's own process: its CPU is the launcher's cost here
         wall = time.monotonic() - wall_r1
@@ -181,7 +183,7 @@ def simulate(nodes: int, rounds: int, mode: str) -> dict[str, float]:
         if d is not None:
             browser.quit(d)
         proc.send_signal(signal.SIGTERM)  # simulate --dashboard serves until Ctrl-C or SIGTERM
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     return {"round_s": round_time(run_dir), "launcher_rounds_cpu_s": own - own_r1, "browser_rounds_cpu_s": browser_cpu,
             "run_cpu_s": own + children, "rounds": rounds - 1, "wall_s": wall,
             "launcher_core": (own - own_r1) / wall, "browser_core": browser_cpu / wall}

@@ -161,7 +161,7 @@ class Run:
             elif not path.is_dir():
                 messages.append(f"{path}: not a directory")
         if self.config is None:
-            self.config = self._json(CONFIG_FILE, messages, required=False)
+            self.config = self._json(CONFIG_FILE, messages)
         if self.summary is None or self.status == "running":
             summaries = []
             for path in self.paths:
@@ -185,7 +185,7 @@ class Run:
                 messages.append(f"{path / CONFIG_FILE}: missing")
         self.messages = messages
 
-    def _json(self, name: str, messages: list[str], required: bool) -> dict[str, Any] | None:
+    def _json(self, name: str, messages: list[str]) -> dict[str, Any] | None:
         for path in self.paths:
             f = path / name
             if not f.is_file():
