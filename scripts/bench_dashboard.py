@@ -138,7 +138,9 @@ def dashboard_cpu(launcher: int) -> float:
     for task in Path(f"/proc/{launcher}/task").iterdir():
         for child in (task / "children").read_text().split():
             try:
-                if b"dashboard" in Path(f"/proc/{child}/cmdline").read_bytes():
+                # the dashboard's process runs "python -m p2pfl.cli dashboard"; the workers, forked
+                # from the launcher, carry the launcher's command line, "--dashboard" included
+                if b"p2pfl.cli\x00dashboard\x00" in Path(f"/proc/{child}/cmdline").read_bytes():
                     total += sum(cpu_seconds(int(child)))
             except OSError:
                 continue
