@@ -133,10 +133,13 @@
     return "rgb(" + c.join(",") + ")";
   }
   const UPDOWN = { up: "rgb(47,158,68)", "sat out": "rgb(245,159,0)", down: "rgb(201,42,42)" };
-  function metricDomain(run, metric) {
+  // Accuracy on a fixed 0..1 scale; the others over the nodes of the round shown, so that the node
+  // farthest from consensus (or with the highest loss, or the most epsilon spent) stands out in
+  // every round, not only in the worst one of the run (the legend says the range).
+  function metricDomain(run, metric, r) {
     if (metric === "test_acc") return [0, 1, false];
     let lo = Infinity, hi = -Infinity;
-    for (const m of run.byRound.values()) for (const rec of m.values()) {
+    for (const rec of (run.byRound.get(r) || new Map()).values()) {
       const v = rec[metric];
       if (typeof v === "number" && isFinite(v) && (metric !== "node_distance" || v > 0)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     }
@@ -220,7 +223,7 @@
     $("scrub-round").textContent = r ? String(r) : "-";
     const svg = $("graph");
     svg.dataset.round = String(r);
-    const dom = metric === "updown" ? null : metricDomain(run, metric);
+    const dom = metric === "updown" ? null : metricDomain(run, metric, r);
     for (const c of $("nodes").children) {
       const id = +c.dataset.node;
       const [st, rec] = nodeState(run, r, id);
@@ -249,7 +252,8 @@
     }
     const names = { test_acc: "accuracy", test_loss: "test loss", node_distance: "distance to the average model (log)",
                     epsilon: "epsilon spent", updown: "down / up / sat out" };
-    $("legend-title").textContent = names[metric] + (r ? " at round " + r : "");
+    $("legend-title").textContent = names[metric] + (r ? " at round " + r : "") +
+      (metric === "test_acc" || metric === "updown" ? "" : " (range of this round)");
     $("legend-bar").className = metric === "updown" ? "updown" : "grad";
     $("legend-lo").textContent = metric === "updown" ? "up" : dom ? fmt(dom[0], 3) : "no data";
     $("legend-hi").textContent = metric === "updown" ? "down" : dom ? fmt(dom[1], 3) : "";
@@ -515,6 +519,7 @@
     const data = JSON.parse($("p2pfl-data").textContent);
     state.runs = data.runs.map(newRun);
     $("conn").textContent = "report written " + data.written;
+    $("follow").parentNode.hidden = true;  // nothing is live in a report
     render();
     ready();
   }
