@@ -235,3 +235,21 @@ def test_the_directories_of_a_multi_host_run_are_one_run(tmp_path: Path) -> None
     with (shares[1] / record.METRICS_FILE).open("a") as f:  # node 1 finishes round 3 on its machine
         f.write(record.record_line(next(r for r in records if (r.node, r.round) == (1, 3))))
     assert joined.refresh() == 1
+
+
+def test_report_html_beside_the_markdown_and_plots(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    compare = tmp_path / "compare"
+    write_run(compare / "ring", nodes=4, rounds=3)
+    write_run(compare / "complete", nodes=4, rounds=3, topo="complete")
+    proc = subprocess.run([str(Path(sys.executable).with_name("p2pfl")), "report", str(compare), "--html"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {p.name for p in compare.iterdir() if p.is_file()}
+    assert {"comparison.md", "comparison.csv", "accuracy_vs_round.png", "report.html"} <= names
+    page = (compare / "report.html").read_text()
+    data = json.loads(re.search(r'id="p2pfl-data">(.*?)</script>', page, flags=re.S).group(1))  # type: ignore[union-attr]
+    assert [run["name"] for run in data["runs"]] == ["complete", "ring"]
+    assert all(len(run["rows"]) == 4 * 3 for run in data["runs"])
