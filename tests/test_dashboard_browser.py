@@ -220,8 +220,20 @@ def test_compare_directory_and_hostile_names(driver: Any, compare_dir: Path, tmp
         tab(driver, "topology")
         assert len(by_css(driver, "#nodes circle.node")) == 5
         check_no_script_ran(driver)
+        tab(driver, "curves")  # mean, its band, and each of the 5 nodes as a line of its own
+        series = driver.execute_script(
+            "return echarts.getInstanceByDom(document.getElementById('chart-acc')).getOption().series.map(s => s.name)")
+        assert sorted(series) == sorted([f"node {i}" for i in range(5)] + ["lower", "spread", "mean"])
+        mean = driver.execute_script(
+            "return echarts.getInstanceByDom(document.getElementById('chart-acc')).getOption().series"
+            ".find(s => s.name === 'mean').data")
+        recs = metrics(compare_dir / HOSTILE)
+        for rnd, value in mean:
+            accs = [r.test_acc for (_, k), r in recs.items() if k == rnd]
+            assert abs(value - sum(accs) / len(accs)) < 1e-12
         # the torus run's links that dropped messages (up to the round shown) are marked, and only those
         select.find_elements("css selector", "option")[names.index("torus")].click()
+        tab(driver, "topology")
         recs = metrics(compare_dir / "torus")
         for rnd in (1, max(r for _, r in recs)):
             driver.execute_script("const s = document.getElementById('scrubber'); s.value = arguments[0];"
