@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ def check_drilldown(driver: Any, node: int, recs: dict[tuple[int, int], record.R
             assert cells[name] == [str(getattr(rec, name))] * 2, name
         assert json.loads(cells["dropped"][1]) == rec.dropped
         assert cells["aggregation"][0] == rec.aggregation
+        if rec.epsilon is None:
+            assert cells["epsilon"][1] == "null"
+        else:
+            assert float(cells["epsilon"][1]) == rec.epsilon
     last = mine[-1]
     drops = driver.execute_script(
         "return Object.fromEntries(Array.from(document.querySelectorAll('#node-drops tbody tr[data-reason]'))"
@@ -100,6 +105,10 @@ def check_drilldown(driver: Any, node: int, recs: dict[tuple[int, int], record.R
         "return Object.fromEntries(Array.from(document.querySelectorAll('#node-links tbody tr'))"
         ".map(tr => [tr.dataset.neighbour, [1, 2, 3].map(i => Number(tr.cells[i].textContent))]))")
     assert links == last.links
+    outcomes = driver.execute_script(
+        "return Object.fromEntries(Array.from(document.querySelectorAll('#node-outcomes tbody tr'))"
+        ".map(tr => [tr.cells[0].textContent, Number(tr.cells[1].textContent)]))")
+    assert outcomes == dict(Counter(r.aggregation for r in mine))
 
 
 def test_live_simulation(driver: Any, tmp_path: Path) -> None:
@@ -173,7 +182,7 @@ def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cmp") / "compare"
     write_run(root / "ring", nodes=8, rounds=6, topo="ring", seed=1)
     write_run(root / "torus", nodes=9, rounds=6, topo="torus", seed=2, drop_every=4)
-    write_run(root / HOSTILE, nodes=5, rounds=6, topo="complete", seed=3, epsilon=True)
+    write_run(root / HOSTILE, nodes=5, rounds=6, topo="complete", seed=3, epsilon=True, secure=True)
     # "<script>window.pwned=2</script>" as a path: a directory name cannot hold "/"
     write_run(root / "<script>window.pwned=2<" / "script>", nodes=4, rounds=6, topo="ring", seed=4)
     return root
@@ -220,6 +229,8 @@ def test_compare_directory_and_hostile_names(driver: Any, compare_dir: Path, tmp
         tab(driver, "topology")
         assert len(by_css(driver, "#nodes circle.node")) == 5
         check_no_script_ran(driver)
+        by_css(driver, '#nodes circle[data-node="3"]')[0].click()  # epsilon and secure-aggregation outcomes
+        check_drilldown(driver, 3, metrics(compare_dir / HOSTILE))
         tab(driver, "curves")  # mean, its band, and each of the 5 nodes as a line of its own
         series = driver.execute_script(
             "return echarts.getInstanceByDom(document.getElementById('chart-acc')).getOption().series.map(s => s.name)")

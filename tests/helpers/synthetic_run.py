@@ -14,7 +14,7 @@ from p2pfl import record, topology
 
 
 def write_run(path: Path, nodes: int = 8, rounds: int = 6, topo: str = "ring", seed: int = 0,
-              label: str | None = None, drop_every: int = 0, epsilon: bool = False) -> Path:
+              label: str | None = None, drop_every: int = 0, epsilon: bool = False, secure: bool = False) -> Path:
     """A complete run directory at `path`: config.json, topology.json, metrics.jsonl, summary.json."""
     rng = np.random.default_rng(seed)
     graph = topology.resolve(topo, nodes, seed)
@@ -22,7 +22,7 @@ def write_run(path: Path, nodes: int = 8, rounds: int = 6, topo: str = "ring", s
     path.mkdir(parents=True, exist_ok=True)
     topology.save(graph, path / "topology.json")
     config = {"label": label or topo, "topology": topo, "nodes": nodes, "rounds": rounds, "aggregation": "gossip",
-              "secure_agg": False, "seed": seed, "task": "synthetic", "dp": "local" if epsilon else "off"}
+              "secure_agg": secure, "seed": seed, "task": "synthetic", "dp": "local" if epsilon else "off"}
     record.write_config(path, config)
     skill = rng.uniform(0.7, 1.0, nodes)
     links = {v: {j: [0, 0, 0] for j in graph.neighbors(v)} for v in graph.nodes}
@@ -44,14 +44,14 @@ def write_run(path: Path, nodes: int = 8, rounds: int = 6, topo: str = "ring", s
                 bytes_received=sum(x[1] for x in links[v].values()), wall_time=0.1 * r, round_time=0.1,
                 train_time=0.05, cpu_time=0.05, arrived=len(links[v]),
                 dropped={"stale_round": sum(x[2] for x in links[v].values())} if drop_every else {},
-                aggregation="ok", epsilon=0.4 * r if epsilon else None, consensus_distance=distance,
+                aggregation="too_few_contributors" if secure and (v + r) % 4 == 0 else "ok", epsilon=0.4 * r if epsilon else None, consensus_distance=distance,
                 node_distance=float(distance * skill[v] * 2 / 1.7),
                 links={str(j): list(x) for j, x in sorted(links[v].items())})
             writer.append(rec)
             records.append(rec)
     writer.close()
     summary = record.RunSummary(
-        label=config["label"], topology=topo, aggregation="gossip", secure_agg=False, nodes=nodes, rounds=rounds,
+        label=config["label"], topology=topo, aggregation="gossip", secure_agg=secure, nodes=nodes, rounds=rounds,
         partition="iid", seed=seed, spectral_gap=0.1, node_ids=list(range(nodes)),
         final_acc_mean=None, final_acc_std=None, dp="local" if epsilon else "off", dp_delta=1e-5 if epsilon else None,
         epsilon_max=None, compression="none", participation=1.0, fedavg_sample=0, fedprox_mu=0.0, wall_time=0.1 * rounds,
