@@ -157,7 +157,7 @@ class Run:
         messages: list[str] = []
         for path in self.paths:
             if not path.exists():
-                messages.append(f"{path}: no such directory")
+                messages.append(f"{path}: no such directory (yet: a run starting writes it)")
             elif not path.is_dir():
                 messages.append(f"{path}: not a directory")
         if self.config is None:
