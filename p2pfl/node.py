@@ -418,7 +418,7 @@ class Node:
 
     def _drop_skipped(self, skipped: list[Dropped]) -> None:
         for d in skipped:
-            self._drop(d.reason, d.detail)
+            self._drop(d.reason, d.detail, d.msg.sender)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -455,6 +455,7 @@ class Node:
             cpu_time=self.meter.now() - cpu_started,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
+            links={str(j): list(v) for j, v in sorted(stats.links.items())},
         )
         log.info("node %d round %d: loss %s acc %s arrived %d/%d", self.id, r,
                  "-" if train_loss is None else f"{train_loss:.4f}",
@@ -616,7 +617,7 @@ class Node:
             assert self._finished is not None
             self._feed(self._finished, msg)
         elif verdict.place is Place.DROPPED:
-            self._drop(verdict.reason, verdict.detail)
+            self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
     def _takes_late(self, msg: Message) -> bool:
@@ -648,7 +649,7 @@ class Node:
         now = time.monotonic()
         last = self._hellos.get(j)
         if last is not None and (last[0] == r or now - last[1] < HELLO_MIN_INTERVAL):
-            self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago")
+            self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago", j)
             return
         self._hellos[j] = (r, now)
         tensors = {} if self.config.secure_agg else {DELTA: self._delta}
@@ -660,24 +661,25 @@ class Node:
         if msg.meta.get("running") is True:
             self._ready.add(msg.sender)  # it is past its own start-up: as good as ready
         if msg.round > self.config.rounds:
-            self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
+            self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}", msg.sender)
             return
         if self.config.secure_agg:
             if msg.tensors:  # an honest secure node never sends one: do not even look at it
-                self._drop("sync_with_model", f"sync from {msg.sender} carries {sorted(msg.tensors)} under secure aggregation")
+                self._drop("sync_with_model", f"sync from {msg.sender} carries {sorted(msg.tensors)} under secure aggregation",
+                           msg.sender)
                 return
             self._syncs[msg.sender] = (msg.round, None)
             return
         try:
             self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
         except Rejected as exc:
-            self._drop(exc.reason, str(exc))
+            self._drop(exc.reason, str(exc), msg.sender)
 
     def _feed(self, protocol: RoundProtocol, msg: Message) -> None:
         try:
             out = protocol.on_message(msg)
         except Rejected as exc:
-            self._drop(exc.reason, str(exc))
+            self._drop(exc.reason, str(exc), msg.sender)
             out = exc.reply
         self._send_all(out)
 
@@ -685,5 +687,5 @@ class Node:
         for to, msg in outbound:
             self.transport.send(to, msg)
 
-    def _drop(self, reason: str, detail: str) -> None:
-        self.transport.drop(reason, detail)
+    def _drop(self, reason: str, detail: str, sender: int | None = None) -> None:
+        self.transport.drop(reason, detail, sender)

@@ -67,8 +67,8 @@ class MessageTransport(Protocol):
         """Count one message the node dropped itself, in the same table."""
         ...
 
-    def drop(self, reason: str, detail: str) -> None:
-        """Count and log (rate-limited) a message the node refused after delivery."""
+    def drop(self, reason: str, detail: str, sender: int | None = None) -> None:
+        """Count and log (rate-limited) a message the node refused after delivery (on `sender`'s link too)."""
         ...
 
     @property
