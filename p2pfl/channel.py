@@ -74,6 +74,10 @@ class TransportStats:
     dropped: dict[str, int] = field(default_factory=dict)
     handshake_messages: int = 0  # session handshake steps sent and received (their bytes are in the totals)
     sessions_accepted: int = 0  # sessions neighbours' processes agreed with us and we accepted
+    # Per neighbour j: [bytes sent to j, bytes received from j, messages of j's link dropped]. Bytes
+    # count as the totals do (handshakes too); a drop counts on j's link when we could not queue to j
+    # or refused a frame whose header names j (unauthenticated: a forger can charge a link, not hide one).
+    links: dict[int, list[int]] = field(default_factory=dict)
 
 
 class Sent(enum.Enum):
@@ -155,6 +159,7 @@ class Channels:
         self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
         self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
         self._last_reset: dict[bytes, float] = {}  # per connection (route)
+        self._restarted: set[int] = set()  # neighbours whose new process replaced its old one, not yet taken
         self._counter = 0
         self._stats = TransportStats()
         self._last_log: dict[str, float] = {}
@@ -195,6 +200,11 @@ class Channels:
     def all_established(self) -> bool:
         return all(out.established for out in self._out.values())
 
+    def take_restarted(self) -> set[int]:
+        """The neighbours whose earlier process a new one replaced since the last call."""
+        taken, self._restarted = self._restarted, set()
+        return taken
+
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, to: int, msg: Message) -> bool:
@@ -233,10 +243,19 @@ class Channels:
         if sent is not Sent.OK:
             return self._send_failed(to)
         self._stats.messages_sent += 1
-        self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        size = sum(memoryview(f).nbytes for f in frames)
+        self._stats.bytes_sent += size
+        self._link(to)[0] += size
         return True
 
+    def _link(self, j: int) -> list[int]:
+        link = self._stats.links.get(j)
+        if link is None:
+            link = self._stats.links[j] = [0, 0, 0]
+        return link
+
     def _send_failed(self, to: int) -> bool:
+        self._link(to)[2] += 1
         self.count_drop(SEND_QUEUE_FULL)
         self._log_drop(SEND_QUEUE_FULL, f"queue to node {to} is full")
         return False
@@ -253,7 +272,9 @@ class Channels:
         sent = links.send_out(to, frames) if route is None else links.send_back(route, frames)
         if sent is Sent.OK:
             self._stats.handshake_messages += 1
-            self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+            size = sum(memoryview(f).nbytes for f in frames)
+            self._stats.bytes_sent += size
+            self._link(to)[0] += size
         return sent
 
     def _require_links(self) -> Links:
@@ -304,12 +325,15 @@ class Channels:
         None if it was a handshake step or was dropped (counted, logged with `links.origin(where)`)."""
         # len is the size in bytes of every frame a transport delivers (zmq.Frame, bytes, the 1-D
         # uint8 views wire.seal makes), and cheaper than a memoryview per frame
-        self._stats.bytes_received += sum(len(f) for f in parts)
+        size = sum(len(f) for f in parts)
+        self._stats.bytes_received += size
         sender: int | str = "?"
         try:
             header = wire.read_header(parts, self.limits)
             sender = header.sender
             inbound = self._in.get(sender)
+            if inbound is not None:
+                self._link(sender)[1] += size
             if inbound is None:
                 return self._drop(UNKNOWN_PEER, sender, where, "not a neighbour")
             if header.recipient != self.node_id:
@@ -372,6 +396,7 @@ class Channels:
         self._handshake(j, {"t": session.ACCEPT}, proposed.agreed.key, proposed.agreed.sid, route)
         if rival is not None:
             log.warning("node %d: node %d restarted (its earlier process is gone); new sessions", self.node_id, j)
+            self._restarted.add(j)
             # What we send j is still sealed for its earlier process: agree anew now rather than
             # lose a message to find out.
             init = self._out[j].restart(time.monotonic())
@@ -405,7 +430,9 @@ class Channels:
         """Take one frame set that came back on the outbound connection to neighbour `j`."""
         if j not in self._out:
             return  # closed meanwhile
-        self._stats.bytes_received += sum(len(f) for f in frames)
+        size = sum(len(f) for f in frames)
+        self._stats.bytes_received += size
+        self._link(j)[1] += size
         try:
             self._on_responder_step(j, frames)
         except (wire.WireError, session.HandshakeError) as exc:
@@ -481,18 +508,23 @@ class Channels:
         """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""
         self._stats.dropped[reason] = self._stats.dropped.get(reason, 0) + 1
 
-    def drop(self, reason: str, detail: str) -> None:
-        """Count a message refused after delivery, and log it (rate-limited)."""
+    def drop(self, reason: str, detail: str, sender: int | None = None) -> None:
+        """Count a message refused after delivery (on `sender`'s link too, if a neighbour), and log it (rate-limited)."""
         self.count_drop(reason)
+        if sender is not None and sender in self._in:
+            self._link(sender)[2] += 1
         self._log_drop(reason, detail)
 
     @property
     def stats(self) -> TransportStats:
         """A snapshot of the counters (later traffic does not change it)."""
-        return replace(self._stats, dropped=dict(self._stats.dropped))
+        return replace(self._stats, dropped=dict(self._stats.dropped),
+                       links={j: list(v) for j, v in self._stats.links.items()})
 
     def _drop(self, reason: str, sender: int | str, where: object, detail: str) -> None:
         self.count_drop(reason)
+        if isinstance(sender, int) and sender in self._in:
+            self._link(sender)[2] += 1
         origin = self._links.origin(where) if self._links is not None else "?"  # the only clue for garbage
         self._log_drop(reason, f"from node {sender} ({origin}): {detail}")
         return None
@@ -601,13 +633,17 @@ class ChannelTransport(ABC):
         """Whether our session with neighbour `j` is agreed (what we send it is sealed at once)."""
         return self._channels.established(j)
 
+    def restarted(self) -> set[int]:
+        """Neighbours whose earlier process a new one replaced since the last call (each told once)."""
+        return self._channels.take_restarted()
+
     def count_drop(self, reason: str) -> None:
         """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""
         self._channels.count_drop(reason)
 
-    def drop(self, reason: str, detail: str) -> None:
+    def drop(self, reason: str, detail: str, sender: int | None = None) -> None:
         """Count a message the node refused after the transport delivered it, and log it (rate-limited)."""
-        self._channels.drop(reason, detail)
+        self._channels.drop(reason, detail, sender)
 
     @property
     def stats(self) -> TransportStats:

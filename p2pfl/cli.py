@@ -115,15 +115,28 @@ def main(verbose: int) -> None:
 @main.command()
 @_experiment_options("simulate")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/simulate-TIMESTAMP).")
-def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None:
+@click.option("--dashboard", is_flag=True, help="Serve the live web dashboard of this run (docs/dashboard.md); "
+              "it keeps serving after the run until Ctrl-C.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The dashboard's port (0: any free one).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Address the dashboard binds; anything but loopback shows the run's metrics to the network.")
+def simulate(config_file: str | None, out: str | None, dashboard: bool, dashboard_port: int, dashboard_host: str,
+             **overrides: Any) -> None:
     """Run every node of a topology on this host: real processes, sockets and crypto."""
     from p2pfl.simulate import SimulationFailed, run_simulation
 
     cfg = _config(config_file, **overrides)
     _check_graph(cfg)
     run_dir = Path(out or f"runs/simulate-{_stamp()}")
+    board = _start_dashboard([str(run_dir)], dashboard_host, dashboard_port) if dashboard else None
     try:
-        result = run_simulation(cfg, run_dir, console)
+        try:
+            result = run_simulation(cfg, run_dir, console)
+        except BaseException:
+            if board is not None:  # the run failed: its dashboard goes too
+                _stop_dashboard(board)
+            raise
     except ConfigError as exc:  # known once the task loads, before any node starts: a plug-in's data too small
         raise click.UsageError(str(exc)) from exc
     except SimulationFailed as exc:
@@ -135,6 +148,60 @@ def simulate(config_file: str | None, out: str | None, **overrides: Any) -> None
     if s.get("epsilon_max") is not None:
         console.print(f"privacy: epsilon {s['epsilon_max']:.3f} at delta {s['dp_delta']:g} (largest over nodes, {cfg.dp} DP)")
     console.print(f"run directory: {run_dir}")
+    if board is not None:
+        _serve_until_interrupted(board)
+
+
+def _start_dashboard(run_dirs: list[str], host: str, port: int) -> Any:
+    """Serve the dashboard of `run_dirs` from a process of its own (`p2pfl dashboard`), so that the
+    launcher keeps its CPU and forks its workers with no server thread in it. The socket is bound
+    here (a busy port is refused at once) and handed over; the run directory may not exist yet."""
+    import subprocess
+
+    from p2pfl.dashboard.listen import bind, is_loopback, url_of
+
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise click.UsageError(f"--dashboard-port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    cmd = [sys.executable, "-m", "p2pfl.cli", "dashboard", *run_dirs, "--host", host,
+           "--listen-fd", str(sock.fileno()), "--parent-pid", str(os.getpid())]
+    try:
+        child = subprocess.Popen(cmd, pass_fds=[sock.fileno()])
+        url = url_of(sock)
+    finally:
+        sock.close()  # the dashboard's process holds it now; the workers forked later must not
+    if not is_loopback(host):
+        console.print(f"[yellow]dashboard bound to {host}: anyone who reaches it sees the run's metrics[/]")
+    console.print(f"dashboard: {url}")
+    return child, url
+
+
+def _serve_until_interrupted(board: Any) -> None:
+    """After the run: the dashboard serves on until Ctrl-C or SIGTERM, then it is stopped."""
+    import signal
+    import threading
+
+    child, url = board
+    console.print(f"dashboard: the run is over; still serving {url} (Ctrl-C to stop)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5) and child.poll() is None:
+            pass
+    except KeyboardInterrupt:
+        pass
+    _stop_dashboard(board)
+
+
+def _stop_dashboard(board: Any) -> None:
+    child, _ = board
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - it did not stop in time: it must not outlive us
+            child.kill()
 
 
 @main.command()
@@ -257,14 +324,53 @@ def _audit(run_dirs: list[str], out: str | None, window: int) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the table and plots.")
 @click.option("--target", type=float, default=0.9, show_default=True, callback=_finite)
-def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float) -> None:
+@click.option("--html", "html", is_flag=True, help="Also write report.html: one self-contained page (scripts and "
+              "data inlined, no network) with the dashboard's views.")
+def report_cmd(run_dirs: tuple[str, ...], out: str | None, target: float, html: bool) -> None:
     """Re-render the table and plots of finished runs (or a compare directory)."""
     from p2pfl import report
 
     try:
-        report.main(list(run_dirs), out, target, console)
+        files = report.main(list(run_dirs), out, target, console)
     except report.ReportError as exc:
         raise click.UsageError(str(exc)) from exc
+    if html:
+        from p2pfl import htmlreport
+
+        page = htmlreport.write(list(run_dirs), files.markdown.parent / htmlreport.REPORT_FILE)
+        console.print(f"  {page.name} (self-contained)")
+
+
+@main.command("dashboard")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback shows the runs' metrics to the network (docs/dashboard.md).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
+@click.option("--listen-fd", type=int, hidden=True, help="A socket already bound and listening (simulate --dashboard).")
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (simulate --dashboard).")
+def dashboard_cmd(run_dirs: tuple[str, ...], host: str, port: int, listen_fd: int | None, parent_pid: int | None) -> None:
+    """Serve the web dashboard of run directories (finished, or still being written), read-only.
+
+    A compare directory counts as all its runs; the directories the nodes of one experiment
+    write on their own machines (`p2pfl node --run-dir`) are shown as one run.
+    """
+    from p2pfl.dashboard.runs import open_runs
+    from p2pfl.dashboard.server import Dashboard, is_loopback
+
+    if listen_fd is not None:  # started by simulate --dashboard, which printed the URL
+        board = Dashboard(open_runs(list(run_dirs)), host=host, sock=socket.socket(fileno=listen_fd))
+        board.start()
+        board.wait_for_interrupt(parent=parent_pid)
+        return
+    try:
+        board = Dashboard(open_runs(list(run_dirs)), host=host, port=port)
+    except OSError as exc:
+        raise click.UsageError(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    if not is_loopback(host):
+        console.print(f"[yellow]bound to {host}: anyone who reaches it sees the runs' metrics[/]")
+    console.print(f"dashboard: {board.url} (Ctrl-C to stop)")
+    board.start()
+    board.wait_for_interrupt()
 
 
 @main.command()

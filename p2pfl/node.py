@@ -421,7 +421,7 @@ class Node:
 
     def _drop_skipped(self, skipped: list[Dropped]) -> None:
         for d in skipped:
-            self._drop(d.reason, d.detail)
+            self._drop(d.reason, d.detail, d.msg.sender)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -463,6 +463,7 @@ class Node:
             cpu_time=self.meter.now() - cpu_started,
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
+            links={str(j): list(v) for j, v in sorted(stats.links.items())},
         )
         log.info("node %d round %d: loss %s acc %s arrived %d/%d", self.id, r,
                  "-" if train_loss is None else f"{train_loss:.4f}",
@@ -578,6 +579,7 @@ class Node:
 
     def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
+        self._tell_restarts(protocol)
         self._send_all(protocol.start())
         for msg in self._window.take(r):
             self._liveness.hear(msg.sender)
@@ -591,11 +593,18 @@ class Node:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
                 continue
             msg = yield remaining
+            self._tell_restarts(protocol)  # first: a new process's messages come after its restart
             if msg is not None and self._admit(msg, r):
                 self._feed(protocol, msg)
             if protocol.phase != phase:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         return protocol.result()
+
+    def _tell_restarts(self, protocol: RoundProtocol) -> None:
+        """Tell the round which neighbours' processes were replaced: what the old ones held of it
+        (shares, a prepared setup, owed reveals) will never come, so it need not wait for them."""
+        for j in sorted(self.transport.restarted()):
+            self._send_all(protocol.peer_restarted(j))
 
     def _admit(self, msg: Message, r: int) -> bool:
         """True if `msg` belongs to round `r`; keep later rounds' messages, drop the rest (counted).
@@ -618,7 +627,7 @@ class Node:
             assert self._finished is not None
             self._feed(self._finished, msg)
         elif verdict.place is Place.DROPPED:
-            self._drop(verdict.reason, verdict.detail)
+            self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
     def _takes_late(self, msg: Message) -> bool:
@@ -650,7 +659,7 @@ class Node:
         now = time.monotonic()
         last = self._hellos.get(j)
         if last is not None and (last[0] == r or now - last[1] < HELLO_MIN_INTERVAL):
-            self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago")
+            self._drop("hello_rate", f"hello from {j}: already answered in round {last[0]}, {now - last[1]:.2f}s ago", j)
             return
         self._hellos[j] = (r, now)
         tensors = {} if self.config.secure_agg else {DELTA: self._delta}
@@ -662,24 +671,25 @@ class Node:
         if msg.meta.get("running") is True:
             self._ready.add(msg.sender)  # it is past its own start-up: as good as ready
         if msg.round > self.config.rounds:
-            self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}")
+            self._drop("wrong_round", f"sync from {msg.sender} claims round {msg.round} of {self.config.rounds}", msg.sender)
             return
         if self.config.secure_agg:
             if msg.tensors:  # an honest secure node never sends one: do not even look at it
-                self._drop("sync_with_model", f"sync from {msg.sender} carries {sorted(msg.tensors)} under secure aggregation")
+                self._drop("sync_with_model", f"sync from {msg.sender} carries {sorted(msg.tensors)} under secure aggregation",
+                           msg.sender)
                 return
             self._syncs[msg.sender] = (msg.round, None)
             return
         try:
             self._syncs[msg.sender] = (msg.round, check_vector(msg, DELTA, self.trainer.num_params))
         except Rejected as exc:
-            self._drop(exc.reason, str(exc))
+            self._drop(exc.reason, str(exc), msg.sender)
 
     def _feed(self, protocol: RoundProtocol, msg: Message) -> None:
         try:
             out = protocol.on_message(msg)
         except Rejected as exc:
-            self._drop(exc.reason, str(exc))
+            self._drop(exc.reason, str(exc), msg.sender)
             out = exc.reply
         self._send_all(out)
 
@@ -687,5 +697,5 @@ class Node:
         for to, msg in outbound:
             self.transport.send(to, msg)
 
-    def _drop(self, reason: str, detail: str) -> None:
-        self.transport.drop(reason, detail)
+    def _drop(self, reason: str, detail: str, sender: int | None = None) -> None:
+        self.transport.drop(reason, detail, sender)

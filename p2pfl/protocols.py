@@ -106,6 +106,11 @@ class RoundProtocol(ABC):
         share phase; push-sum: the node's weight), handed to the next protocol; None: nothing."""
         return None
 
+    def peer_restarted(self, j: int) -> list[Outbound]:
+        """Neighbour j's process was replaced by a new one (the transport agreed fresh sessions
+        with it): what its old process held of this round is gone. Default: nothing to stop."""
+        return []
+
     def takes_late(self, msg: Message) -> bool:
         """After `finished()`: True if `msg`, of this round, is expected traffic this protocol
         still consumes (the node feeds it to `on_message`) rather than a stale message."""

@@ -77,6 +77,12 @@ class RoundRecord:
     # Mean squared distance of the round's node models to their average. Only a launcher that sees
     # every model (simulate) can know it; a node on its own machine writes None.
     consensus_distance: float | None = None
+    # Per neighbour (its id as a string): [bytes sent to it, bytes received from it, messages of its
+    # link dropped], cumulative like bytes_sent (channel.TransportStats.links). None: not recorded.
+    links: dict[str, list[int]] | None = None
+    # This node's squared distance to the round's average model (consensus_distance is the mean of
+    # these over the nodes); like it, only a launcher that sees every model can know it.
+    node_distance: float | None = None
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus; never written
 
     def to_json(self) -> dict[str, Any]:
@@ -241,6 +247,14 @@ def _strings(value: Any) -> list[str]:
     return list(value)
 
 
+def _links(value: Any) -> dict[str, list[int]]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, list) and len(v) == 3
+            and all(_is_int(x) and x >= 0 for x in v) for k, v in value.items()):
+        raise _Bad(f"expected an object of neighbour id -> [sent, received, dropped] counts, got {value!r}")
+    return {k: list(v) for k, v in value.items()}
+
+
 def _node_ids(value: Any) -> list[int]:
     if (not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value)
             or len(set(value)) != len(value)):
@@ -255,8 +269,11 @@ RECORD_SCHEMA: dict[str, Check] = {
     "wall_time": _number(), "round_time": _number(), "train_time": _number(), "cpu_time": _number(),
     "arrived": _integer(0), "dropped": _counts, "aggregation": _string,
     "epsilon": _nullable(_number(finite=False)), "participated": _boolean,
-    "consensus_distance": _nullable(_number(finite=False)),
+    "consensus_distance": _nullable(_number(finite=False)), "links": _nullable(_links),
+    "node_distance": _nullable(_number(finite=False)),
 }
+# Fields added after schema 1 was first written: a record without them reads as these values.
+RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None}
 SUMMARY_SCHEMA: dict[str, Check] = {
     "label": _string, "topology": _string, "aggregation": _one_of("gossip", "fedavg"), "secure_agg": _boolean,
     "nodes": _integer(1), "rounds": _integer(1), "partition": _string, "seed": _integer(0),
@@ -310,7 +327,7 @@ def _check_version(obj: dict[str, Any], path: Path, line: int | None) -> None:
 
 def parse_record(obj: Any, path: Path, line: int | None = None) -> RoundRecord:
     """One metrics.jsonl object as a RoundRecord; RunDirError naming `path`, `line` and the field if bad."""
-    return RoundRecord(**_parse(obj, RECORD_SCHEMA, path, line))
+    return RoundRecord(**_parse(obj, RECORD_SCHEMA, path, line, RECORD_DEFAULTS))
 
 
 def parse_summary(obj: Any, path: Path) -> RunSummary:

@@ -231,9 +231,11 @@ class _Collector:
 
     def _write(self, r: int, got: dict[int, tuple[RoundRecord, np.ndarray]]) -> None:
         deltas = np.stack([d for _, d in got.values()]).astype(np.float64)
-        distance = float(((deltas - deltas.mean(axis=0)) ** 2).sum(axis=1).mean())
+        per_node = ((deltas - deltas.mean(axis=0)) ** 2).sum(axis=1)
+        distance = float(per_node.mean())
+        index = {node_id: k for k, node_id in enumerate(got)}  # `deltas` is in got's order
         for node_id in sorted(got):
-            rec = replace(got[node_id][0], consensus_distance=distance)
+            rec = replace(got[node_id][0], consensus_distance=distance, node_distance=float(per_node[index[node_id]]))
             self.writer.append(rec)
             self.written.append(rec)
         recs = [rec for rec, _ in got.values()]

@@ -58,12 +58,17 @@ class MessageTransport(Protocol):
         """Whether our session to neighbour `j` is agreed."""
         ...
 
+    def restarted(self) -> set[int]:
+        """Neighbours whose earlier process a new one replaced since the last call (each told once):
+        nothing more comes from the old process, which held its part of the current round."""
+        ...
+
     def count_drop(self, reason: str) -> None:
         """Count one message the node dropped itself, in the same table."""
         ...
 
-    def drop(self, reason: str, detail: str) -> None:
-        """Count and log (rate-limited) a message the node refused after delivery."""
+    def drop(self, reason: str, detail: str, sender: int | None = None) -> None:
+        """Count and log (rate-limited) a message the node refused after delivery (on `sender`'s link too)."""
         ...
 
     @property

@@ -65,33 +65,38 @@ def test_restarted_node_resumes_from_its_checkpoint_and_rejoins(tmp_path: Path) 
                  f"neighbours hear it again; final accuracies > 0.85 within 0.05", unit="restart")
 
 
-def test_a_secure_restart_costs_each_node_at_most_two_failed_rounds(tmp_path: Path) -> None:
-    """Issue 17 asks for at most one; runs give one or two (docs/faults.md, *Secure restarts*).
+def test_a_secure_restart_costs_the_cluster_at_most_one_failed_round(tmp_path: Path) -> None:
+    """Issue 17: a `--secure` member SIGKILLed mid-run and restarted at once costs one round.
 
-    The kill fails the round its neighbours were in. Whether the restart costs another depends on
-    when the new process arrives: the share phase of round r + 1 runs during round r (pipelined
-    setup), so a node that rejoins in round r after its neighbours closed that phase is not in
-    their r + 1 groups, which then fail too (`too_few_members`).
+    The kill fails the round its neighbours were in (what the dead process owed them is gone).
+    Nothing after it may fail: its neighbours stop waiting for the old process the moment the
+    new one's sessions are accepted (`peer_restarted`), so they reach the next round in time for
+    theirs, and the new process's late shares are answered (`abort` "late") so it does too. The
+    phase deadline is the default 10 s, not the other tests' 4 s: with other work beside the suite
+    a round took 4-12 s here, and a deadline that load trips is not the restart's cost.
     """
     cluster = make_cluster(tmp_path)
     rounds = 14
     extra = ("--secure", "--down-after", "100", "--checkpoint-dir", str(tmp_path / "ckpt"))
-    procs = {k: start_node(cluster, k, tmp_path, rounds, *extra) for k in range(NODES)}
+    procs = {k: start_node(cluster, k, tmp_path, rounds, *extra, round_timeout=10.0) for k in range(NODES)}
     try:
         wait_for_round(tmp_path, 2, 4, procs)
         procs[2].send_signal(signal.SIGKILL)
         procs[2].wait()
-        procs[2] = start_node(cluster, 2, tmp_path, rounds, *extra)  # at once, as a supervisor would
+        procs[2] = start_node(cluster, 2, tmp_path, rounds, *extra, round_timeout=10.0)  # at once, as a supervisor would
         finish(procs, tmp_path)
     finally:
         for p in procs.values():
             p.kill()
     failed = {k: [r["round"] for r in node_records(tmp_path, k) if r["aggregation"] != "ok"] for k in range(NODES)}
-    assert all(len(f) <= 2 for f in failed.values()), failed
+    assert len(set().union(*failed.values())) <= 1, failed
+    assert all(not f or k in (1, 2, 3) for k, f in failed.items()), failed  # only the dead node and its neighbours
     assert all(node_records(tmp_path, k)[-1]["round"] == rounds for k in range(NODES))
     assert node_records(tmp_path, 2)[-1]["aggregation"] == "ok"  # the restarted node is mixed back in
     logs = {k: (tmp_path / f"node-{k}.log").read_text() for k in (1, 3)}
     assert all("node 2 restarted (its earlier process is gone)" in log for log in logs.values())
+    lost = sorted(set().union(*failed.values()))
     record_fault("SIGKILL and immediate restart of a `p2pfl node --secure` process (6-node ring)", 1,
-                 f"held: each node failed at most two secure rounds (failed rounds per node: {failed}); the restarted "
-                 "node's neighbours saw a new session from its new process, and it aggregated again", unit="restart")
+                 f"held: the cluster failed {len(lost)} secure round(s) {lost} (failed rounds per node: {failed}); the "
+                 "restarted node's neighbours saw a new session from its new process, and it aggregated again",
+                 unit="restart")

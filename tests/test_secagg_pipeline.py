@@ -204,3 +204,66 @@ def test_shares_after_the_group_finished_are_answered_so_a_restarted_node_stops_
     assert {j: m.outcome for j, m in protos[5].members.items()} == dict.fromkeys(adj[5], "aborted:late")
     assert protos[5].agg.done and protos[5].failure_reason == "too_few_members"
     assert protos[5].finished()
+
+
+@pytest.mark.parametrize("adj, dies_before, membership, sums", [
+    # groups of 4: the others' shares rebuild 5's self-mask seed; 5 died before asking its members to unmask
+    (circulant(8, (1, 2)), "unmask", "aborted:restarted", True),
+    # ring, groups of 3: 5's reveal was needed, the group fails safely; its members had revealed to it
+    (circulant(6, (1,)), "reveal", "revealed", False),
+])
+def test_a_neighbour_whose_process_is_replaced_mid_round_costs_no_deadline(adj, dies_before: str, membership: str,
+                                                                          sums: bool) -> None:
+    # node 5 sent its masked inputs of round 2 and died (SIGKILL) before its next step; its new
+    # process agreed fresh sessions with its neighbours, whose transports say so. Told, each stops
+    # waiting for what the old process owed: its membership in 5's group ends ("restarted"), and its
+    # own group completes with 5's input in the sum where the other members' reveals suffice, and
+    # otherwise fails safely, either way at once instead of at the phase's deadline.
+    cluster = Cluster(adj, rounds=4, seed=7)
+    cluster.round(1)
+    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
+    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
+                                   prepared=cluster.prepared[i]) for i in adj}
+    router = Router(protos, crash_before={5: dies_before})
+    router.start()
+    router.deliver()
+    assert {j for j in adj if j != 5 and not protos[j].finished()} == set(adj[5]), \
+        "without being told, 5's neighbours wait for its old process"
+    for j in adj[5]:
+        router.post(j, protos[j].peer_restarted(5))
+    router.deliver()
+    assert router.deadlines == 0
+    for j in adj[5]:
+        p = protos[j]
+        assert p.finished() and p.members[5].outcome == membership
+        if sums:
+            assert p.status == "ok" and 5 in p.contributors and 5 not in p.agg.revealed_mask
+            assert_within_bound(p, xs, cluster.W)
+        else:
+            assert p.status == "failed" and p.failure_reason == "too_few_reveals"
+            assert np.array_equal(p.result(), xs[j])  # nothing unmasked: it keeps its own model
+    assert all(protos[i].finished() and protos[i].status == "ok" for i in adj if i != 5 and i not in adj[5])
+
+
+def test_a_neighbour_restarted_before_it_masked_is_dropped_at_once() -> None:
+    # node 5 died in round 2 before its masked inputs went out: its neighbours' groups drop it when
+    # told (its mask key c_5 is rebuilt from the shares the others hold, never its self-mask seed)
+    adj = circulant(8, (1, 2))
+    cluster = Cluster(adj, rounds=4, seed=9)
+    cluster.round(1)
+    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
+    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
+                                   prepared=cluster.prepared[i]) for i in adj}
+    router = Router(protos, crash_before={5: "masked"})
+    router.start()
+    router.deliver()
+    assert not any(protos[j].agg.done for j in adj[5])
+    for j in adj[5]:
+        router.post(j, protos[j].peer_restarted(5))
+    router.deliver()
+    assert router.deadlines == 0
+    for j in adj[5]:
+        p = protos[j]
+        assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
+        assert 5 in p.agg.revealed_mask and 5 not in p.agg.revealed_self
+        assert_within_bound(p, xs, cluster.W)

@@ -80,8 +80,10 @@ def test_a_restarted_receiver_gets_new_sessions_without_losing_later_messages(ma
     c = make_cluster(2)
     a, b = c.transport(0), c.transport(1)
     handshake(a, b)
+    assert a.restarted() == set()  # a first session replaces nothing
     b2 = restart(c, b)
     handshake(a, b2)  # a learns of the restart from b2's own handshake and agrees anew
+    assert a.restarted() == {1} and a.restarted() == set()  # told once: the round stops waiting for b's old process
     msg = model_msg(0, round_=2)
     assert a.send(1, msg)
     assert_same(b2.recv(WAIT), msg)
@@ -118,6 +120,7 @@ def test_a_second_live_process_with_the_same_identity_is_refused_and_the_first_k
     assert real.send(1, msg)  # the real node was never displaced
     assert_same(b.recv(WAIT), msg)
     assert b.stats.sessions_accepted == 1
+    assert b.restarted() == set()  # a refused impostor is no restart: the real node's round is not cut short
 
 
 @pytest.mark.parametrize("bad", ["low_order", "short", "no_nonce", "type_a_list", "nonce_a_map"])

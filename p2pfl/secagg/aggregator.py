@@ -83,7 +83,8 @@ class Aggregator:
         self.sum: np.ndarray | None = None  # decoded float64 group sum
         self.failure: GroupFailure | None = None
         self.prepared = False  # U1 was fixed and the bundles sent in the previous round
-        self.lost: set[int] = set()  # members of U1 that came without the prepared setup
+        self.lost: set[int] = set()  # members of U1 that came without the prepared setup, or whose process is gone
+        self.gone: set[int] = set()  # confirmers whose process is gone before they revealed
         self.nxt: Aggregator | None = None  # the next round's group, collecting shares (pipelined)
 
     # state ------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Aggregator:
             AggStage.SHARES: set(self.spec.members),
             AggStage.MASKED: set(self.u1) - self.lost,
             AggStage.CONFIRM: set(self.u1) - self.lost,
-            AggStage.REVEAL: set(self.confirmers) - self.responded,
+            AggStage.REVEAL: set(self.confirmers) - self.responded - self.gone,
         }.get(self._stage, set())
         if self._stage < AggStage.REVEAL:  # no proof went out, so no member holds the next round's bundle
             self.nxt = None
@@ -174,6 +175,31 @@ class Aggregator:
         self.expected = self.expected - {u}
         if self._stage is AggStage.SHARES and not self.prepared and self.expected <= set(self.pks):
             return self.close_shares()
+        return []
+
+    def process_gone(self, u: int) -> list[Outbound]:
+        """Member u's process is gone (a new one agreed fresh sessions with us, so nothing more of
+        this round comes from the old one, and the new one holds none of its secrets): stop
+        waiting for it now rather than at the phase's deadline. Never moves a member whose masked
+        input arrived into the dropped set (that would rebuild both of its secrets)."""
+        stage = self._stage
+        if stage is AggStage.SHARES:
+            if u in self.pks:  # shares of the old process: the new one cannot mask with them
+                del self.pks[u], self.commits[u], self.cts[u]
+                self.expected = self.expected - {u}
+                if self.expected <= set(self.pks):
+                    return self.close_shares()
+            return []
+        if stage is AggStage.MASKED and u in self.u1 and u not in self.inputs:
+            self.lost.add(u)
+            return self.close_masked() if self.inputs | self.lost >= set(self.u1) else []
+        if stage is AggStage.CONFIRM and u in self.u1 and u not in self.macs:
+            self.lost.add(u)
+            return self.close_confirms() if set(self.macs) | self.lost >= set(self.u1) else []
+        if stage is AggStage.REVEAL and u in self.confirmers and u not in self.responded:
+            self.gone.add(u)
+            if self.responded | self.gone >= set(self.confirmers):
+                return self.fail("too_few_reveals", f"confirmer {u}'s process is gone and some secret still lacks t shares")
         return []
 
     def take_shares(self, u: int, obj: Any) -> None:
@@ -370,7 +396,7 @@ class Aggregator:
         self.responded.add(u)
         if self._complete():
             return self.finish()
-        if self.responded >= set(self.confirmers):
+        if self.responded | self.gone >= set(self.confirmers):
             return self.fail("too_few_reveals", "every confirmer answered and some secret still lacks t shares")
         return []
 

@@ -28,7 +28,7 @@ from p2pfl.secagg.codec import AGGREGATOR_STEPS, STEP_ABORT, Shares, is_id, step
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member
 from p2pfl.secagg.sealing import RandomFn, SecretFn
-from p2pfl.secagg.states import AggStage
+from p2pfl.secagg.states import AggStage, MemberStage
 
 
 @dataclass
@@ -188,6 +188,21 @@ class SecureGossipRound(SecAggRound):
         was_done = agg.done
         out = agg.not_coming(j)
         self._after_agg(was_done)
+        return out
+
+    def peer_restarted(self, j: int) -> list[Outbound]:
+        """Neighbour j's old process is gone: my membership in its group ends (its new process
+        holds none of that group's state, so nothing more of it would come), and my own group
+        stops waiting for whatever j's old process still owed it. Both end at once instead of
+        one deadline per phase, so the round j died in costs its neighbours no more than that round."""
+        m = self.members.get(j)
+        if m is not None and not m.done and m.stage is not MemberStage.NEW:  # NEW: told j nothing yet
+            m.abort("restarted")
+        agg = self.agg
+        if agg is None or agg.done or j not in agg.spec.members:
+            return []
+        out = agg.process_gone(j)
+        self._after_agg(False)
         return out
 
     def on_deadline(self) -> list[Outbound]:
