@@ -12,6 +12,7 @@ the CLI; the audit then reads the run directory.
   NOISE_RANGE, each step within the CI of the one before, and ends significantly below where it began;
 - secure gossip on a ring does not stop two adjacent colluders: their other neighbours' vectors
   are read exactly (fixed-point error only);
+- on a secure torus, a member whose 3 other neighbours collude reads the fourth exactly;
 - `p2pfl node` refuses --record (flag or experiment file);
 - the attack gets a `View`, which refuses truth/, models/ and metrics (a symlink out of view/
   too), and an attack on a copy of the run without them gives the same estimates and scores.
@@ -140,6 +141,16 @@ def test_secure_ring_does_not_stop_two_adjacent_colluders(tmp_path: Path) -> Non
     for j in (2, 7):
         assert victims[j]["model_cosine"] >= RECONSTRUCTED and victims[j]["model_rel_error"] < 1e-4, victims[j]
     assert all(victims[j]["model_rel_error"] > 0.1 for j in (3, 4, 5, 6)), victims
+
+
+def test_secure_torus_needs_four_colluders_around_one_aggregator(tmp_path: Path) -> None:
+    """On the 4 x 4 torus node 5's neighbours are 1, 4, 6 and 9: with 1, 4 and 6 colluding, node 5's
+    secure sum less their known inputs is node 9's input alone (docs/privacy.md, per topology)."""
+    run = _simulate(tmp_path / "torus", "-n", "16", "-t", "torus", "-r", "2", "--local-epochs", "2", "--secure",
+                    "--record", "1,4,5,6")
+    victims = {v["node"]: v for v in _audit(run)["victims"]}
+    assert victims[9]["model_cosine"] >= RECONSTRUCTED and victims[9]["model_rel_error"] < 1e-4, victims[9]
+    assert all(v["model_rel_error"] > 0.1 for j, v in victims.items() if j != 9), victims
 
 
 @pytest.mark.slow
