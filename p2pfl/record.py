@@ -77,6 +77,8 @@ class RoundRecord:
     # Mean squared distance of the round's node models to their average. Only a launcher that sees
     # every model (simulate) can know it; a node on its own machine writes None.
     consensus_distance: float | None = None
+    # Accuracy on the node's own test split (its writers' test rows, partition natural); None where it has none.
+    local_acc: float | None = None
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus; never written
 
     def to_json(self) -> dict[str, Any]:
@@ -256,7 +258,10 @@ RECORD_SCHEMA: dict[str, Check] = {
     "arrived": _integer(0), "dropped": _counts, "aggregation": _string,
     "epsilon": _nullable(_number(finite=False)), "participated": _boolean,
     "consensus_distance": _nullable(_number(finite=False)),
+    "local_acc": _nullable(_fraction),
 }
+# Fields added after schema 1 was first written: a record without them reads as these values.
+RECORD_DEFAULTS: dict[str, Any] = {"local_acc": None}
 SUMMARY_SCHEMA: dict[str, Check] = {
     "label": _string, "topology": _string, "aggregation": _one_of("gossip", "fedavg"), "secure_agg": _boolean,
     "nodes": _integer(1), "rounds": _integer(1), "partition": _string, "seed": _integer(0),
@@ -310,7 +315,7 @@ def _check_version(obj: dict[str, Any], path: Path, line: int | None) -> None:
 
 def parse_record(obj: Any, path: Path, line: int | None = None) -> RoundRecord:
     """One metrics.jsonl object as a RoundRecord; RunDirError naming `path`, `line` and the field if bad."""
-    return RoundRecord(**_parse(obj, RECORD_SCHEMA, path, line))
+    return RoundRecord(**_parse(obj, RECORD_SCHEMA, path, line, RECORD_DEFAULTS))
 
 
 def parse_summary(obj: Any, path: Path) -> RunSummary:

@@ -261,6 +261,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         events: mp.Queue = ctx.Queue()
         procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
                              daemon=True) for g in groups]
+    record_labels(config, run_dir, None if config.ray else workload)
     for p in procs:
         p.start()
     collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE), started)
@@ -288,6 +289,27 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         shown = "\n".join(f"  {f}" for f in failures[:10]) + (f"\n  ... {len(failures) - 10} more" if len(failures) > 10 else "")
         raise SimulationFailed(f"{len(errors)} node(s) failed; summary.json in {run_dir} is marked failed:\n{shown}")
     return RunResult(run_dir, summary.to_json())
+
+
+def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None) -> None:
+    """labels.json and label_histogram.png of the run's split (`labels`), from `workload` or loaded here."""
+    from p2pfl import labels
+    from p2pfl.partitioners import label_histogram
+    from p2pfl.record import partition_label
+
+    if workload is None:  # spawned or Ray workers load their own; the launcher loads it once more, for this
+        from p2pfl.launch import load_workload
+
+        workload = load_workload(config)
+    ds = workload.task.dataset
+    names = list(getattr(ds, "classes", ()) or [str(c) for c in range(ds.num_classes)])
+    kind = partition_label(config.partition, config.alpha)
+    if config.partition in ("pathological", "shard"):
+        kind = f"{config.partition}(k={config.shards_per_node})"
+    doc = labels.document(config.dataset or config.task, kind, names,
+                          label_histogram(ds.y_train, workload.parts, ds.num_classes))
+    labels.write(run_dir, doc)
+    labels.plot(doc, run_dir / labels.PLOT_FILE)
 
 
 class SimulationFailed(RuntimeError):
