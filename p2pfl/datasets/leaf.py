@@ -76,6 +76,10 @@ def _read_split(files: list[Path]) -> tuple[dict[str, tuple[list[Any], list[Any]
 
 
 def _femnist_rows(user: str, xs: list[Any], ys: list[Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    for i, row in enumerate(xs):
+        if not isinstance(row, list) or len(row) != FEMNIST_PIXELS:
+            got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
+            raise DatasetError(path, f"user {user!r} row {i}: x rows must have {FEMNIST_PIXELS} pixels (28x28), got {got}")
     try:
         x = np.asarray(xs, dtype=np.float32)
         y = np.asarray(ys, dtype=np.int64)
