@@ -64,14 +64,18 @@ def test_femnist_natural_partition_records_local_accuracy(tmp_path: Path) -> Non
     assert all(a is not None for a in local) and np.mean(local) >= 0.1 + 0.4
 
 
-@pytest.mark.slow  # LEAF's 2 x 256 LSTM over 80 characters: ~10 s of CPU for a few steps on 8 nodes
+@pytest.mark.slow  # LEAF's 2 x 256 LSTM over 80 characters: seconds of CPU per step on 8 nodes
 def test_shakespeare_natural_by_role_with_the_lstm(tmp_path: Path) -> None:
-    d = P.write_shakespeare(tmp_path / "shakespeare", roles=8, per_role=12)
-    summary, last = _simulate(tmp_path, "shakespeare", d, "--partition", "natural", "--optimizer", "adam", "--lr",
-                              "0.01", "--local-epochs", "2", "--batch-size", "8", rounds=3)
-    assert all(r["test_loss"] < math.log(80) - 0.8 for r in last)  # well below a uniform guess over 80
+    """LEAF's own optimiser (SGD, lr 0.8, no momentum); three rounds are enough to beat a uniform guess and
+    chance (the character frequencies), not to learn the lines: an LSTM needs hundreds of steps for that."""
+    d = P.write_shakespeare(tmp_path / "shakespeare", roles=8, per_role=16)
+    summary, last = _simulate(tmp_path, "shakespeare", d, "--partition", "natural", "--lr", "0.8", "--momentum", "0",
+                              "--batch-size", "16", rounds=3)
+    assert np.mean([r["test_loss"] for r in last]) < math.log(80) - 0.1  # below a uniform guess over 80
     _learns(summary, 80, 0.1)
     assert all(r["local_acc"] is not None for r in last)
+    labels = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert [sum(row) for row in labels["counts"]] == [16] * NODES  # one role of 16 lines per node
 
 
 def test_npz_table_pathological_split(tmp_path: Path) -> None:
