@@ -68,15 +68,16 @@ def read(path: Path) -> dict[str, Any]:
 
 def plot(doc: dict[str, Any], path: Path, title: str = "") -> Path:
     """label_histogram.png: one stacked bar per node (its training rows by class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     counts = np.asarray(doc["counts"], dtype=np.int64)
     nodes, classes = counts.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * nodes + 2), 4.0))
-    cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo")
+    fig = Figure(figsize=(max(6.0, 0.3 * nodes + 2), 4.0), dpi=100)
+    FigureCanvasAgg(fig)  # explicit Agg canvas, as report draws: no GUI, no pyplot state, no backend switch
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo"]
     bottom = np.zeros(nodes)
     for c in range(classes):
         colour = cmap(c if classes <= 20 else c / max(classes - 1, 1))
@@ -92,5 +93,4 @@ def plot(doc: dict[str, Any], path: Path, title: str = "") -> Path:
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
     return out

@@ -85,6 +85,12 @@ def test_npz_table_pathological_split(tmp_path: Path) -> None:
     labels = json.loads((tmp_path / "run" / "labels.json").read_text())
     assert all(sum(c > 0 for c in row) == 2 for row in labels["counts"])
     assert labels["partition"] == "pathological(k=2)"
+    # p2pfl report draws it beside its other plots
+    proc = subprocess.run([P2PFL, "report", str(tmp_path / "run"), "--out", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "report" / "label_histogram.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "accuracy_vs_round.png").is_file()
 
 
 def test_csv_table_natural_by_a_group_column(tmp_path: Path) -> None:
