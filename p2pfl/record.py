@@ -325,9 +325,14 @@ def parse_summary(obj: Any, path: Path) -> RunSummary:
 # -- building a summary ----------------------------------------------------------------------------
 
 
-def partition_label(kind: str, alpha: float) -> str:
-    """"iid", or a skewed partition's name with its concentration: "dirichlet(alpha=0.3)", "personas(alpha=0.2)"."""
-    return kind if kind == "iid" else f"{kind}(alpha={alpha})"
+def partition_label(kind: str, alpha: float, shards_per_node: int = 2) -> str:
+    """"iid", "natural", or a skewed partition's name with its knob: "dirichlet(alpha=0.3)", "personas(alpha=0.2)",
+    "size-skew(alpha=1.0)", "pathological(k=2)", "shard(k=2)"."""
+    if kind in ("iid", "natural"):
+        return kind
+    if kind in ("pathological", "shard"):
+        return f"{kind}(k={shards_per_node})"
+    return f"{kind}(alpha={alpha})"
 
 
 def final_figures(records: Iterable[RoundRecord]) -> tuple[float | None, float | None, float | None]:
@@ -352,7 +357,7 @@ def build_summary(config: ExperimentConfig, *, topology: str, spectral_gap: floa
     return RunSummary(
         label=config.display_label(), topology=topology, aggregation=config.aggregation,
         secure_agg=config.secure_agg, nodes=config.nodes, rounds=config.rounds,
-        partition=partition_label(config.partition, config.alpha), seed=config.seed, spectral_gap=spectral_gap,
+        partition=partition_label(config.partition, config.alpha, config.shards_per_node), seed=config.seed, spectral_gap=spectral_gap,
         node_ids=sorted(node_ids), final_acc_mean=acc_mean, final_acc_std=acc_std, dp=config.dp,
         dp_delta=config.dp_delta if config.dp_enabled else None, epsilon_max=eps_max,
         compression=config.compression, participation=config.participation, fedavg_sample=config.fedavg_sample,

@@ -303,9 +303,7 @@ def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None)
         workload = load_workload(config)
     ds = workload.task.dataset
     names = list(getattr(ds, "classes", ()) or [str(c) for c in range(ds.num_classes)])
-    kind = partition_label(config.partition, config.alpha)
-    if config.partition in ("pathological", "shard"):
-        kind = f"{config.partition}(k={config.shards_per_node})"
+    kind = partition_label(config.partition, config.alpha, config.shards_per_node)
     doc = labels.document(config.dataset or config.task, kind, names,
                           label_histogram(ds.y_train, workload.parts, ds.num_classes))
     labels.write(run_dir, doc)
@@ -345,7 +343,7 @@ def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, con
     evaluation, timed here, plus the measured per-node cost of a round beyond training.
     """
     from p2pfl.data import shard
-    from p2pfl.node import train_config
+    from p2pfl.node import eval_rows, train_config
     from p2pfl.training import LocalTrainer, init_model
 
     task = workload.task
@@ -353,7 +351,9 @@ def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, con
     trainer.train()  # the first call pays one-time set-up
     began = time.perf_counter()
     trainer.train()
-    trainer.evaluate(task.dataset.x_test, task.dataset.y_test)
+    rows = eval_rows(len(task.dataset.y_test), config.eval_sample, config.seed)  # what a round evaluates on
+    trainer.evaluate(*((task.dataset.x_test, task.dataset.y_test) if rows is None
+                       else (task.dataset.x_test[rows], task.dataset.y_test[rows])))
     per_node = time.perf_counter() - began + (SECURE_NODE_OVERHEAD_S if config.secure_agg else NODE_OVERHEAD_S)
     share = max(1.0, len(groups) / (os.cpu_count() or 1))  # workers beyond the cores share them
     needed = PACE_SLACK * per_node * max(len(g) for g in groups) * share

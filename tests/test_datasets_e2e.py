@@ -45,8 +45,13 @@ def _learns(summary: dict, test_classes: int, margin: float) -> None:
 def test_mnist_idx_gzipped(tmp_path: Path) -> None:
     d = P.write_idx_dataset(tmp_path / "mnist", n_train=400, n_test=100, gz=True)
     summary, last = _simulate(tmp_path, "mnist", d, "--model", "mlp", "--partition", "dirichlet", "--alpha", "1.0",
-                              rounds=3)
+                              "--eval-sample", "30", rounds=3)
     _learns(summary, 10, 0.5)
+    # rounds before the last evaluate on the 30-row sample, the last on all 100 test rows
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    early = [r["test_acc"] for r in records if r["round"] < 3]
+    assert all(abs(a * 30 - round(a * 30)) < 1e-9 for a in early)
+    assert any(abs(r["test_acc"] * 30 - round(r["test_acc"] * 30)) > 1e-6 for r in last)  # k/100, not k/30
     assert all(r["local_acc"] is None for r in last)  # no writers, no local test split
 
 

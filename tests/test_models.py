@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,13 @@ def test_augment_refuses_rows_that_are_not_images() -> None:
         models.build("mlp", (12,), 4, augment=True)
     with pytest.raises(ValueError, match="model cnn32 needs square images"):
         models.build("cnn32", (12,), 4)
+
+
+def test_eval_sample_rows_are_fixed_seeded_and_sorted() -> None:
+    from p2pfl.node import eval_rows
+
+    a, b = eval_rows(10_000, 2000, 3), eval_rows(10_000, 2000, 3)
+    assert a is not None and b is not None and np.array_equal(a, b) and len(np.unique(a)) == 2000
+    assert np.array_equal(a, np.sort(a)) and a.max() < 10_000
+    assert not np.array_equal(a, eval_rows(10_000, 2000, 4))
+    assert eval_rows(360, 2000, 0) is None and eval_rows(10_000, 0, 0) is None  # the whole test set
