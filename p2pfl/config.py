@@ -248,6 +248,9 @@ class ExperimentConfig:
                                   f"them (femnist, shakespeare, or group_column of a csv / hf dataset), not {self.task}",
                                   source)
             return
+        if not self.data_dir:
+            raise ConfigError("data_dir", f"dataset {self.dataset} is read from files: give the folder that holds them "
+                              "(--data-dir DIR; docs/datasets.md shows each layout)", source)
         if self.task != DEFAULT_TASK:
             raise ConfigError("dataset", f"give a task or a dataset, not both (task = {self.task}, dataset = "
                               f"{self.dataset})", source)
@@ -259,7 +262,7 @@ class ExperimentConfig:
                               f"{self.dataset} has its own writers or none", source)
         if self.partition == "natural" and not (datasets.get(self.dataset).natural or self.group_column):
             raise ConfigError("partition", f"natural needs each row's writer or user: {self.dataset} has none "
-                              "(femnist and shakespeare have; a csv or hf table needs group_column)", source)
+                              "(femnist, shakespeare and an npz with a group array have; a csv or hf table needs group_column)", source)
 
     def _validate_knobs(self, source: str | None) -> None:
         """DP, FedProx, participation and compression: combinations."""

@@ -319,3 +319,31 @@ def test_cli_reports_a_corrupt_file_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert f"dataset: {f}: is truncated" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("settings,field,words", [
+    ({"dataset": "mnist"}, "data_dir", "is read from files"),
+    ({"model": "cnn32"}, "model", "set dataset too"),
+    ({"augment": True}, "augment", "set dataset too"),
+    ({"dataset": "mnist", "data_dir": "/d", "task": "apps"}, "dataset", "not both"),
+    ({"dataset": "mnist", "data_dir": "/d", "partition": "natural"}, "partition", "mnist has none"),
+    ({"dataset": "cifar10", "data_dir": "/d", "group_column": "w"}, "group_column", "names a column of a table"),
+    ({"dataset": "mnist", "data_dir": "/d", "partition": "personas"}, "partition", "apps task's split"),
+    ({"partition": "natural"}, "partition", "not digits-mlp"),
+    ({"dataset": "mnist", "data_dir": "/d", "eval_sample": -1}, "eval_sample", ">= 0"),
+    ({"dataset": "imagenet", "data_dir": "/d"}, "dataset", "must be one of"),
+])
+def test_config_refuses_what_a_dataset_run_cannot_do(settings: dict, field: str, words: str) -> None:
+    from p2pfl.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig(**settings).validate()
+    assert info.value.field == field and words in str(info.value)
+
+
+def test_config_accepts_a_dataset_run() -> None:
+    from p2pfl.config import ExperimentConfig
+
+    cfg = ExperimentConfig(dataset="csv", data_dir="/d", group_column="user", partition="natural", model="mlp",
+                           eval_sample=0).validate()
+    assert cfg.dataset == "csv"

@@ -31,7 +31,7 @@ class DatasetInfo:
     name: str
     loader: Loader
     model: str  # the default model (p2pfl.models.MODELS); "auto": chosen from the loaded input shape
-    natural: bool = False  # its rows carry a writer/role (partition = natural works without a column)
+    natural: bool = False  # its rows may carry a writer/role (partition = natural works without a column)
     summary: str = ""
 
 
@@ -75,7 +75,7 @@ for _info in (
     DatasetInfo("femnist", leaf.load_femnist, "cnn28", natural=True, summary="LEAF FEMNIST JSON (by writer)"),
     DatasetInfo("shakespeare", leaf.load_shakespeare, "char-lstm", natural=True,
                 summary="LEAF Shakespeare JSON (by role)"),
-    DatasetInfo("npz", tables.load_npz, "auto", summary="train.npz / test.npz arrays x, y[, group]"),
+    DatasetInfo("npz", tables.load_npz, "auto", natural=True, summary="train.npz / test.npz arrays x, y[, group]"),
     DatasetInfo("csv", tables.load_csv, "auto", summary="train.csv / test.csv with a label column"),
     DatasetInfo("imagefolder", images.load_imagefolder, "auto", summary="train/<class>/*.png, test/<class>/*.png"),
     DatasetInfo("hf", hf.load_hf, "auto", summary="HuggingFace save_to_disk folder or parquet files"),
