@@ -328,7 +328,7 @@ def test_cli_reports_a_corrupt_file_in_one_line(tmp_path: Path) -> None:
     ({"dataset": "mnist", "data_dir": "/d", "task": "apps"}, "dataset", "not both"),
     ({"dataset": "mnist", "data_dir": "/d", "partition": "natural"}, "partition", "mnist has none"),
     ({"dataset": "cifar10", "data_dir": "/d", "group_column": "w"}, "group_column", "names a column of a table"),
-    ({"dataset": "mnist", "data_dir": "/d", "partition": "personas"}, "partition", "apps task's split"),
+    ({"dataset": "mnist", "data_dir": "/d", "partition": "personas"}, "partition", "personas"),
     ({"partition": "natural"}, "partition", "not digits-mlp"),
     ({"dataset": "mnist", "data_dir": "/d", "eval_sample": -1}, "eval_sample", ">= 0"),
     ({"dataset": "imagenet", "data_dir": "/d"}, "dataset", "must be one of"),
