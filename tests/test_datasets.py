@@ -347,3 +347,11 @@ def test_config_accepts_a_dataset_run() -> None:
     cfg = ExperimentConfig(dataset="csv", data_dir="/d", group_column="user", partition="natural", model="mlp",
                            eval_sample=0).validate()
     assert cfg.dataset == "csv"
+
+
+def test_huggingface_image_column(tmp_path: Path) -> None:
+    ds = datasets.load("hf", P.write_hf_images(tmp_path))
+    x, y = P.images(40, 3, (8, 8), 92)
+    assert ds.x_train.shape == (40, 1, 8, 8) and ds.classes == ("u", "v", "w")
+    assert np.array_equal(ds.y_train, y.astype(np.int64))
+    _affine(ds.x_train[:, 0], x)

@@ -209,3 +209,18 @@ def write_hf(d: Path, n_train: int = 800, n_test: int = 200, parquet: bool = Fal
     else:
         dd.save_to_disk(str(d))
     return d
+
+
+def write_hf_images(d: Path, n_train: int = 40, n_test: int = 12, side: int = 8) -> Path:
+    """A DatasetDict with an Image column 'img' (grayscale PNGs) and a ClassLabel 'label', saved with save_to_disk."""
+    import datasets
+    from PIL import Image
+
+    splits = {}
+    for split, n, seed in (("train", n_train, 92), ("test", n_test, 93)):
+        x, y = images(n, 3, (side, side), seed)
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["u", "v", "w"])})
+        splits[split] = datasets.Dataset.from_dict({"img": [Image.fromarray(a, "L") for a in x], "label": y.tolist()},
+                                                   features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(d))
+    return d
