@@ -86,7 +86,7 @@ def main() -> None:
         rows = min(a.eval_sample, 360) if name == "mlp" else a.eval_sample  # digits has 360 test rows
         params, train, ev = time_case(name, shape, classes, shard, augment, rows, a.repeats)
         base = base or train + ev
-        print(f"| {name}{' +augment' if augment else ''} | {what} | {params:,} | {shard:,} | {train:.2f} | {ev:.3f} | "
+        print(f"| {name}{' +augment' if augment else ''} | {what} | {params:,} | {shard:,} | {train:.3f} | {ev:.3f} | "
               f"{(train + ev) / base:,.0f} |", flush=True)
 
 
