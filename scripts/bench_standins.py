@@ -48,11 +48,14 @@ def main() -> None:
             ("mnist-shaped IDX, cnn28, dirichlet 0.5",
              ["--dataset", "mnist", "--data-dir", str(P.write_idx_dataset(t / "mnist", n_train=n_train, n_test=n_test)),
               "--partition", "dirichlet", "--alpha", "0.5"]),
+            ("cifar10-shaped binary, cnn32, iid",
+             ["--dataset", "cifar10", "--data-dir", str(P.write_cifar10(t / "cifar", per_batch=n_train // 5, n_test=n_test))]),
+            ("cifar10-shaped binary, resnet8, iid",
+             ["--dataset", "cifar10", "--data-dir", str(t / "cifar"), "--model", "resnet8"]),
+            # The stand-in's classes are fixed noise patterns, which a shifted crop no longer matches: augmentation
+            # makes them much harder to learn (natural images are the other way round). Run to time its cost.
             ("cifar10-shaped binary, cnn32 +augment, iid",
-             ["--dataset", "cifar10", "--data-dir", str(P.write_cifar10(t / "cifar", per_batch=n_train // 5, n_test=n_test)),
-              "--augment"]),
-            ("cifar10-shaped binary, resnet8 +augment, iid",
-             ["--dataset", "cifar10", "--data-dir", str(t / "cifar"), "--model", "resnet8", "--augment"]),
+             ["--dataset", "cifar10", "--data-dir", str(t / "cifar"), "--augment"]),
             ("femnist-shaped LEAF (32 writers), cnn28, natural",
              ["--dataset", "femnist", "--data-dir", str(P.write_femnist(t / "femnist", writers=2 * a.nodes,
                                                                        per_writer=a.per_node // 2)),
