@@ -236,9 +236,9 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
     except ValueError as exc:  # a plug-in task that fails when called, or cannot be split this way
         raise click.UsageError(str(exc)) from exc
     if out is not None:  # every node computes the same split: its directory records all of it, as simulate's does
-        from p2pfl.simulate import record_labels
+        from p2pfl.simulate import draw_labels, record_labels
 
-        record_labels(cfg, Path(run_dir), workload)
+        draw_labels(record_labels(cfg, Path(run_dir), workload), Path(run_dir))
     if fresh:
         store_dir = Path(cfg.checkpoint_dir) / f"node-{node_id}"
         try:

@@ -19,6 +19,7 @@ import numpy as np
 LABELS_FILE = "labels.json"
 PLOT_FILE = "label_histogram.png"
 SCHEMA = 1
+MAX_BARS = 64  # above this many nodes the plot is a heat map of label shares, not a bar per node
 
 
 class LabelsError(ValueError):
@@ -67,13 +68,29 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def plot(doc: dict[str, Any], path: Path, title: str = "") -> Path:
-    """label_histogram.png: one stacked bar per node (its training rows by class)."""
+    """label_histogram.png: one stacked bar per node (its training rows by class); above MAX_BARS nodes a heat map
+    of every node's label shares."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     counts = np.asarray(doc["counts"], dtype=np.int64)
     nodes, classes = counts.shape
+    title = title or f"Labels per node: {doc['dataset']}, {doc['partition']}"
+    if nodes > MAX_BARS:  # thousands of bars would take minutes and say nothing: each node's label shares instead
+        fig = Figure(figsize=(10.0, 4.0), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(shares.T, aspect="auto", interpolation="nearest", cmap="viridis", origin="lower")
+        fig.colorbar(image, ax=ax, label="share of the node's samples")
+        ax.set_xlabel("node")
+        ax.set_ylabel("label")
+        ax.set_title(title)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", dpi=100)
+        return out
     fig = Figure(figsize=(max(6.0, 0.3 * nodes + 2), 4.0), dpi=100)
     FigureCanvasAgg(fig)  # explicit Agg canvas, as report draws: no GUI, no pyplot state, no backend switch
     ax = fig.add_subplot(1, 1, 1)
@@ -86,7 +103,7 @@ def plot(doc: dict[str, Any], path: Path, title: str = "") -> Path:
         bottom += counts[:, c]
     ax.set_xlabel("node")
     ax.set_ylabel("training samples")
-    ax.set_title(title or f"Labels per node: {doc['dataset']}, {doc['partition']}")
+    ax.set_title(title)
     if classes <= 20:
         ax.legend(title="label", fontsize="x-small", ncol=2 if classes > 10 else 1, loc="upper left",
                   bbox_to_anchor=(1.0, 1.0))

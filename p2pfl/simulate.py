@@ -261,7 +261,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         events: mp.Queue = ctx.Queue()
         procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
                              daemon=True) for g in groups]
-    record_labels(config, run_dir, None if config.ray else workload)
+    label_doc = record_labels(config, run_dir, None if config.ray else workload)
     for p in procs:
         p.start()
     collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE), started)
@@ -283,6 +283,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
                             processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss), failures=failures,
                             first_round_s=collector.first_round_s)
     write_summary(run_dir, summary)  # a failed run keeps what it measured, marked failed
+    draw_labels(label_doc, run_dir)  # after the run: importing matplotlib must not delay the first round
     if errors:
         node_id, tb = next(iter(sorted(errors.items())))
         log.error("node %d failed:\n%s", node_id, tb)
@@ -291,8 +292,9 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
     return RunResult(run_dir, summary.to_json())
 
 
-def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None) -> None:
-    """labels.json and label_histogram.png of the run's split (`labels`), from `workload` or loaded here."""
+def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None) -> dict[str, Any]:
+    """labels.json of the run's split (`labels`), from `workload` or loaded here; returns the document for
+    `draw_labels`."""
     from p2pfl import labels
     from p2pfl.partitioners import label_histogram
     from p2pfl.record import partition_label
@@ -307,6 +309,13 @@ def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None)
     doc = labels.document(config.dataset or config.task, kind, names,
                           label_histogram(ds.y_train, workload.parts, ds.num_classes))
     labels.write(run_dir, doc)
+    return doc
+
+
+def draw_labels(doc: dict[str, Any], run_dir: Path) -> None:
+    """label_histogram.png beside labels.json."""
+    from p2pfl import labels
+
     labels.plot(doc, run_dir / labels.PLOT_FILE)
 
 

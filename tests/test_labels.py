@@ -39,3 +39,12 @@ def test_bad_documents_name_the_field(tmp_path: Path, change, field: str) -> Non
 def test_document_refuses_a_mismatched_histogram() -> None:
     with pytest.raises(ValueError, match="counts must be nodes x 3"):
         labels.document("x", "iid", ["a", "b", "c"], np.ones((2, 2)))
+
+
+def test_many_nodes_draw_a_heat_map_quickly(tmp_path: Path) -> None:
+    import time
+
+    doc = labels.document("mnist1d", "iid", [str(c) for c in range(10)], np.ones((5000, 10), dtype=np.int64))
+    began = time.monotonic()
+    png = labels.plot(doc, tmp_path / "h.png")
+    assert png.stat().st_size > 1000 and time.monotonic() - began < 20
