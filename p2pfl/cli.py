@@ -420,6 +420,10 @@ def node(config_file: str | None, cluster_file: str, node_id: int, key_file: str
         workload = load_workload(cfg)
     except ValueError as exc:  # a plug-in task that fails when called, or cannot be split this way
         raise click.UsageError(str(exc)) from exc
+    if out is not None:  # every node computes the same split: its directory records all of it, as simulate's does
+        from p2pfl.simulate import draw_labels, record_labels
+
+        draw_labels(record_labels(cfg, Path(run_dir), workload), Path(run_dir))
     if fresh:
         store_dir = Path(cfg.checkpoint_dir) / f"node-{node_id}"
         try:

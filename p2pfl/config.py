@@ -41,18 +41,19 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from p2pfl import strategies, topology
+from p2pfl import datasets, strategies, topology
 from p2pfl.data import DEFAULT_MIN_SIZE
 
 if TYPE_CHECKING:
     from p2pfl.secagg.group import SecAggParams
 
-PARTITIONS = ("iid", "dirichlet", "personas")
+PARTITIONS = ("iid", "dirichlet", "personas", "pathological", "shard", "natural", "size-skew")
 OPTIMIZERS = ("sgd", "adam")
 DP_MODES = ("off", "local", "central", "distributed")
 DP_UNITS = ("record", "node")
 COMPRESSIONS = ("none", "q8", "q16")
 BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "apps", "mnist1d")  # training.BUILTIN_TASKS, named here without importing torch
+DEFAULT_TASK = "digits-mlp"
 GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (partition = "personas")
 # Training samples of the built-in tasks whose data does not grow with the node count, known here
 # so that a split they cannot support is refused without loading them (tests/test_task_scaling.py
@@ -60,6 +61,8 @@ GROUPED_TASKS = ("apps",)  # built-in tasks whose dataset has user groups (parti
 TASK_TRAIN_SAMPLES = {"digits-mlp": 1437, "digits-cnn": 1437, "apps": 8000}
 SCALING_TASK = "mnist1d"  # the built-in task to suggest when the data runs out
 COMMANDS = ("simulate", "compare", "node")  # the commands that take experiment options
+MODELS = ("mlp", "cnn28", "cnn32", "resnet8", "resnet20", "char-lstm")  # models.MODELS, named without importing torch
+TABLE_DATASETS = ("csv", "hf")  # datasets whose rows may name their group in a column (group_column)
 _PLUGIN_TASK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ADDRESS = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 # nodes of one host: a Unix socket at an absolute path that fits sun_path (108 bytes with the NUL)
@@ -127,7 +130,25 @@ class ExperimentConfig:
     optimizer: str = setting("sgd", "Local optimizer.", choices=OPTIMIZERS)
     partition: str = setting("iid", "How the data is split: iid, dirichlet (label skew) or personas (a task with "
                              "user groups: users of a few personas per node).", choices=PARTITIONS)
-    alpha: float = setting(0.5, "Dirichlet concentration for partition dirichlet or personas.", gt=0)
+    alpha: float = setting(0.5, "Dirichlet concentration for partition dirichlet, personas or size-skew.", gt=0)
+    # -- data from disk (p2pfl/datasets, docs/datasets.md) and the models that fit it
+    dataset: str = setting("", "A dataset read from data_dir in its publisher's format: mnist, fashion-mnist, "
+                           "emnist-SPLIT, cifar10, cifar100 (binary versions), femnist, shakespeare (LEAF JSON), npz, "
+                           "csv, imagefolder, hf (docs/datasets.md). Empty: the task's data.",
+                           choices=lambda: ("", *datasets.names()))
+    data_dir: str = setting("", "The folder holding the dataset's files (docs/datasets.md: the layout of each).",
+                            directory=True)
+    model: str = setting("", "Model for the dataset: mlp, cnn28, cnn32, resnet8, resnet20 (GroupNorm), char-lstm "
+                         "(empty: the dataset's default).", choices=("", *MODELS))
+    augment: bool = setting(False, "Augment training images as the CIFAR baselines do: random crop of the image "
+                            "padded by 4 pixels, random horizontal flip (a dataset of images only).")
+    label_column: str = setting("label", "csv / hf datasets: the column holding the label.")
+    group_column: str = setting("", "csv / hf datasets: a column naming each row's writer or user; partition natural "
+                                "keeps each of them on one node.")
+    shards_per_node: int = setting(2, "partition pathological: labels per node; shard: label-sorted shards per node "
+                                   "(McMahan et al. 2017).", ge=1)
+    eval_sample: int = setting(2000, "Evaluate each round on a fixed seeded sample of this many test rows (0: the "
+                               "whole test set); the last round always evaluates on the whole test set.", ge=0)
     seed: int = setting(0, "Seed of the data split, the models, generated topologies and schedules.", ge=0)
     same_init: bool = setting(True, "Every node starts from the same random model (--no-same-init: each from its "
                               "own; averaging studies).")
@@ -213,7 +234,8 @@ class ExperimentConfig:
         if self.partition == "personas" and self.task in BUILTIN_TASKS and self.task not in GROUPED_TASKS:
             raise ConfigError("partition", f"personas splits users by persona: it needs a task with user groups "
                               f"({', '.join(GROUPED_TASKS)}), not {self.task}", source)
-        if self.task in TASK_TRAIN_SAMPLES:  # a plug-in's size is known once it loads (launch.load_workload)
+        self._validate_dataset(source)
+        if self.task in TASK_TRAIN_SAMPLES and not self.dataset:  # a plug-in's or a dataset's size: known once it loads
             check_partition_size(self.task, TASK_TRAIN_SAMPLES[self.task], self.nodes, source)
         self._validate_knobs(source)
         self.record_nodes(source)
@@ -234,6 +256,35 @@ class ExperimentConfig:
                 raise ConfigError("record", f"{self.record!r}: node {part} is named twice", source)
             ids.append(int(part))
         return tuple(sorted(ids))
+
+    def _validate_dataset(self, source: str | None) -> None:
+        """dataset, data_dir, model, augment, group_column and the partitions that need a dataset's groups."""
+        if not self.dataset:
+            for name in ("data_dir", "model", "group_column"):
+                if getattr(self, name):
+                    raise ConfigError(name, "is a setting of a dataset read from disk: set dataset too", source)
+            if self.augment:
+                raise ConfigError("augment", "augments a dataset of images read from disk: set dataset too", source)
+            if self.partition == "natural" and self.task in BUILTIN_TASKS and self.task not in GROUPED_TASKS:
+                raise ConfigError("partition", f"natural keeps each writer or user on one node: it needs a dataset with "
+                                  f"them (femnist, shakespeare, or group_column of a csv / hf dataset), not {self.task}",
+                                  source)
+            return
+        if not self.data_dir:
+            raise ConfigError("data_dir", f"dataset {self.dataset} is read from files: give the folder that holds them "
+                              "(--data-dir DIR; docs/datasets.md shows each layout)", source)
+        if self.task != DEFAULT_TASK:
+            raise ConfigError("dataset", f"give a task or a dataset, not both (task = {self.task}, dataset = "
+                              f"{self.dataset})", source)
+        if self.partition == "personas":
+            raise ConfigError("partition", "personas is the apps task's split; a dataset from disk has natural "
+                              "(by writer or group column) instead", source)
+        if self.group_column and self.dataset not in TABLE_DATASETS:
+            raise ConfigError("group_column", f"names a column of a table ({', '.join(TABLE_DATASETS)}); "
+                              f"{self.dataset} has its own writers or none", source)
+        if self.partition == "natural" and not (datasets.get(self.dataset).natural or self.group_column):
+            raise ConfigError("partition", f"natural needs each row's writer or user: {self.dataset} has none "
+                              "(femnist, shakespeare and an npz with a group array have; a csv or hf table needs group_column)", source)
 
     def _validate_knobs(self, source: str | None) -> None:
         """DP, FedProx, participation and compression: combinations."""

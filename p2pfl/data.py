@@ -58,6 +58,9 @@ class Shard:
 
     x: np.ndarray
     y: np.ndarray
+    # The node's own test split (its writers' test rows, `training.local_test_rows`); None where there is none.
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)

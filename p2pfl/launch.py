@@ -22,7 +22,7 @@ from p2pfl.data import shard
 from p2pfl.node import Node, NodeSpec
 from p2pfl.record import RoundRecord
 from p2pfl.runtime import lean_optimizers
-from p2pfl.training import Task, load_task, partition_task
+from p2pfl.training import Task, dataset_task, load_task, local_test_rows, partition_task
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Workload:
 
     task: Task
     parts: list[np.ndarray]
+    local_tests: list[np.ndarray | None] | None = None  # node k's own test rows (partition natural), else None
 
 
 def load_workload(config: ExperimentConfig) -> Workload:
@@ -41,10 +42,24 @@ def load_workload(config: ExperimentConfig) -> Workload:
     fails when called, or a dataset that cannot be split this way.
     """
     lean_optimizers()  # once per process that builds nodes: faster, same results
-    task = load_task(config.task, config.seed, config.nodes)
-    check_partition_size(config.task, len(task.dataset.y_train), config.nodes)
+    if config.dataset:  # read from disk (p2pfl.datasets); a bad file is a one-line error naming it
+        try:
+            task = dataset_task(config.dataset, config.data_dir, config.model, config.augment,
+                                label_column=config.label_column, group_column=config.group_column)
+        except ValueError as exc:
+            raise ConfigError("dataset", str(exc)) from exc
+    else:
+        task = load_task(config.task, config.seed, config.nodes)
+    check_partition_size(config.dataset or config.task, len(task.dataset.y_train), config.nodes)
     task.initial_flat(config.seed)  # the nodes' shared reference, made before simulate forks its workers
-    return Workload(task, partition_task(task, config.nodes, config.partition, config.alpha, config.seed))
+    try:
+        parts = partition_task(task, config.nodes, config.partition, config.alpha, config.seed, config.shards_per_node)
+    except ValueError as exc:
+        if config.partition in ("iid", "dirichlet", "personas"):
+            raise  # as before: a plug-in's data that cannot be split this way
+        raise ConfigError("partition", str(exc)) from exc
+    local = [local_test_rows(task, p) for p in parts] if config.partition == "natural" else None
+    return Workload(task, parts, local)
 
 
 def load_node_key(cluster: Cluster, node_id: int, key_file: str | Path | None = None) -> bytes:
@@ -75,4 +90,8 @@ def build_node(config: ExperimentConfig, cluster: Cluster, node_id: int, *, work
     work = workload if workload is not None else load_workload(config)
     key = private_key if private_key is not None else load_node_key(cluster, node_id)
     spec = NodeSpec(node_id, config, cluster, key)
-    return Node(spec, work.task, shard(work.task.dataset, work.parts[node_id]), context, on_round)
+    own = shard(work.task.dataset, work.parts[node_id])
+    rows = work.local_tests[node_id] if work.local_tests is not None else None
+    if rows is not None:
+        own.x_test, own.y_test = work.task.dataset.x_test[rows], work.task.dataset.y_test[rows]
+    return Node(spec, work.task, own, context, on_round)

@@ -71,6 +71,17 @@ def train_config(c: ExperimentConfig) -> TrainConfig:
                        local_steps=c.local_steps or None, optimizer=c.optimizer, prox_mu=c.fedprox_mu)
 
 
+EVAL_SAMPLE_SALT = 0xE7A1  # the test sample's own random stream, apart from the seed's other uses
+
+
+def eval_rows(test_size: int, sample: int, seed: int) -> np.ndarray | None:
+    """The sorted test rows a round evaluates on: a fixed sample of `sample` rows drawn from `seed`, or None (every
+    row) when sample is 0 or the test set is no larger."""
+    if sample <= 0 or sample >= test_size:
+        return None
+    return np.sort(np.random.default_rng([seed, EVAL_SAMPLE_SALT]).choice(test_size, sample, replace=False))
+
+
 T = TypeVar("T")
 # A part of the node's life that waits: it yields how long it may wait (s) and is sent the next
 # message or None (time is up); `yield from` chains the parts, the last one's return is the value.
@@ -148,6 +159,8 @@ class Node:
         self.on_round = on_round
         self.task = task
         self.samples = len(shard.y)
+        self._eval_rows = eval_rows(len(task.dataset.y_test), self.config.eval_sample, self.config.seed)
+        self._local_test = None if shard.x_test is None or shard.y_test is None else (shard.x_test, shard.y_test)
         # All nodes measure deltas against the same reference model, built from the seed.
         self.reference = task.initial_flat(self.config.seed)  # one read-only vector per process
         start_seed = self.config.seed if self.config.same_init else self.config.seed + 1 + self.id
@@ -450,10 +463,9 @@ class Node:
             self.observer.round_done(RoundSeen(r, own, public_start, new_delta, trained, dict(ctx.weights),
                                                protocol.arrived(), protocol.failure_reason or "ok"))
         self._update_liveness(r, self.strategy.senders(ctx))
-        test_loss = test_acc = None
+        test_loss = test_acc = local_acc = None
         if r % self.config.eval_every == 0 or r == self.config.rounds:
-            data = self.task.dataset
-            test_loss, test_acc = self.trainer.evaluate(data.x_test, data.y_test)
+            test_loss, test_acc, local_acc = self._evaluate(final=r == self.config.rounds)
         stats = self.transport.stats
         record = RoundRecord(
             round=r, node=self.id, train_loss=None if train_loss is None else float(train_loss),
@@ -464,6 +476,7 @@ class Node:
             arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
             links={str(j): list(v) for j, v in sorted(stats.links.items())},
+            local_acc=local_acc,
         )
         log.info("node %d round %d: loss %s acc %s arrived %d/%d", self.id, r,
                  "-" if train_loss is None else f"{train_loss:.4f}",
@@ -472,6 +485,21 @@ class Node:
             self.on_round(record)
         record.delta = None  # a model-sized copy: only `on_round` needs it, the records list must not keep it
         return record
+
+    def _evaluate(self, final: bool) -> tuple[float, float, float | None]:
+        """(test loss, test accuracy, accuracy on the node's own test split or None).
+
+        Rounds before the last evaluate on the fixed seeded sample of the test set (`eval_sample` rows, the same
+        on every node: their figures stay comparable); the last round on the whole test set.
+        """
+        data = self.task.dataset
+        rows = None if final else self._eval_rows
+        x, y = (data.x_test, data.y_test) if rows is None else (data.x_test[rows], data.y_test[rows])
+        test_loss, test_acc = self.trainer.evaluate(x, y)
+        local_acc = None
+        if self._local_test is not None:
+            local_acc = self.trainer.evaluate(*self._local_test)[1]
+        return test_loss, test_acc, local_acc
 
     def _outcome(self, protocol: RoundProtocol) -> str:
         reason = protocol.failure_reason

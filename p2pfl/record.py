@@ -83,6 +83,8 @@ class RoundRecord:
     # This node's squared distance to the round's average model (consensus_distance is the mean of
     # these over the nodes); like it, only a launcher that sees every model can know it.
     node_distance: float | None = None
+    # Accuracy on the node's own test split (its writers' test rows, partition natural); None where it has none.
+    local_acc: float | None = None
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus; never written
 
     def to_json(self) -> dict[str, Any]:
@@ -270,10 +272,10 @@ RECORD_SCHEMA: dict[str, Check] = {
     "arrived": _integer(0), "dropped": _counts, "aggregation": _string,
     "epsilon": _nullable(_number(finite=False)), "participated": _boolean,
     "consensus_distance": _nullable(_number(finite=False)), "links": _nullable(_links),
-    "node_distance": _nullable(_number(finite=False)),
+    "node_distance": _nullable(_number(finite=False)), "local_acc": _nullable(_fraction),
 }
 # Fields added after schema 1 was first written: a record without them reads as these values.
-RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None}
+RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None, "local_acc": None}
 SUMMARY_SCHEMA: dict[str, Check] = {
     "label": _string, "topology": _string, "aggregation": _one_of("gossip", "fedavg"), "secure_agg": _boolean,
     "nodes": _integer(1), "rounds": _integer(1), "partition": _string, "seed": _integer(0),
@@ -337,9 +339,14 @@ def parse_summary(obj: Any, path: Path) -> RunSummary:
 # -- building a summary ----------------------------------------------------------------------------
 
 
-def partition_label(kind: str, alpha: float) -> str:
-    """"iid", or a skewed partition's name with its concentration: "dirichlet(alpha=0.3)", "personas(alpha=0.2)"."""
-    return kind if kind == "iid" else f"{kind}(alpha={alpha})"
+def partition_label(kind: str, alpha: float, shards_per_node: int = 2) -> str:
+    """"iid", "natural", or a skewed partition's name with its knob: "dirichlet(alpha=0.3)", "personas(alpha=0.2)",
+    "size-skew(alpha=1.0)", "pathological(k=2)", "shard(k=2)"."""
+    if kind in ("iid", "natural"):
+        return kind
+    if kind in ("pathological", "shard"):
+        return f"{kind}(k={shards_per_node})"
+    return f"{kind}(alpha={alpha})"
 
 
 def final_figures(records: Iterable[RoundRecord]) -> tuple[float | None, float | None, float | None]:
@@ -364,7 +371,7 @@ def build_summary(config: ExperimentConfig, *, topology: str, spectral_gap: floa
     return RunSummary(
         label=config.display_label(), topology=topology, aggregation=config.aggregation,
         secure_agg=config.secure_agg, nodes=config.nodes, rounds=config.rounds,
-        partition=partition_label(config.partition, config.alpha), seed=config.seed, spectral_gap=spectral_gap,
+        partition=partition_label(config.partition, config.alpha, config.shards_per_node), seed=config.seed, spectral_gap=spectral_gap,
         node_ids=sorted(node_ids), final_acc_mean=acc_mean, final_acc_std=acc_std, dp=config.dp,
         dp_delta=config.dp_delta if config.dp_enabled else None, epsilon_max=eps_max,
         compression=config.compression, participation=config.participation, fedavg_sample=config.fedavg_sample,

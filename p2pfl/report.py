@@ -646,6 +646,24 @@ def plot_consensus_vs_round(runs: Sequence[RunData], path: str | os.PathLike[str
                    "mean squared distance to average model (log)")
 
 
+def plot_label_histograms(runs: Sequence[RunData], out: Path) -> list[Path]:
+    """label_histogram.png of each run that recorded its split (labels.json); with several runs, one file per
+    run directory (label_histogram-<directory>.png). Runs without labels.json (older runs) are skipped."""
+    from p2pfl import labels
+
+    drawn: list[Path] = []
+    with_labels = [run for run in runs if run.path is not None and (run.path / labels.LABELS_FILE).is_file()]
+    for run in with_labels:
+        assert run.path is not None
+        try:
+            doc = labels.read(run.path / labels.LABELS_FILE)
+        except labels.LabelsError as exc:
+            raise ReportError(str(exc)) from None
+        name = labels.PLOT_FILE if len(with_labels) == 1 else f"label_histogram-{run.path.name}.png"
+        drawn.append(labels.plot(doc, out / name, f"Labels per node: {run.label} ({doc['dataset']}, {doc['partition']})"))
+    return drawn
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -673,6 +691,7 @@ def write_report(runs: Sequence[RunData], out_dir: str | os.PathLike[str], targe
     rows = [summarize(run, target_acc) for run in runs]
     md = out / "comparison.md"
     md.write_text(to_markdown(rows, target_acc), encoding="utf-8")
+    plot_label_histograms(runs, out)
     return ReportFiles(
         markdown=md,
         csv=to_csv(rows, out / "comparison.csv"),

@@ -277,6 +277,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
         events: mp.Queue = ctx.Queue()
         procs = [ctx.Process(target=_worker, args=(g, config.to_dict(), str(cluster_path), events, workload),
                              daemon=True) for g in groups]
+    label_doc = record_labels(config, run_dir, None if config.ray else workload)
     for p in procs:
         p.start()
     collector = _Collector(config.nodes, MetricsWriter(run_dir / METRICS_FILE), started)
@@ -298,6 +299,7 @@ def run_simulation(config: ExperimentConfig, run_dir: Path, console: Console | N
                             processes=len(procs), peak_rss_mb=own_peak_rss_mb() + sum(rss), failures=failures,
                             first_round_s=collector.first_round_s)
     write_summary(run_dir, summary)  # a failed run keeps what it measured, marked failed
+    draw_labels(label_doc, run_dir)  # after the run: importing matplotlib must not delay the first round
     if errors:
         node_id, tb = next(iter(sorted(errors.items())))
         log.error("node %d failed:\n%s", node_id, tb)
@@ -314,6 +316,33 @@ def _start_recording(config: ExperimentConfig, run_dir: Path, workload: Any) -> 
     work = workload if workload is not None else load_workload(config)
     coalition = config.record_nodes()
     write_coalition(run_dir, coalition, {k: work.parts[k] for k in coalition})
+
+
+def record_labels(config: ExperimentConfig, run_dir: Path, workload: Any = None) -> dict[str, Any]:
+    """labels.json of the run's split (`labels`), from `workload` or loaded here; returns the document for
+    `draw_labels`."""
+    from p2pfl import labels
+    from p2pfl.partitioners import label_histogram
+    from p2pfl.record import partition_label
+
+    if workload is None:  # spawned or Ray workers load their own; the launcher loads it once more, for this
+        from p2pfl.launch import load_workload
+
+        workload = load_workload(config)
+    ds = workload.task.dataset
+    names = list(getattr(ds, "classes", ()) or [str(c) for c in range(ds.num_classes)])
+    kind = partition_label(config.partition, config.alpha, config.shards_per_node)
+    doc = labels.document(config.dataset or config.task, kind, names,
+                          label_histogram(ds.y_train, workload.parts, ds.num_classes))
+    labels.write(run_dir, doc)
+    return doc
+
+
+def draw_labels(doc: dict[str, Any], run_dir: Path) -> None:
+    """label_histogram.png beside labels.json."""
+    from p2pfl import labels
+
+    labels.plot(doc, run_dir / labels.PLOT_FILE)
 
 
 class SimulationFailed(RuntimeError):
@@ -349,7 +378,7 @@ def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, con
     evaluation, timed here, plus the measured per-node cost of a round beyond training.
     """
     from p2pfl.data import shard
-    from p2pfl.node import train_config
+    from p2pfl.node import eval_rows, train_config
     from p2pfl.training import LocalTrainer, init_model
 
     task = workload.task
@@ -357,7 +386,9 @@ def _paced(config: ExperimentConfig, groups: list[list[int]], workload: Any, con
     trainer.train()  # the first call pays one-time set-up
     began = time.perf_counter()
     trainer.train()
-    trainer.evaluate(task.dataset.x_test, task.dataset.y_test)
+    rows = eval_rows(len(task.dataset.y_test), config.eval_sample, config.seed)  # what a round evaluates on
+    trainer.evaluate(*((task.dataset.x_test, task.dataset.y_test) if rows is None
+                       else (task.dataset.x_test[rows], task.dataset.y_test[rows])))
     per_node = time.perf_counter() - began + (SECURE_NODE_OVERHEAD_S if config.secure_agg else NODE_OVERHEAD_S)
     share = max(1.0, len(groups) / (os.cpu_count() or 1))  # workers beyond the cores share them
     needed = PACE_SLACK * per_node * max(len(g) for g in groups) * share

@@ -170,12 +170,15 @@ def load_task(spec: str = DEFAULT_TASK, seed: int = 0, nodes: int | None = None)
     raise _unknown_task(spec)
 
 
-def partition_task(task: Task, nodes: int, kind: str = "iid", alpha: float = 0.5, seed: int = 0) -> list[np.ndarray]:
-    """Split the task's training set over `nodes`: "iid", "dirichlet" (label skew) or "personas".
+def partition_task(task: Task, nodes: int, kind: str = "iid", alpha: float = 0.5, seed: int = 0,
+                   shards_per_node: int = 2) -> list[np.ndarray]:
+    """Split the task's training set over `nodes`: "iid", "dirichlet" (label skew), "personas", or one of
+    `partitioners.PARTITIONERS` (pathological, shard, natural, size-skew).
 
     "personas" is the app task's per-node preference skew: a Dirichlet(alpha) split over user
     groups, so each node's users come mostly from a few personas (`apps.partition_by_group`).
-    It needs a dataset that carries user groups (`apps.AppDataset`).
+    It needs a dataset that carries user groups (`apps.AppDataset`). "natural" needs a dataset
+    with a group per row (`groups_train`: LEAF writers, a table's group column, the apps' personas).
     """
     if kind == "personas":
         from p2pfl import apps
@@ -183,7 +186,44 @@ def partition_task(task: Task, nodes: int, kind: str = "iid", alpha: float = 0.5
         if not isinstance(task.dataset, apps.AppDataset):
             raise ValueError(f"partition 'personas' needs a dataset with user groups (task 'apps'), not {task.name}")
         return apps.partition_by_group(task.dataset, nodes, alpha, seed)
-    return partition(task.dataset.y_train, nodes, kind, alpha, seed)
+    if kind in ("iid", "dirichlet"):
+        return partition(task.dataset.y_train, nodes, kind, alpha, seed)
+    from p2pfl import partitioners
+
+    return partitioners.partition(task.dataset.y_train, nodes, kind, alpha=alpha, shards_per_node=shards_per_node,
+                                  groups=getattr(task.dataset, "groups_train", None), seed=seed)
+
+
+def local_test_rows(task: Task, part: np.ndarray) -> np.ndarray | None:
+    """The test rows of the writers/users whose training rows are `part` (a node's local test split), or None
+    when the dataset has no groups in its test set or none of them is this node's."""
+    groups_train = getattr(task.dataset, "groups_train", None)
+    groups_test = getattr(task.dataset, "groups_test", None)
+    if groups_train is None or groups_test is None or not len(groups_test):
+        return None
+    rows = np.flatnonzero(np.isin(groups_test, np.unique(groups_train[part])))
+    return rows if len(rows) else None
+
+
+def dataset_task(name: str, data_dir: str, model: str = "", augment: bool = False, **options: Any) -> Task:
+    """A task on dataset `name` read from `data_dir` (`p2pfl.datasets`), with model `model` (`models.MODELS`;
+    empty: the dataset's default) and optionally the baselines' augmentation.
+
+    DatasetError (a ValueError) naming the file when the files are missing or malformed; ValueError
+    when the model does not fit the data. options: label_column, group_column.
+    """
+    from p2pfl import datasets
+
+    info = datasets.get(name)
+    ds = datasets.load(name, data_dir, **options)
+    chosen = model or info.model
+    if chosen == "auto":
+        chosen = models.auto_model(ds.input_shape)
+    shape, classes = tuple(ds.input_shape), ds.num_classes
+    with torch.random.fork_rng(devices=[]):  # a model that does not fit fails here, before any node starts
+        models.build(chosen, shape, classes, augment)
+    return Task(f"{name}-{chosen}" + ("+aug" if augment else ""),
+                lambda: models.build(chosen, shape, classes, augment), ds)
 
 
 _INIT_LOCK = threading.Lock()

@@ -87,6 +87,8 @@ def test_personas_partition_keeps_its_name() -> None:
     assert summary.partition == "personas(alpha=0.2)"
     assert record.partition_label("dirichlet", 0.3) == "dirichlet(alpha=0.3)"
     assert record.partition_label("iid", 0.3) == "iid"
+    assert record.partition_label("pathological", 0.3, 3) == "pathological(k=3)"
+    assert record.partition_label("natural", 0.3) == "natural"
 
 
 # -- bad input -------------------------------------------------------------------------------------
