@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from p2pfl import topology
-from p2pfl.recording import COALITION_FILE, MESSAGES_FILE, ROUNDS_FILE, VIEW_DIR
+from p2pfl.recording import COALITION_FILE, MESSAGES_FILE, ROUNDS_FILE, VIEW_DIR, RoundSeen
 
 PUBLIC_FILES = ("config.json", "topology.json")
 
@@ -44,18 +44,8 @@ class Received:
     tensors: Mapping[str, np.ndarray]
 
 
-@dataclass(frozen=True)
-class OwnRound:
-    """A coalition member's own round (`recording.RoundSeen` as recorded; deltas from the reference)."""
-
-    round: int
-    own: np.ndarray
-    start: np.ndarray
-    result: np.ndarray
-    trained: np.ndarray
-    weights: Mapping[int, float]
-    contributors: int
-    outcome: str
+# A coalition member's own round, read back as `recording` wrote it (deltas from the reference).
+OwnRound = RoundSeen
 
 
 class View:
