@@ -52,6 +52,25 @@ class Cluster:
         return protos, xs, router, Counter(step_of(m) for m in sent)
 
 
+def round_two(adj: dict[int, list[int]], seed: int, forget: frozenset[int] = frozenset()):
+    """A cluster after round 1, and its nodes' round-2 protocols (those in `forget` without their
+    prepared setup), to be driven by hand: (cluster, inputs, protocols)."""
+    cluster = Cluster(adj, rounds=4, seed=seed)
+    cluster.round(1)
+    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
+    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
+                                   prepared=None if i in forget else cluster.prepared[i]) for i in adj}
+    return cluster, xs, protos
+
+
+def tell_restart(router: Router, protos, adj: dict[int, list[int]], dead: int) -> None:
+    """What each neighbour's transport says once `dead`'s new process has its sessions; no deadline may pass."""
+    for j in adj[dead]:
+        router.post(j, protos[j].peer_restarted(dead))
+    router.deliver()
+    assert router.deadlines == 0
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_from_the_second_round_on_the_share_phase_rides_in_the_round_before(verify: bool) -> None:
     every_round = ("masked", "unmask", "reveal")  # no one drops: no view to confirm
@@ -182,11 +201,7 @@ def test_shares_after_the_group_finished_are_answered_so_a_restarted_node_stops_
     # lost. Each answers "late": 5's memberships end at once, and so does its own group's share
     # phase (those neighbours will not share with it this round), with no deadline of its own.
     adj = circulant(8, (1, 2))
-    cluster = Cluster(adj, rounds=4, seed=5)
-    cluster.round(1)
-    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
-    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
-                                   prepared=None if i == 5 else cluster.prepared[i]) for i in adj}
+    cluster, xs, protos = round_two(adj, seed=5, forget=frozenset({5}))
     router = Router(protos, hold=lambda to, m: to == 5 or (m.sender == 5 and step_of(m) == "shares"))
     router.start()
     router.deliver()
@@ -219,20 +234,13 @@ def test_a_neighbour_whose_process_is_replaced_mid_round_costs_no_deadline(adj, 
     # waiting for what the old process owed: its membership in 5's group ends ("restarted"), and its
     # own group completes with 5's input in the sum where the other members' reveals suffice, and
     # otherwise fails safely, either way at once instead of at the phase's deadline.
-    cluster = Cluster(adj, rounds=4, seed=7)
-    cluster.round(1)
-    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
-    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
-                                   prepared=cluster.prepared[i]) for i in adj}
+    cluster, xs, protos = round_two(adj, seed=7)
     router = Router(protos, crash_before={5: dies_before})
     router.start()
     router.deliver()
     assert {j for j in adj if j != 5 and not protos[j].finished()} == set(adj[5]), \
         "without being told, 5's neighbours wait for its old process"
-    for j in adj[5]:
-        router.post(j, protos[j].peer_restarted(5))
-    router.deliver()
-    assert router.deadlines == 0
+    tell_restart(router, protos, adj, 5)
     for j in adj[5]:
         p = protos[j]
         assert p.finished() and p.members[5].outcome == membership
@@ -249,19 +257,12 @@ def test_a_neighbour_restarted_before_it_masked_is_dropped_at_once() -> None:
     # node 5 died in round 2 before its masked inputs went out: its neighbours' groups drop it when
     # told (its mask key c_5 is rebuilt from the shares the others hold, never its self-mask seed)
     adj = circulant(8, (1, 2))
-    cluster = Cluster(adj, rounds=4, seed=9)
-    cluster.round(1)
-    xs = {i: cluster.data.standard_normal(L).astype(np.float32) for i in adj}
-    protos = {i: SecureGossipRound(i, 2, adj, cluster.W[i], xs[i], cluster.params, cluster.secrets[i], cluster.rngs[i],
-                                   prepared=cluster.prepared[i]) for i in adj}
+    cluster, xs, protos = round_two(adj, seed=9)
     router = Router(protos, crash_before={5: "masked"})
     router.start()
     router.deliver()
     assert not any(protos[j].agg.done for j in adj[5])
-    for j in adj[5]:
-        router.post(j, protos[j].peer_restarted(5))
-    router.deliver()
-    assert router.deadlines == 0
+    tell_restart(router, protos, adj, 5)
     for j in adj[5]:
         p = protos[j]
         assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
