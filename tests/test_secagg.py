@@ -706,6 +706,36 @@ def test_star_of_20_leaves_with_sparse_masking_matches_fedavg() -> None:
         assert sizes == {8}
 
 
+def test_star_a_restarted_leaf_or_hub_costs_no_deadline() -> None:
+    # leaf 5 shared and died before masking; its new process agreed fresh sessions with the hub,
+    # whose transport says so: the hub averages the rest at once instead of at the phase deadline
+    secure, plain, xs, ns = fedavg_cluster(6, seed=23)
+    router = Router(secure, crash_before={5: "masked"})
+    router.start()
+    router.deliver()
+    hub = secure[0]
+    assert not hub.finished(), "without being told, the hub waits for the old process"
+    router.post(0, hub.peer_restarted(5))
+    router.deliver()
+    assert router.deadlines == 0
+    assert hub.status == "ok" and hub.contributors == [1, 2, 3, 4, 6]
+    assert all(secure[i].finished() and secure[i].arrived() == 1 for i in (1, 2, 3, 4, 6))
+    # the hub died before asking for reveals: told it restarted, every leaf keeps its own model at once
+    secure, plain, xs, ns = fedavg_cluster(6, seed=24)
+    router = Router(secure, crash_before={0: "unmask"})
+    router.start()
+    router.deliver()
+    assert not any(secure[i].finished() for i in range(1, 7))
+    for i in range(1, 7):
+        router.post(i, secure[i].peer_restarted(0))
+    router.deliver()
+    assert router.deadlines == 0
+    for i in range(1, 7):
+        p = secure[i]
+        assert p.finished() and p.arrived() == 0 and np.array_equal(p.result(), p.fallback)
+        assert p.members[0].outcome == "aborted:restarted"
+
+
 @pytest.mark.parametrize("stage,verify", [("shares", True), ("masked", True), ("confirm", True), ("reveal", True),
                                           ("shares", False), ("masked", False), ("reveal", False)])
 def test_star_with_a_dropout_averages_the_rest(stage: str, verify: bool) -> None:

@@ -29,7 +29,7 @@ from p2pfl.secagg.codec import AGGREGATOR_STEPS, MEMBER_STEPS, STEP_ABORT, Abort
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member, NoiseFn
 from p2pfl.secagg.sealing import RandomFn, SecretFn
-from p2pfl.secagg.states import AggStage
+from p2pfl.secagg.states import AggStage, MemberStage
 
 HEADROOM_STDS = 12.0  # fixed-point room for the noise: P(wrap) < d * 4e-33 per round (docs/privacy.md)
 
@@ -267,6 +267,24 @@ class SecureFedAvgRound(SecAggRound):
         self._hear_hub()
         if reason != "excluded":
             self._result = self.fallback
+        return []
+
+    def peer_restarted(self, j: int) -> list[Outbound]:
+        """The hub: a restarted leaf's old process owes nothing more, so the group stops waiting
+        for it (`Aggregator.process_gone`). A leaf: a restarted hub's new process holds nothing of
+        this round, so no average will come: it keeps its fallback at once. A leaf that has not
+        shared yet (stage new: the restart came between rounds) goes on, with the new process."""
+        if self.is_hub:
+            agg = self.agg
+            if agg is None or agg.done or j not in agg.spec.members:
+                return []
+            return self._after_hub(False, agg.process_gone(j))
+        m = self.members.get(j)
+        if j != self.hub or self._result is not None or m is None or m.stage is MemberStage.NEW:
+            return []
+        m.abort("restarted")
+        self._fail_member(self.hub, "aborted", "restarted")
+        self._result = self.fallback
         return []
 
     def _hear_hub(self) -> None:
