@@ -183,9 +183,9 @@ def _serve_until_interrupted(board: Any) -> None:
     import threading
 
     child, url = board
-    console.print(f"dashboard: the run is over; still serving {url} (Ctrl-C to stop)")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the line that says so: a SIGTERM from then on stops it cleanly
+    console.print(f"dashboard: the run is over; still serving {url} (Ctrl-C to stop)")
     try:
         while not stop.wait(0.5) and child.poll() is None:
             pass

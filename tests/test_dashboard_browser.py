@@ -166,6 +166,11 @@ def test_live_simulation(driver: Any, tmp_path: Path) -> None:
         wait_for(lambda: driver.find_element("id", "view-node").is_displayed(), 5, "the node view")
         check_drilldown(driver, 2, recs)
         assert browser.errors(driver) == []
+        # The run's tail (its label plot) comes after the summary: SIGTERM stops the dashboard cleanly
+        # once the launcher says it serves on (its handler is set before that line).
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "still serving" in line:
+                break
     finally:
         proc.send_signal(signal.SIGTERM)  # it serves until Ctrl-C or SIGTERM (SIGINT may be ignored in a background job)
         try:
