@@ -161,7 +161,7 @@ class Channels:
         self._last_reset: dict[bytes, float] = {}  # per connection (route)
         self._restarted: set[int] = set()  # neighbours whose new process replaced its old one, not yet taken
         self._counter = 0
-        self._stats = TransportStats()
+        self._stats = TransportStats(links={j: [0, 0, 0] for j in neighbours})
         self._last_log: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
 
@@ -245,17 +245,11 @@ class Channels:
         self._stats.messages_sent += 1
         size = sum(memoryview(f).nbytes for f in frames)
         self._stats.bytes_sent += size
-        self._link(to)[0] += size
+        self._stats.links[to][0] += size
         return True
 
-    def _link(self, j: int) -> list[int]:
-        link = self._stats.links.get(j)
-        if link is None:
-            link = self._stats.links[j] = [0, 0, 0]
-        return link
-
     def _send_failed(self, to: int) -> bool:
-        self._link(to)[2] += 1
+        self._stats.links[to][2] += 1
         self.count_drop(SEND_QUEUE_FULL)
         self._log_drop(SEND_QUEUE_FULL, f"queue to node {to} is full")
         return False
@@ -274,7 +268,7 @@ class Channels:
             self._stats.handshake_messages += 1
             size = sum(memoryview(f).nbytes for f in frames)
             self._stats.bytes_sent += size
-            self._link(to)[0] += size
+            self._stats.links[to][0] += size
         return sent
 
     def _require_links(self) -> Links:
@@ -332,10 +326,9 @@ class Channels:
             header = wire.read_header(parts, self.limits)
             sender = header.sender
             inbound = self._in.get(sender)
-            if inbound is not None:
-                self._link(sender)[1] += size
             if inbound is None:
                 return self._drop(UNKNOWN_PEER, sender, where, "not a neighbour")
+            self._stats.links[sender][1] += size
             if header.recipient != self.node_id:
                 return self._drop(WRONG_RECIPIENT, sender, where, f"addressed to node {header.recipient}")
             if header.kind == Kind.HANDSHAKE:
@@ -432,7 +425,7 @@ class Channels:
             return  # closed meanwhile
         size = sum(len(f) for f in frames)
         self._stats.bytes_received += size
-        self._link(j)[1] += size
+        self._stats.links[j][1] += size
         try:
             self._on_responder_step(j, frames)
         except (wire.WireError, session.HandshakeError) as exc:
@@ -510,10 +503,15 @@ class Channels:
 
     def drop(self, reason: str, detail: str, sender: int | None = None) -> None:
         """Count a message refused after delivery (on `sender`'s link too, if a neighbour), and log it (rate-limited)."""
-        self.count_drop(reason)
-        if sender is not None and sender in self._in:
-            self._link(sender)[2] += 1
+        self._count_on_link(reason, sender)
         self._log_drop(reason, detail)
+
+    def _count_on_link(self, reason: str, sender: int | str | None) -> None:
+        """Count a drop, and on the link of `sender` when that is a neighbour."""
+        self.count_drop(reason)
+        link = self._stats.links.get(sender) if isinstance(sender, int) else None
+        if link is not None:
+            link[2] += 1
 
     @property
     def stats(self) -> TransportStats:
@@ -522,9 +520,7 @@ class Channels:
                        links={j: list(v) for j, v in self._stats.links.items()})
 
     def _drop(self, reason: str, sender: int | str, where: object, detail: str) -> None:
-        self.count_drop(reason)
-        if isinstance(sender, int) and sender in self._in:
-            self._link(sender)[2] += 1
+        self._count_on_link(reason, sender)
         origin = self._links.origin(where) if self._links is not None else "?"  # the only clue for garbage
         self._log_drop(reason, f"from node {sender} ({origin}): {detail}")
         return None
