@@ -227,6 +227,12 @@ class Channels:
             return True
         return self._seal_and_send(to, out, msg)
 
+    def discard_queued(self, j: int) -> None:
+        """Forget the messages waiting for the session with `j` to be agreed."""
+        out = self._out.get(j)
+        if out is not None:
+            out.queued.clear()
+
     def _seal_and_send(self, to: int, out: Outbound, msg: Message) -> bool:
         links = self._links  # set while started; `send` found `to`'s session, so it is
         assert links is not None
@@ -632,6 +638,16 @@ class ChannelTransport(ABC):
     def restarted(self) -> set[int]:
         """Neighbours whose earlier process a new one replaced since the last call (each told once)."""
         return self._channels.take_restarted()
+
+    def discard_queued(self, j: int) -> None:
+        """Throw away what waits to be sent to neighbour `j`: in the channels (before its session is
+        agreed) and on the link (`_discard_link`)."""
+        self._channels.discard_queued(j)
+        self._discard_link(j)
+
+    def _discard_link(self, j: int) -> None:
+        """Drop what the outbound link to `j` holds; nothing by default (a link that queues nothing for
+        an unreachable peer, or one shared with other nodes, which it must not take from)."""
 
     def count_drop(self, reason: str) -> None:
         """Count one dropped message under `reason` (the node adds its own, e.g. wrong round)."""

@@ -179,6 +179,9 @@ class Node:
         self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
         self._window = RoundWindow(self.config.rounds, MAX_BUFFERED_PER_PEER)  # later rounds' messages
         self._liveness = Liveness(self.neighbours, self.config.down_after)
+        # This round's messages to neighbours marked down, sent if they are heard again in it (`_hear`):
+        # queued on a dead link they would only arrive, stale, ahead of fresh ones after a heal.
+        self._withheld: dict[int, list[Message]] = {}
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._done: set[int] = set()  # neighbours that have run their last round
         self._running = False  # past start-up
@@ -519,6 +522,8 @@ class Node:
         for j in self._liveness.end_round(senders):
             log.warning("node %d: neighbour %d silent for %d rounds, marked down (round %d)",
                         self.id, j, self._liveness.missed[j], r)
+            # what we queued for it while it was silent is old by the time its link is back
+            self.transport.discard_queued(j)
 
     # -- what the node shares -------------------------------------------------------------------
 
@@ -608,10 +613,14 @@ class Node:
     def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
         self._tell_restarts(protocol)
+        self._withheld.clear()  # the last round's are stale now
+        self._probe_down(r)
         self._send_all(protocol.start())
         for msg in self._window.take(r):
-            self._liveness.hear(msg.sender)
+            self._hear(msg.sender)
             self._feed(protocol, msg)
+        for j in sorted(self._moved_on(r)):
+            self._send_all(protocol.peer_moved_on(j))
         phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         while not protocol.finished():
             remaining = deadline - time.monotonic()
@@ -622,16 +631,33 @@ class Node:
                 continue
             msg = yield remaining
             self._tell_restarts(protocol)  # first: a new process's messages come after its restart
-            if msg is not None and self._admit(msg, r):
-                self._feed(protocol, msg)
+            if msg is not None:
+                self._deliver(protocol, msg, r)
             if protocol.phase != phase:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         return protocol.result()
+
+    def _deliver(self, protocol: RoundProtocol, msg: Message, r: int) -> None:
+        """One delivered message while `protocol` runs round `r`: what it says of its sender, then the message.
+
+        A sender marked down and now heard again is told to the round (which may wait for it after
+        all: it is back in time to catch up to us, see `_probe_down`); one seen in a later round is
+        told as moved on (a partition's lagging half skipped this round, or it is done).
+        """
+        back = self._liveness.is_down(msg.sender)
+        admitted = self._admit(msg, r)
+        if back:
+            self._send_all(protocol.peer_back(msg.sender))
+        if admitted:
+            self._feed(protocol, msg)
+        elif msg.round > r and msg.sender in self._moved_on(r):
+            self._send_all(protocol.peer_moved_on(msg.sender))
 
     def _tell_restarts(self, protocol: RoundProtocol) -> None:
         """Tell the round which neighbours' processes were replaced: what the old ones held of it
         (shares, a prepared setup, owed reveals) will never come, so it need not wait for them."""
         for j in sorted(self.transport.restarted()):
+            self._window.forget(j)  # its new process starts where its checkpoint says
             self._send_all(protocol.peer_restarted(j))
 
     def _admit(self, msg: Message, r: int) -> bool:
@@ -641,7 +667,7 @@ class Node:
         partition, say) is remembered so we can catch up at the end of this round; a round
         beyond the run's budget cannot be honest and is dropped.
         """
-        self._liveness.hear(msg.sender)
+        self._hear(msg.sender)
         if self.observer is not None:
             self.observer.received(msg)  # everything authenticated and decrypted, as a curious node would keep it
         if msg.kind == Kind.HEARTBEAT:
@@ -658,6 +684,29 @@ class Node:
             self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
+    def _hear(self, j: int) -> None:
+        """Any authenticated message proves `j` alive; one marked down gets what we withheld from it."""
+        back = self._liveness.is_down(j)
+        self._liveness.hear(j)
+        if back:
+            log.info("node %d: neighbour %d heard again", self.id, j)
+            self._send_all([(j, msg) for msg in self._withheld.pop(j, [])])
+
+    def _moved_on(self, r: int) -> set[int]:
+        """Neighbours that sent all they will send for round `r`: seen in a later round, or done."""
+        return self._window.moved_on(r) | (self._done & set(self.neighbours))
+
+    def _probe_down(self, r: int) -> None:
+        """Tell each neighbour marked down our round, and nothing more (see `_send_all`).
+
+        A probe is a heartbeat a few dozen bytes long: what a dead link holds when it comes back is a
+        handful of these, not models of rounds long gone. It proves us alive, says where we are
+        (a neighbour that fell behind skips to our round at once) and that we sent all we will send
+        for its earlier rounds (it stops waiting for us in them).
+        """
+        probe = Message(Kind.HEARTBEAT, self.id, r, meta={"probe": True})
+        self._send_all([(j, probe) for j in self.neighbours if self._liveness.is_down(j)])
+
     def _takes_late(self, msg: Message) -> bool:
         late = self._finished
         return late is not None and msg.round == late.round and late.takes_late(msg)
@@ -670,6 +719,8 @@ class Node:
             self._ready.add(msg.sender)
         elif msg.meta.get("done") is True:
             self._done.add(msg.sender)  # it ran its last round (`_farewell`)
+        elif msg.meta.get("probe") is True:
+            self._window.note(msg.sender, msg.round)  # where it is (`_probe_down`)
         elif msg.meta.get("sync") is True:
             self._take_sync(msg)
 
@@ -722,7 +773,11 @@ class Node:
         self._send_all(out)
 
     def _send_all(self, outbound: list[Outbound]) -> None:
+        """Send each message; one for a neighbour marked down waits in `_withheld` (heartbeats go)."""
         for to, msg in outbound:
+            if msg.kind != Kind.HEARTBEAT and self._liveness.is_down(to):
+                self._withheld.setdefault(to, []).append(msg)
+                continue
             self.transport.send(to, msg)
 
     def _drop(self, reason: str, detail: str, sender: int | None = None) -> None:

@@ -111,6 +111,18 @@ class RoundProtocol(ABC):
         with it): what its old process held of this round is gone. Default: nothing to stop."""
         return []
 
+    def peer_back(self, j: int) -> list[Outbound]:
+        """Neighbour j, marked down (not waited for) as this round began, was heard again: a protocol
+        that can still take its part in this round may wait for it. Default: nothing changes."""
+        return []
+
+    def peer_moved_on(self, j: int) -> list[Outbound]:
+        """Neighbour j was seen in a later round (its link delivers in order): all it will send
+        for this round has come. A protocol whose messages of a round all leave as the round
+        begins stops waiting for j; one that sends after its round ended (secure aggregation's
+        reveals) must not. Default: nothing to stop."""
+        return []
+
     def takes_late(self, msg: Message) -> bool:
         """After `finished()`: True if `msg`, of this round, is expected traffic this protocol
         still consumes (the node feeds it to `on_message`) rather than a stale message."""
@@ -201,6 +213,20 @@ class GossipRound(RoundProtocol):
             raise Rejected("duplicate", f"second MODEL from {msg.sender} in round {self.round}")
         vec = read_vector(msg, self.own.shape[0])
         self.received[msg.sender] = (self.weights[msg.sender], vec)
+        self._done = self.expected <= set(self.received)
+        return []
+
+    def peer_back(self, j: int) -> list[Outbound]:
+        # Back from a partition: it catches up to our round at once (it skips to the round our
+        # probe named), so waiting for it makes this round the halves' first together again.
+        if j in self.weights and not self._done:
+            self.expected.add(j)
+            self._done = self.expected <= set(self.received)
+        return []
+
+    def peer_moved_on(self, j: int) -> list[Outbound]:
+        # j skipped this round (it caught up after a partition, say): its model for it never comes
+        self.expected.discard(j)
         self._done = self.expected <= set(self.received)
         return []
 

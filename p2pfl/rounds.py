@@ -7,7 +7,9 @@ Owns two small state machines the node consults with no sockets and no clock:
   of later rounds (at most `per_peer` per neighbour, only up to the run's last round), or away
   (stale, beyond the budget, buffer full). It hands round r its buffered messages when r starts
   and decides the next round: r + 1, or further when a neighbour is two or more rounds ahead
-  and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held.
+  and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held. It
+  also remembers the latest round each neighbour was seen in (a message, or a probe that says
+  only its round): one seen in a later round has sent all it will send for the earlier ones.
 - `Liveness`: neighbours heard this round, consecutive rounds each stayed silent while it owed
   us a message, and so who is down (no longer waited for) after `down_after` such rounds.
 
@@ -67,7 +69,7 @@ class RoundWindow:
         self.last_round = last_round
         self.per_peer = per_peer
         self.buffer: list[Message] = []  # authenticated messages of rounds after the current one
-        self.ahead = 0  # highest round a neighbour has been seen in
+        self.latest: dict[int, int] = {}  # per neighbour: the latest round it was seen in (up to last_round)
 
     def place(self, msg: Message, r: int, late: Callable[[Message], bool] | None = None) -> Verdict:
         """Where `msg` goes while the node runs round `r`; `late` says if the finished round takes it."""
@@ -82,10 +84,24 @@ class RoundWindow:
             if sum(m.sender == msg.sender for m in self.buffer) >= self.per_peer:
                 return Verdict(Place.DROPPED, "buffer_full", what)
             self.buffer.append(msg)
-            self.ahead = max(self.ahead, msg.round)
+            self.note(msg.sender, msg.round)
             return _KEEP
         reason = "stale_round" if msg.round < r else "wrong_round"
         return Verdict(Place.DROPPED, reason, f"{what} during round {r}")
+
+    def note(self, sender: int, round_: int) -> None:
+        """`sender` was seen in `round_` (a buffered message, or a probe carrying its round only)."""
+        if round_ <= self.last_round:
+            self.latest[sender] = max(self.latest.get(sender, 0), round_)
+
+    def moved_on(self, r: int) -> set[int]:
+        """Neighbours seen in a round after `r`. Each link delivers in order, so whatever such a
+        neighbour sent for round `r` has arrived before (or was lost): it sends no more for `r`."""
+        return {j for j, seen in self.latest.items() if seen > r}
+
+    def forget(self, sender: int) -> None:
+        """`sender`'s process was replaced: the new one starts from its checkpoint, where it says."""
+        self.latest.pop(sender, None)
 
     def take(self, r: int) -> list[Message]:
         """The buffered messages of round `r` (in arrival order), removed from the buffer."""
@@ -95,25 +111,27 @@ class RoundWindow:
 
     def next_round(self, r: int, owes: Owes | None = None) -> tuple[int, list[Dropped]]:
         """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened."""
-        if self.ahead <= r + 1 or not self.gap_after(r, owes):
+        ahead = max(self.latest.values(), default=0)
+        if ahead <= r + 1 or not self.gap_after(r, owes):
             return r + 1, []
-        target = self.ahead
-        return target, self.skip_to(target)
+        return ahead, self.skip_to(ahead)
 
     def gap_after(self, r: int, owes: Owes | None = None) -> bool:
         """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1,
         where it owed us a message (`owes(sender, round)`; None: every neighbour, every round).
+        Ahead means seen in that round: a buffered message, or a probe (which carries nothing for
+        r + 1, so a neighbour known only by its probe is always a gap).
 
         A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
         takes part, say) has left its messages for every round in our buffer: we catch up by
         running those rounds, not by skipping them. One that sends to us only in some rounds
         (push-sum's one peer per round) is no evidence of a gap in the rounds it skips.
         """
-        rounds: dict[int, set[int]] = {}
+        held: dict[int, set[int]] = {}
         for m in self.buffer:
-            rounds.setdefault(m.sender, set()).add(m.round)
-        return any(max(rs) > r + 1 and r + 1 not in rs and (owes is None or owes(sender, r + 1))
-                   for sender, rs in rounds.items())
+            held.setdefault(m.sender, set()).add(m.round)
+        return any(seen > r + 1 and r + 1 not in held.get(sender, ()) and (owes is None or owes(sender, r + 1))
+                   for sender, seen in self.latest.items())
 
     def skip_to(self, r: int) -> list[Dropped]:
         """Drop every buffered message of a round before `r` (the node jumps to `r`)."""

@@ -63,6 +63,11 @@ class MessageTransport(Protocol):
         nothing more comes from the old process, which held its part of the current round."""
         ...
 
+    def discard_queued(self, j: int) -> None:
+        """Throw away what waits to be sent to neighbour `j` (the node marked it down: by the time its
+        link is back that is old). A transport that queues nothing for an unreachable peer does nothing."""
+        ...
+
     def count_drop(self, reason: str) -> None:
         """Count one message the node dropped itself, in the same table."""
         ...

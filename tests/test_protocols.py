@@ -36,6 +36,35 @@ def test_gossip_missing_neighbour_weight_stays_home() -> None:
     np.testing.assert_allclose(proto.result(), _vec(3.0), rtol=1e-6)
 
 
+def test_gossip_stops_waiting_for_a_neighbour_that_moved_on_without_a_deadline() -> None:
+    """Neighbour 2 skipped this round (it caught up after a heal): the round ends once 1 is in,
+    and 2's weight stays home as for a missing neighbour."""
+    proto = GossipRound(0, 1, {0: 0.5, 1: 0.25, 2: 0.25}, _vec(4.0))
+    proto.start()
+    proto.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
+    assert not proto.finished()
+    assert proto.peer_moved_on(2) == []
+    assert proto.finished() and proto.arrived() == 1
+    np.testing.assert_allclose(proto.result(), _vec(3.0), rtol=1e-6)
+
+
+def test_gossip_waits_for_a_neighbour_heard_again_but_not_once_it_moved_on() -> None:
+    """2 was down as the round began; heard again (a heal), the round waits for its model, unless
+    it turns out to be past this round already (then its weight stays home)."""
+    proto = GossipRound(0, 1, {0: 0.5, 1: 0.25, 2: 0.25}, _vec(4.0), expected={1})
+    proto.start()
+    proto.peer_back(2)
+    proto.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
+    assert not proto.finished()
+    proto.on_message(Message(Kind.MODEL, 2, 1, tensors={DELTA: _vec(0.0)}))
+    assert proto.finished() and proto.arrived() == 2
+    other = GossipRound(0, 1, {0: 0.5, 1: 0.25, 2: 0.25}, _vec(4.0), expected={1})
+    other.peer_back(2)
+    other.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
+    other.peer_moved_on(2)
+    assert other.finished() and other.arrived() == 1
+
+
 @pytest.mark.parametrize(
     "msg, reason",
     [

@@ -19,7 +19,7 @@ def test_current_later_stale_and_beyond_budget_messages() -> None:
     stale = w.place(_m(1, 3), 4)
     assert (stale.place, stale.reason, stale.detail) == (Place.DROPPED, "stale_round", "MODEL from 1 for round 3 during round 4")
     assert w.place(_m(1, 11), 4).reason == "wrong_round"  # beyond the budget: cannot be honest, no jump
-    assert w.ahead == 5 and [m.round for m in w.buffer] == [5]
+    assert w.latest == {1: 5} and [m.round for m in w.buffer] == [5]
 
 
 def test_late_traffic_goes_to_the_finished_round_before_it_counts_as_stale() -> None:
@@ -76,6 +76,24 @@ def test_one_round_ahead_is_not_a_gap() -> None:
     w = RoundWindow(last_round=20)
     w.place(_m(1, 5), 4)
     assert w.next_round(4) == (5, [])
+
+
+def test_a_probe_alone_says_where_a_neighbour_is_and_makes_us_skip_to_it() -> None:
+    """After a heal the first word from the other half may be a probe (its round, no model)."""
+    w = RoundWindow(last_round=20)
+    w.note(1, 9)
+    assert w.buffer == [] and w.next_round(4) == (9, [])
+    w.note(1, 30)  # beyond the budget: not believed
+    assert w.latest == {1: 9}
+
+
+def test_a_neighbour_seen_in_a_later_round_has_moved_on_from_the_earlier_ones() -> None:
+    w = RoundWindow(last_round=20)
+    w.place(_m(1, 6), 4)
+    w.note(2, 4)  # a probe of the current round: nothing told about round 4
+    assert w.moved_on(4) == {1} and w.moved_on(5) == {1} and w.moved_on(6) == set()
+    w.forget(1)  # its process restarted: the new one says again where it is
+    assert w.moved_on(4) == set()
 
 
 def test_catch_up_drops_what_the_skipped_rounds_held() -> None:

@@ -83,12 +83,27 @@ class ZmqTransport(ChannelTransport):
         router = bound_router(self._context, self._address, QUEUE_DEPTH, self.limits.max_frame_bytes)
         self._router = router
         self._poller.register(router, zmq.POLLIN)
-        for j, peer in self._peers.items():
-            dealer = connected_dealer(self._context, peer.address, QUEUE_DEPTH)
-            self._dealers[j] = dealer
-            self._dealer_of[dealer] = j
-            self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
+        for j in self._peers:
+            self._connect(j)
         self._channels.start(self)
+
+    def _connect(self, j: int) -> None:
+        dealer = connected_dealer(self._context, self._peers[j].address, QUEUE_DEPTH)
+        self._dealers[j] = dealer
+        self._dealer_of[dealer] = j
+        self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
+
+    def _discard_link(self, j: int) -> None:
+        """A new DEALER for `j`: closing the old one (linger 0) drops its queue, which libzmq keeps
+        across reconnects and would send, oldest first, once the link is back. The session is not
+        the connection's, so it carries on over the new one."""
+        old = self._dealers.pop(j, None)
+        if old is None or self._closed:
+            return
+        self._poller.unregister(old)
+        del self._dealer_of[old]
+        old.close(linger=0)
+        self._connect(j)
 
     def close(self, linger: float = 0.0) -> None:
         """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
