@@ -159,6 +159,10 @@ class Channels:
         self._out: dict[int, Outbound] = {}  # the sessions that seal what we send, per neighbour
         self._in: dict[int, Inbound] = {}  # the sessions that open what neighbours send us
         self._last_reset: dict[bytes, float] = {}  # per connection (route)
+        # Per neighbour: when our CONFIRM left, and the round trip to its ACCEPT (the network's and
+        # its process's: an upper bound on the network's alone), for a transport's reconnect timing.
+        self._confirm_at: dict[int, float] = {}
+        self.rtt: dict[int, float] = {}
         self._restarted: set[int] = set()  # neighbours whose new process replaced its old one, not yet taken
         self._counter = 0
         self._stats = TransportStats(links={j: [0, 0, 0] for j in neighbours})
@@ -460,6 +464,7 @@ class Channels:
             if confirm is not None:  # None: a late answer to an earlier attempt of ours
                 assert out.agreed is not None
                 self._handshake(j, confirm, out.agreed.key, out.agreed.sid)
+                self._confirm_at[j] = time.monotonic()
             return
         init = out.on_reset(meta, now)
         if init is None:
@@ -496,7 +501,9 @@ class Channels:
                       "(same key file). Retrying for %.0fs in case it is a crashed predecessor.",
                       self.node_id, j, self.node_id, DUPLICATE_GRACE_S)
             return
-        log.info("node %d: session to node %d agreed", self.node_id, j)
+        if j in self._confirm_at:
+            self.rtt[j] = now - self._confirm_at.pop(j)
+        log.info("node %d: session to node %d agreed (round trip %.1f ms)", self.node_id, j, 1000 * self.rtt.get(j, math.nan))
         queued, out.queued = out.queued, []
         for msg in queued:
             self._seal_and_send(j, out, msg)

@@ -179,7 +179,7 @@ class Node:
         self.hub = hub_of(self.graph) if self.strategy.needs_hub else None
         self._window = RoundWindow(self.config.rounds, MAX_BUFFERED_PER_PEER)  # later rounds' messages
         self._liveness = Liveness(self.neighbours, self.config.down_after)
-        # This round's messages to neighbours marked down, sent if they are heard again in it (`_hear`):
+        # This round's messages to neighbours marked down, sent if they are heard again in it (`_welcome_back`):
         # queued on a dead link they would only arrive, stale, ahead of fresh ones after a heal.
         self._withheld: dict[int, list[Message]] = {}
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
@@ -617,7 +617,7 @@ class Node:
         self._probe_down(r)
         self._send_all(protocol.start())
         for msg in self._window.take(r):
-            self._hear(msg.sender)
+            self._liveness.hear(msg.sender)
             self._feed(protocol, msg)
         for j in sorted(self._moved_on(r)):
             self._send_all(protocol.peer_moved_on(j))
@@ -667,7 +667,14 @@ class Node:
         partition, say) is remembered so we can catch up at the end of this round; a round
         beyond the run's budget cannot be honest and is dropped.
         """
-        self._hear(msg.sender)
+        back = self._liveness.is_down(msg.sender)
+        self._liveness.hear(msg.sender)
+        current = self._place(msg, r)
+        if back:  # after placing it: its round says what of ours it still needs
+            self._welcome_back(msg.sender)
+        return current
+
+    def _place(self, msg: Message, r: int) -> bool:
         if self.observer is not None:
             self.observer.received(msg)  # everything authenticated and decrypted, as a curious node would keep it
         if msg.kind == Kind.HEARTBEAT:
@@ -684,13 +691,12 @@ class Node:
             self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
-    def _hear(self, j: int) -> None:
-        """Any authenticated message proves `j` alive; one marked down gets what we withheld from it."""
-        back = self._liveness.is_down(j)
-        self._liveness.hear(j)
-        if back:
-            log.info("node %d: neighbour %d heard again", self.id, j)
-            self._send_all([(j, msg) for msg in self._withheld.pop(j, [])])
+    def _welcome_back(self, j: int) -> None:
+        """`j`, marked down, was heard again: what we withheld from it this round goes now, unless `j`
+        has been seen in a later round (it would only drop it as stale)."""
+        log.info("node %d: neighbour %d heard again", self.id, j)
+        past = self._window.latest.get(j, 0)
+        self._send_all([(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past])
 
     def _moved_on(self, r: int) -> set[int]:
         """Neighbours that sent all they will send for round `r`: seen in a later round, or done."""

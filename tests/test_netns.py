@@ -66,6 +66,11 @@ RELAY_BASE_PORT = 21000
 ACC_FLOOR = 0.93
 ACC_SPREAD = 0.03  # max - min of the final accuracies
 TAIL = 5  # the last TAIL rounds of every node must hear every neighbour
+# Old-round messages a boundary node may be handed after the heal: what the catch-up has in flight
+# (a model sent just before its receiver skipped past it), never a backlog of the cut's rounds,
+# which was up to QUEUE_DEPTH (16) per link and measured 5-13 before it was discarded.
+STALE_AFTER_HEAL = 3
+FRESH_AFTER_LINK_BACK = 2  # rounds run from the healed links carrying traffic both ways to the first full round
 RUN_LIMIT = 200.0  # seconds for the whole run (the test's own deadline)
 
 
@@ -243,8 +248,8 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
                              if all(recs[i][q]["arrived"] == degree[i] for q in after[k:])), None)
     # The first fresh exchange across the healed cut: the first round after the heal in which a
     # boundary node heard every neighbour; and the old-round messages it was handed after the heal
-    # (a backlog queued during the cut, but also the lagging half's current models and what the
-    # catch-up skips: an upper bound on the backlog, recorded, not checked).
+    # (a backlog queued during the cut, but also what the catch-up has in flight and what its
+    # skips drop: an upper bound on the backlog, checked below as `no_backlog`).
     first_fresh = {i: next((r - heal_seen[i] for r in sorted(recs[i]) if r > heal_seen[i]
                             and recs[i][r]["arrived"] == degree[i]), None) for i in boundary}
 
@@ -253,21 +258,41 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
 
     stale_after_heal = {i: _stale(i, max(recs[i])) - _stale(i, heal_seen[i]) for i in boundary}
 
-    def _heard_across(i: int) -> int | None:
-        """The first round after the heal in which boundary node i got anything over the healed link:
-        a full round, a stale message counted, or a skip ahead (it saw a later round's message)."""
+    def _first_received(i: int, j: int) -> float | None:
+        """When (test clock) node i first reported bytes received from j after the heal: its per-link
+        byte counter (`links` in metrics.jsonl) grew. Probes count: they are traffic too."""
+        def received(r: int) -> int:
+            return (recs[i][r].get("links") or {}).get(str(j), [0, 0, 0])[1]
         rounds = [r for r in sorted(recs[i]) if r > heal_seen[i]]
         for prev, r in zip([heal_seen[i], *rounds], rounds):
-            if recs[i][r]["arrived"] == degree[i] or _stale(i, r) > _stale(i, prev) or r > prev + 1:
-                return r
+            if prev in recs[i] and received(r) > received(prev):
+                return first_seen[i][r]
         return None
 
-    # Rounds from the first message across the healed link to the first round that heard every
-    # neighbour: what the round logic costs once the link carries traffic again (the time before
-    # it does is the reconnection's: at most the connect timeout plus libzmq's reconnect interval).
-    # Recorded, not checked: issue 17's goal is 2, and runs give 0-4 (docs/faults.md).
-    fresh_after_heard = {i: None if (h := _heard_across(i)) is None or first_fresh[i] is None
-                         else heal_seen[i] + first_fresh[i] - h for i in boundary}
+    def _link_back(i: int) -> float | None:
+        """When every healed link of boundary node i had carried traffic both ways: the two directions
+        are two TCP connections, each back after its own reconnect attempt."""
+        times = [_first_received(a, b) for j in cross[i] for a, b in ((i, j), (j, i))]
+        return None if None in times else max(t for t in times if t is not None)
+
+    # The first full round counted in rounds run after the heal (a lagging node skips round numbers
+    # to catch up: each skip is one round run, not many); and counted from the moment the healed
+    # links carried traffic both ways (0: a round that ended before was full already): what the
+    # round logic costs once the links are back. The time before is the reconnection's: each
+    # direction needs a connect attempt, at most the connect timeout plus libzmq's reconnect
+    # interval apart. The latter is checked: at most FRESH_AFTER_LINK_BACK.
+    fresh_run = {i: None if first_fresh[i] is None
+                 else sum(heal_seen[i] < r <= heal_seen[i] + first_fresh[i] for r in recs[i]) for i in boundary}
+    link_back = {i: _link_back(i) for i in boundary}
+    fresh_after_heard = {i: None if (t := link_back[i]) is None or first_fresh[i] is None
+                         else sum(first_seen[i][r] > t and r <= heal_seen[i] + first_fresh[i] for r in recs[i])
+                         for i in boundary}
+    check("no_backlog", all(stale_after_heal[i] <= STALE_AFTER_HEAL for i in boundary),
+          f"old-round messages handed to each boundary node after the heal (at most {STALE_AFTER_HEAL}): "
+          f"{stale_after_heal}")
+    check("fresh_after_link_back", all(v is not None and v <= FRESH_AFTER_LINK_BACK for v in fresh_after_heard.values()),
+          f"rounds run from the healed links carrying traffic both ways to the first round hearing every neighbour "
+          f"(at most {FRESH_AFTER_LINK_BACK}): {fresh_after_heard}")
     full_rounds = {i: 0 if full_from[i] is None else sum(r >= full_from[i] for r in recs[i]) for i in range(NODES)}
     recovery_rounds = {i: None if full_from[i] is None else full_from[i] - heal_seen[i] for i in range(NODES)}
     recovery_s = {i: None if full_from[i] is None else round(first_seen[i][full_from[i]] - heal_time, 1)
@@ -324,12 +349,15 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         {"fault": "ring cut in two halves {0,1,2} | {3,4,5} (ebtables DROP on the bridge, both ways: edges 2-3 "
                   "and 5-0), then healed",
          "count": 1, "unit": f"cut ({cut_drops} packets dropped)",
-         "outcome": outcome(ok["partition_rounds"] and ok["partition_visible"] and ok["healed"] and ok["accuracy"],
+         "outcome": outcome(ok["partition_rounds"] and ok["partition_visible"] and ok["healed"] and ok["accuracy"]
+                            and ok["no_backlog"] and ok["fresh_after_link_back"],
                             f"cut after rounds {min(cut_seen.values())}-{max(cut_seen.values())}, healed after rounds "
                             f"{min(heal_seen.values())}-{max(heal_seen.values())}; boundary nodes {boundary} missed their "
                             f"cross-cut neighbour in all {sum(len(v) for v in inside.values())} rounds wholly inside the cut; "
                             f"every neighbour heard again {_span(recovery_rounds)} rounds ({_span(recovery_s)} s) after the "
-                            f"heal, the first full round {_span(fresh_after_heard)} rounds after the link carried traffic again, "
+                            f"heal; the first full round {_span(first_fresh)} round numbers ({_span(fresh_run)} rounds run) "
+                            f"after the heal and {_span(fresh_after_heard)} after the healed links carried traffic both ways "
+                            f"({_span({i: None if t is None else round(t - heal_time, 1) for i, t in link_back.items()})} s after the heal); "
                             f"{_span(stale_after_heal)} old-round messages after the heal; accuracy spread {spread_heal:.3f} at the heal, {spread:.3f} at the end "
                             f"(final {min(final.values(), default=0):.3f}-{max(final.values(), default=0):.3f})")},
     ]
@@ -345,7 +373,8 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         "cut_seen": cut_seen, "heal_seen": heal_seen,
         "recovery_rounds": recovery_rounds, "recovery_s": recovery_s,
         "first_fresh_round_after_heal": first_fresh, "stale_after_heal": stale_after_heal,
-        "fresh_rounds_after_link_back": fresh_after_heard,
+        "fresh_rounds_after_link_back": fresh_after_heard, "first_fresh_rounds_run": fresh_run,
+        "link_back_s": {i: None if t is None else round(t - heal_time, 1) for i, t in link_back.items()},
         "final_acc": final,
         "faults": faults,
         "checks": [{"name": n, "ok": g, "detail": d} for n, g, d in checks],

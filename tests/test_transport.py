@@ -26,7 +26,8 @@ from helpers.handshake import Initiator
 
 from p2pfl import session
 from p2pfl.channel import KEY_CONTEXT, Peer, Sent
-from p2pfl.transports.zeromq import QUEUE_DEPTH, ZmqTransport as Transport
+from p2pfl.transports.zeromq import (CONNECT_TIMEOUT_MS, QUEUE_DEPTH, RECONNECT_TIMEOUT_MIN_MS, ZmqTransport as Transport,
+                                     bound_router, reconnect_timeout_ms)
 
 LIMITS = wire.Limits.for_model(100_000)
 WAIT = 10.0  # generous: only a broken transport ever waits this long
@@ -483,3 +484,63 @@ def test_programming_errors_raise(make_cluster):
     a.close()  # twice is fine
     with pytest.raises(RuntimeError):
         a.recv(0)
+
+
+def cut_inbound(t: Transport) -> None:
+    """Close `t`'s ROUTER: every connection to it goes, its process and sessions stay (a link cut)."""
+    assert t._router is not None
+    t._poller.unregister(t._router)
+    t._router.close(linger=0)
+    t._router = None
+
+
+def heal_inbound(t: Transport) -> None:
+    """Listen at `t`'s address again (libzmq frees a closed socket's port asynchronously: retry)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            t._router = bound_router(t._context, t._address, QUEUE_DEPTH, LIMITS.max_frame_bytes)
+            break
+        except zmq.ZMQError:
+            assert time.monotonic() < deadline, f"could not bind {t._address} again"
+            time.sleep(0.05)
+    t._poller.register(t._router, zmq.POLLIN)
+
+
+@pytest.mark.parametrize("discard", [False, True])
+def test_what_waits_for_a_cut_link_is_sent_after_the_heal_unless_discarded(make_cluster, discard):
+    """A link cut while its process lives on (a partition): libzmq keeps what we send it and sends
+    it, oldest first, once the link is back. A node that marked the neighbour down discards that
+    backlog (`discard_queued`), and the session carries on over the new connection."""
+    c = make_cluster(2)
+    a, b = c.transport(0), c.transport(1)
+    handshake(a, b)
+    monitor = a._dealers[1].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    cut_inbound(b)
+    assert monitor.poll(WAIT * 1000), "a's connection was never reported gone"
+    a._dealers[1].disable_monitor()
+    monitor.close(linger=0)
+    assert all(a.send(1, model_msg(0, round_=r, n=1000)) for r in (1, 2, 3))  # queued for the link
+    if discard:
+        a.discard_queued(1)
+        # the new link's attempts are paced by the handshake's round trip (loopback: the floor)
+        assert 0 < a._channels.rtt[1] < WAIT
+        assert a._dealers[1].getsockopt(zmq.CONNECT_TIMEOUT) == reconnect_timeout_ms(a._channels.rtt[1])
+    fresh = model_msg(0, round_=4, n=1000)
+    assert a.send(1, fresh)
+    heal_inbound(b)
+    got: list[Message] = []
+    while not got or got[-1].round != 4:
+        msg = b.recv(WAIT)
+        assert msg is not None, f"round 4 never arrived (got rounds {[m.round for m in got]})"
+        got.append(msg)
+    assert [m.round for m in got] == ([4] if discard else [1, 2, 3, 4])
+    assert_same(got[-1], fresh)
+    assert b.stats.dropped == {}  # nothing refused: the same session, a new connection
+
+
+def test_reconnect_attempts_follow_the_handshake_round_trip_within_bounds():
+    assert reconnect_timeout_ms(None) == CONNECT_TIMEOUT_MS  # never agreed: the first connect's timeout
+    assert reconnect_timeout_ms(0.0005) == RECONNECT_TIMEOUT_MIN_MS  # a LAN
+    assert reconnect_timeout_ms(0.05) == 500  # 10 round trips
+    assert reconnect_timeout_ms(0.3) == CONNECT_TIMEOUT_MS  # never longer than the first connect's

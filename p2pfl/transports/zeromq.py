@@ -41,6 +41,12 @@ HEARTBEAT_IVL_MS = 1000  # ZMTP heartbeats: a connection to a vanished process (
 HEARTBEAT_TIMEOUT_MS = 3000  # a cut cable) is closed after this long, not after TCP's minutes
 CONNECT_TIMEOUT_MS = 1000  # a connect attempt into a cut gives up after this, instead of riding TCP's
 # SYN backoff (1, 3, 7 s ...): reconnecting after a heal takes one attempt, not the next retransmission
+# Reconnecting to a neighbour marked down (`_discard_link`): attempts of RTT_FACTOR x the round trip
+# its session handshake took, within [RECONNECT_TIMEOUT_MIN_MS, CONNECT_TIMEOUT_MS]. A heal is noticed
+# by the next attempt, so shorter attempts find it sooner; a SYN-ACK that needs ten times the
+# handshake's round trip belongs to a link a 1 s attempt would struggle with too.
+RTT_FACTOR = 10
+RECONNECT_TIMEOUT_MIN_MS = 250
 
 
 class ZmqTransport(ChannelTransport):
@@ -87,8 +93,8 @@ class ZmqTransport(ChannelTransport):
             self._connect(j)
         self._channels.start(self)
 
-    def _connect(self, j: int) -> None:
-        dealer = connected_dealer(self._context, self._peers[j].address, QUEUE_DEPTH)
+    def _connect(self, j: int, connect_timeout_ms: int = CONNECT_TIMEOUT_MS) -> None:
+        dealer = connected_dealer(self._context, self._peers[j].address, QUEUE_DEPTH, connect_timeout_ms=connect_timeout_ms)
         self._dealers[j] = dealer
         self._dealer_of[dealer] = j
         self._poller.register(dealer, zmq.POLLIN)  # handshake answers come back on it
@@ -96,14 +102,15 @@ class ZmqTransport(ChannelTransport):
     def _discard_link(self, j: int) -> None:
         """A new DEALER for `j`: closing the old one (linger 0) drops its queue, which libzmq keeps
         across reconnects and would send, oldest first, once the link is back. The session is not
-        the connection's, so it carries on over the new one."""
+        the connection's, so it carries on over the new one, whose attempts are paced by the
+        handshake's round trip (`reconnect_timeout_ms`)."""
         old = self._dealers.pop(j, None)
         if old is None or self._closed:
             return
         self._poller.unregister(old)
         del self._dealer_of[old]
         old.close(linger=0)
-        self._connect(j)
+        self._connect(j, reconnect_timeout_ms(self._channels.rtt.get(j)))
 
     def close(self, linger: float = 0.0) -> None:
         """Close every socket; queued sends get up to `linger` seconds to leave. Safe to call twice.
@@ -231,7 +238,15 @@ def bound_router(context: zmq.Context, endpoint: str, hwm: int, max_message: int
     return router
 
 
-def connected_dealer(context: zmq.Context, endpoint: str, hwm: int, receive_hwm: int | None = None) -> zmq.Socket:
+def reconnect_timeout_ms(rtt: float | None) -> int:
+    """The connect timeout of a link to a neighbour marked down whose handshake took `rtt` seconds."""
+    if rtt is None:
+        return CONNECT_TIMEOUT_MS
+    return int(min(CONNECT_TIMEOUT_MS, max(RECONNECT_TIMEOUT_MIN_MS, RTT_FACTOR * rtt * 1000)))
+
+
+def connected_dealer(context: zmq.Context, endpoint: str, hwm: int, receive_hwm: int | None = None,
+                     connect_timeout_ms: int = CONNECT_TIMEOUT_MS) -> zmq.Socket:
     """A DEALER with the options of docs/wire.md (*Sockets*), connecting to `endpoint` (who may not be
     up yet); `receive_hwm`: its receive queue, when not libzmq's default."""
     dealer = context.socket(zmq.DEALER)
@@ -245,7 +260,7 @@ def connected_dealer(context: zmq.Context, endpoint: str, hwm: int, receive_hwm:
     # then takes its queue with it, but every send to a neighbour that has just finished
     # fails at once and is counted as a drop, and recovery after a heal was no faster
     # (docs/faults.md).
-    dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    dealer.setsockopt(zmq.CONNECT_TIMEOUT, connect_timeout_ms)
     dealer.connect(endpoint)
     return dealer
 
