@@ -537,18 +537,32 @@ class Node:
         update.
         """
         c = self.config
+        trained = self.trainer.get_flat()
+        if takes_part and not np.isfinite(trained).all():
+            self._diverged()
+            return self._delta.copy(), None  # the last round's result: public, and finite
         if not c.dp_enabled:
-            return self.trainer.get_flat() - self.reference, None
+            return trained - self.reference, None
         if not takes_part:
             return self._delta.copy(), None  # public: the last round's result
         assert start is not None and self.noise is not None
-        update = self.trainer.get_flat() - start
+        update = trained - start
         if c.dp == "local":
             std = privacy.noise_std("local", c.dp_noise, c.dp_clip)
             noisy, _ = privacy.privatize(update, c.dp_clip, std, self.noise, grid=privacy.grid_for(std))
             return self._delta + noisy, None
         clipped, _ = privacy.clip(update, c.dp_clip)
         return self._delta + clipped, self._delta
+
+    def _diverged(self) -> None:
+        """Local training ran into NaN/Inf (a learning rate too high, say): nothing of it can be
+        shared, clipped or noised. The node puts its last averaged model into the round instead
+        (the round's result then replaces the broken one) and starts its optimizer afresh, whose
+        momentum holds the same NaNs; it says so each time, and counts it as `diverged`."""
+        log.error("node %d: local training diverged (NaN/Inf in the model): this round shares the last averaged "
+                  "model instead and the optimizer starts afresh; a lower --lr (or --dp-clip) avoids it", self.id)
+        self.transport.count_drop("diverged")
+        self.trainer.optimizer.state.clear()
 
     def _samples(self, takes_part: bool) -> int:
         """FedAvg weight: the shard size, or with DP a public constant (|D| would leak: equal weights)."""

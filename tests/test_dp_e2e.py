@@ -185,3 +185,19 @@ def test_compare_puts_plain_secure_and_secure_dp_side_by_side_with_epsilon(tmp_p
     figures = _figures({"acc_mean": 0.5, "acc_std": 0.1, "consensus": 0.0, "bytes": 2**20, "epsilon": 3.25})
     assert "ε max 3.25" in figures and "ε" not in _figures({"acc_mean": 0.5, "acc_std": 0.1, "consensus": 0.0,
                                                              "bytes": 0.0, "epsilon": None})
+
+
+@pytest.mark.parametrize("dp", ["off", "local"])
+def test_a_node_whose_training_diverges_shares_its_last_averaged_model_and_runs_on(tmp_path: Path, dp: str) -> None:
+    """A learning rate far too high turns the local model into NaN/Inf. Under local DP that used
+    to crash every node at clipping; now each node says so (counted `diverged`), puts its last
+    averaged model into the round instead, and every round completes with finite models."""
+    cfg = ExperimentConfig(nodes=3, topology="ring", rounds=3, lr=1e30, dp=dp, dp_clip=0.1, dp_noise=1.0,
+                           dp_test_seed=3, round_timeout=30).validate()
+    sent: list = []
+    nodes, records = run_nodes(cfg, tmp_path, sent)
+    assert all(len(records[i]) == cfg.rounds for i in nodes)
+    assert all(records[i][-1].dropped.get("diverged", 0) >= 1 for i in nodes)
+    assert all(np.isfinite(node.trainer.get_flat()).all() for node in nodes.values())
+    shared = [m.tensors[DELTA] for _, _, m in sent if m.kind == Kind.MODEL]
+    assert shared and all(np.isfinite(v).all() for v in shared)  # nothing broken ever left a node
