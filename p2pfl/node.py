@@ -685,10 +685,11 @@ class Node:
         self._liveness.hear(msg.sender)
         current = self._place(msg, r)
         if back:  # after placing it: its round says what of ours it still needs
-            self._welcome_back(msg.sender)
+            self._welcome_back(msg.sender, r)
         return current
 
     def _place(self, msg: Message, r: int) -> bool:
+        """`_admit`'s part after liveness: a heartbeat is taken here, the rest goes where its round says."""
         if self.observer is not None:
             self.observer.received(msg)  # everything authenticated and decrypted, as a curious node would keep it
         if msg.kind == Kind.HEARTBEAT:
@@ -705,12 +706,17 @@ class Node:
             self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
-    def _welcome_back(self, j: int) -> None:
-        """`j`, marked down, was heard again: what we withheld from it this round goes now, unless `j`
-        has been seen in a later round (it would only drop it as stale)."""
+    def _welcome_back(self, j: int, r: int) -> None:
+        """`j`, marked down, was heard again while we run round `r`: what we withheld from it this round
+        goes now, unless `j` has been seen in a later round (it would only drop it as stale); if
+        nothing goes, a probe does, so `j` hears us now and not at our next round's start (the two
+        directions of a healed link come back one at a time, and the side that is ahead waits for
+        the other only once it has heard it)."""
         log.info("node %d: neighbour %d heard again", self.id, j)
         past = self._window.latest.get(j, 0)
-        self._send_all([(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past])
+        due = [(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past]
+        over = self._finished is not None and self._finished.round >= self.config.rounds  # our farewell said done
+        self._send_all(due or ([] if over else [(j, self._probe(r))]))
 
     def _moved_on(self, r: int) -> set[int]:
         """Neighbours that sent all they will send for round `r`: seen in a later round, or done."""
@@ -724,8 +730,10 @@ class Node:
         (a neighbour that fell behind skips to our round at once) and that we sent all we will send
         for its earlier rounds (it stops waiting for us in them).
         """
-        probe = Message(Kind.HEARTBEAT, self.id, r, meta={"probe": True})
-        self._send_all([(j, probe) for j in self.neighbours if self._liveness.is_down(j)])
+        self._send_all([(j, self._probe(r)) for j in self.neighbours if self._liveness.is_down(j)])
+
+    def _probe(self, r: int) -> Message:
+        return Message(Kind.HEARTBEAT, self.id, r, meta={"probe": True})
 
     def _takes_late(self, msg: Message) -> bool:
         late = self._finished
