@@ -182,6 +182,7 @@ class Node:
         # This round's messages to neighbours marked down, sent if they are heard again in it (`_welcome_back`):
         # queued on a dead link they would only arrive, stale, ahead of fresh ones after a heal.
         self._withheld: dict[int, list[Message]] = {}
+        self._told_moved_on: dict[int, int] = {}  # this round: neighbour -> the latest round told (`_tell_moved_on`)
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._done: set[int] = set()  # neighbours that have run their last round
         self._running = False  # past start-up
@@ -628,13 +629,14 @@ class Node:
         """Run `protocol` to completion: event-driven receive, a deadline per phase."""
         self._tell_restarts(protocol)
         self._withheld.clear()  # the last round's are stale now
+        self._told_moved_on.clear()
         self._probe_down(r)
         self._send_all(protocol.start())
         for msg in self._window.take(r):
             self._liveness.hear(msg.sender)
             self._feed(protocol, msg)
-        for j in sorted(self._moved_on(r)):
-            self._send_all(protocol.peer_moved_on(j))
+        for j in self.neighbours:
+            self._tell_moved_on(protocol, j, r)
         phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         while not protocol.finished():
             remaining = deadline - time.monotonic()
@@ -655,17 +657,26 @@ class Node:
         """One delivered message while `protocol` runs round `r`: what it says of its sender, then the message.
 
         A sender marked down and now heard again is told to the round (which may wait for it after
-        all: it is back in time to catch up to us, see `_probe_down`); one seen in a later round is
-        told as moved on (a partition's lagging half skipped this round, or it is done).
+        all), and told at once which round of ours it can join (a probe: it skips to it, see
+        `_probe_down`); one seen in a later round is told as moved on (a partition's lagging half
+        skipped this round, or it is done).
         """
-        back = self._liveness.is_down(msg.sender)
+        j = msg.sender
+        back = self._liveness.is_down(j)
         admitted = self._admit(msg, r)
         if back:
-            self._send_all(protocol.peer_back(msg.sender))
+            self._send_all(protocol.peer_back(j) + [(j, self._probe(r, protocol.rejoin_round()))])
         if admitted:
             self._feed(protocol, msg)
-        elif msg.round > r and msg.sender in self._moved_on(r):
-            self._send_all(protocol.peer_moved_on(msg.sender))
+        elif msg.round > r:
+            self._tell_moved_on(protocol, j, r)
+
+    def _tell_moved_on(self, protocol: RoundProtocol, j: int, r: int) -> None:
+        """Tell round `r` that neighbour j was seen in a later round (each newer sighting once)."""
+        seen = self._seen(j)
+        if seen > r and seen > self._told_moved_on.get(j, r):
+            self._told_moved_on[j] = seen
+            self._send_all(protocol.peer_moved_on(j, seen))
 
     def _tell_restarts(self, protocol: RoundProtocol) -> None:
         """Tell the round which neighbours' processes were replaced: what the old ones held of it
@@ -685,7 +696,7 @@ class Node:
         self._liveness.hear(msg.sender)
         current = self._place(msg, r)
         if back:  # after placing it: its round says what of ours it still needs
-            self._welcome_back(msg.sender, r)
+            self._welcome_back(msg.sender)
         return current
 
     def _place(self, msg: Message, r: int) -> bool:
@@ -706,21 +717,17 @@ class Node:
             self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
-    def _welcome_back(self, j: int, r: int) -> None:
-        """`j`, marked down, was heard again while we run round `r`: what we withheld from it this round
-        goes now, unless `j` has been seen in a later round (it would only drop it as stale); if
-        nothing goes, a probe does, so `j` hears us now and not at our next round's start (the two
-        directions of a healed link come back one at a time, and the side that is ahead waits for
-        the other only once it has heard it)."""
+    def _welcome_back(self, j: int) -> None:
+        """`j`, marked down, was heard again: what we withheld from it this round goes now, unless `j`
+        has been seen in a later round (it would only drop it as stale)."""
         log.info("node %d: neighbour %d heard again", self.id, j)
         past = self._window.latest.get(j, 0)
-        due = [(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past]
-        over = self._finished is not None and self._finished.round >= self.config.rounds  # our farewell said done
-        self._send_all(due or ([] if over else [(j, self._probe(r))]))
+        self._send_all([(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past])
 
-    def _moved_on(self, r: int) -> set[int]:
-        """Neighbours that sent all they will send for round `r`: seen in a later round, or done."""
-        return self._window.moved_on(r) | (self._done & set(self.neighbours))
+    def _seen(self, j: int) -> int:
+        """The latest round neighbour j was seen in; one that is done counts as past the last round
+        (its farewell feeds late traffic to the last round only)."""
+        return self.config.rounds + 1 if j in self._done else self._window.latest.get(j, 0)
 
     def _probe_down(self, r: int) -> None:
         """Tell each neighbour marked down our round, and nothing more (see `_send_all`).
@@ -732,8 +739,10 @@ class Node:
         """
         self._send_all([(j, self._probe(r)) for j in self.neighbours if self._liveness.is_down(j)])
 
-    def _probe(self, r: int) -> Message:
-        return Message(Kind.HEARTBEAT, self.id, r, meta={"probe": True})
+    def _probe(self, r: int, join: int | None = None) -> Message:
+        """A probe of round `r`; `join`: the round the neighbour we heard again takes part in with us."""
+        meta: dict[str, object] = {"probe": True} if join is None else {"probe": True, "join": join}
+        return Message(Kind.HEARTBEAT, self.id, r, meta=meta)
 
     def _takes_late(self, msg: Message) -> bool:
         late = self._finished
@@ -749,6 +758,9 @@ class Node:
             self._done.add(msg.sender)  # it ran its last round (`_farewell`)
         elif msg.meta.get("probe") is True:
             self._window.note(msg.sender, msg.round)  # where it is (`_probe_down`)
+            join = msg.meta.get("join")
+            if type(join) is int and msg.round <= join <= msg.round + 1:  # only ever this round or the next
+                self._window.invite(msg.sender, join)
         elif msg.meta.get("sync") is True:
             self._take_sync(msg)
 

@@ -116,11 +116,17 @@ class RoundProtocol(ABC):
         that can still take its part in this round may wait for it. Default: nothing changes."""
         return []
 
-    def peer_moved_on(self, j: int) -> list[Outbound]:
-        """Neighbour j was seen in a later round (its link delivers in order): all it will send
-        for this round has come. A protocol whose messages of a round all leave as the round
-        begins stops waiting for j; one that sends after its round ended (secure aggregation's
-        reveals) must not. Default: nothing to stop."""
+    def rejoin_round(self) -> int:
+        """The first round of ours a neighbour heard again now takes part in (the node tells it, so
+        it skips to that round): this one if `peer_back` took it in, else the next. Default: the next."""
+        return self.round + 1
+
+    def peer_moved_on(self, j: int, seen: int) -> list[Outbound]:
+        """Neighbour j was seen in round `seen`, later than this one (its link delivers in order, so
+        what it sent for this round before has come). A protocol whose messages of a round all leave
+        as the round begins has all of j's and stops waiting for it; one whose finished round still
+        answers late traffic (secure aggregation's reveals, taken in the next round) knows that only
+        once `seen` is two rounds on. Default: nothing to stop."""
         return []
 
     def takes_late(self, msg: Message) -> bool:
@@ -224,7 +230,10 @@ class GossipRound(RoundProtocol):
             self._done = self.expected <= set(self.received)
         return []
 
-    def peer_moved_on(self, j: int) -> list[Outbound]:
+    def rejoin_round(self) -> int:
+        return self.round if not self._done else self.round + 1
+
+    def peer_moved_on(self, j: int, seen: int) -> list[Outbound]:
         # j skipped this round (it caught up after a partition, say): its model for it never comes
         self.expected.discard(j)
         self._done = self.expected <= set(self.received)

@@ -9,7 +9,8 @@ Owns two small state machines the node consults with no sockets and no clock:
   and decides the next round: r + 1, or further when a neighbour is two or more rounds ahead
   and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held. It
   also remembers the latest round each neighbour was seen in (a message, or a probe that says
-  only its round): one seen in a later round has sent all it will send for the earlier ones.
+  only its round): one seen in a later round has sent all it will send for the earlier ones;
+  and the round a neighbour invited us to join (a probe's `join`), where a skip goes too.
 - `Liveness`: neighbours heard this round, consecutive rounds each stayed silent while it owed
   us a message, and so who is down (no longer waited for) after `down_after` such rounds.
 
@@ -70,6 +71,7 @@ class RoundWindow:
         self.per_peer = per_peer
         self.buffer: list[Message] = []  # authenticated messages of rounds after the current one
         self.latest: dict[int, int] = {}  # per neighbour: the latest round it was seen in (up to last_round)
+        self.ahead: dict[int, int] = {}  # per neighbour: where to meet it, the latest seen or invited to
 
     def place(self, msg: Message, r: int, late: Callable[[Message], bool] | None = None) -> Verdict:
         """Where `msg` goes while the node runs round `r`; `late` says if the finished round takes it."""
@@ -93,15 +95,18 @@ class RoundWindow:
         """`sender` was seen in `round_` (a buffered message, or a probe carrying its round only)."""
         if round_ <= self.last_round:
             self.latest[sender] = max(self.latest.get(sender, 0), round_)
+            self.invite(sender, round_)
 
-    def moved_on(self, r: int) -> set[int]:
-        """Neighbours seen in a round after `r`. Each link delivers in order, so whatever such a
-        neighbour sent for round `r` has arrived before (or was lost): it sends no more for `r`."""
-        return {j for j, seen in self.latest.items() if seen > r}
+    def invite(self, sender: int, round_: int) -> None:
+        """`sender` will take part with us from `round_` on (it heard us again during the round
+        before, whose group was fixed without us): a skip goes there, not to the round it is in."""
+        if round_ <= self.last_round:
+            self.ahead[sender] = max(self.ahead.get(sender, 0), round_)
 
     def forget(self, sender: int) -> None:
         """`sender`'s process was replaced: the new one starts from its checkpoint, where it says."""
         self.latest.pop(sender, None)
+        self.ahead.pop(sender, None)
 
     def take(self, r: int) -> list[Message]:
         """The buffered messages of round `r` (in arrival order), removed from the buffer."""
@@ -111,7 +116,7 @@ class RoundWindow:
 
     def next_round(self, r: int, owes: Owes | None = None) -> tuple[int, list[Dropped]]:
         """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened."""
-        ahead = max(self.latest.values(), default=0)
+        ahead = max(self.ahead.values(), default=0)
         if ahead <= r + 1 or not self.gap_after(r, owes):
             return r + 1, []
         return ahead, self.skip_to(ahead)
@@ -119,8 +124,8 @@ class RoundWindow:
     def gap_after(self, r: int, owes: Owes | None = None) -> bool:
         """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1,
         where it owed us a message (`owes(sender, round)`; None: every neighbour, every round).
-        Ahead means seen in that round: a buffered message, or a probe (which carries nothing for
-        r + 1, so a neighbour known only by its probe is always a gap).
+        Ahead means seen in that round or invited to it: a buffered message, or a probe (which
+        carries nothing for r + 1, so a neighbour known only by its probe is always a gap).
 
         A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
         takes part, say) has left its messages for every round in our buffer: we catch up by
@@ -131,7 +136,7 @@ class RoundWindow:
         for m in self.buffer:
             held.setdefault(m.sender, set()).add(m.round)
         return any(seen > r + 1 and r + 1 not in held.get(sender, ()) and (owes is None or owes(sender, r + 1))
-                   for sender, seen in self.latest.items())
+                   for sender, seen in self.ahead.items())
 
     def skip_to(self, r: int) -> list[Dropped]:
         """Drop every buffered message of a round before `r` (the node jumps to `r`)."""

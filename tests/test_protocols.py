@@ -43,7 +43,7 @@ def test_gossip_stops_waiting_for_a_neighbour_that_moved_on_without_a_deadline()
     proto.start()
     proto.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
     assert not proto.finished()
-    assert proto.peer_moved_on(2) == []
+    assert proto.peer_moved_on(2, 2) == []
     assert proto.finished() and proto.arrived() == 1
     np.testing.assert_allclose(proto.result(), _vec(3.0), rtol=1e-6)
 
@@ -54,6 +54,7 @@ def test_gossip_waits_for_a_neighbour_heard_again_but_not_once_it_moved_on() -> 
     proto = GossipRound(0, 1, {0: 0.5, 1: 0.25, 2: 0.25}, _vec(4.0), expected={1})
     proto.start()
     proto.peer_back(2)
+    assert proto.rejoin_round() == 1  # it takes part in this very round
     proto.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
     assert not proto.finished()
     proto.on_message(Message(Kind.MODEL, 2, 1, tensors={DELTA: _vec(0.0)}))
@@ -61,7 +62,7 @@ def test_gossip_waits_for_a_neighbour_heard_again_but_not_once_it_moved_on() -> 
     other = GossipRound(0, 1, {0: 0.5, 1: 0.25, 2: 0.25}, _vec(4.0), expected={1})
     other.peer_back(2)
     other.on_message(Message(Kind.MODEL, 1, 1, tensors={DELTA: _vec(0.0)}))
-    other.peer_moved_on(2)
+    other.peer_moved_on(2, 2)
     assert other.finished() and other.arrived() == 1
 
 

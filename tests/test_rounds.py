@@ -87,13 +87,16 @@ def test_a_probe_alone_says_where_a_neighbour_is_and_makes_us_skip_to_it() -> No
     assert w.latest == {1: 9}
 
 
-def test_a_neighbour_seen_in_a_later_round_has_moved_on_from_the_earlier_ones() -> None:
+def test_an_invitation_moves_the_skip_but_not_where_the_neighbour_was_seen() -> None:
+    """A neighbour that heard us again in its round 9 takes part with us from round 10 (its group
+    of 9 was fixed without us): we skip to 10, while it was seen in 9 only (what it may still send
+    for our earlier rounds is judged by 9)."""
     w = RoundWindow(last_round=20)
-    w.place(_m(1, 6), 4)
-    w.note(2, 4)  # a probe of the current round: nothing told about round 4
-    assert w.moved_on(4) == {1} and w.moved_on(5) == {1} and w.moved_on(6) == set()
+    w.note(1, 9)
+    w.invite(1, 10)
+    assert w.latest == {1: 9} and w.next_round(4) == (10, [])
     w.forget(1)  # its process restarted: the new one says again where it is
-    assert w.moved_on(4) == set()
+    assert w.latest == {} and w.next_round(4) == (5, [])
 
 
 def test_catch_up_drops_what_the_skipped_rounds_held() -> None:

@@ -815,3 +815,22 @@ def test_members_known_to_be_down_are_not_waited_for() -> None:
     secure[0] = SecureFedAvgRound(0, 2, 0, range(1, 7), xs[0], ns[0], hub.params, hub._secret, expected={1, 2, 3, 4, 6})
     router = Router(secure, crash_before={5: "shares"}).run()
     assert router.deadlines == 0 and secure[0].status == "ok" and secure[0].contributors == [1, 2, 3, 4, 6]
+
+
+def test_star_a_leaf_seen_two_rounds_on_is_not_waited_for_but_one_round_on_is() -> None:
+    # leaf 5 skipped this round after a heal (it never shared): seen one round on it may still send
+    # this round's late traffic, so the hub waits; seen two rounds on it never will, and the hub's
+    # share phase closes without it at once, as for a leaf whose process is gone
+    secure, plain, xs, ns = fedavg_cluster(6, seed=25)
+    router = Router(secure, crash_before={5: "shares"})
+    router.start()
+    router.deliver()
+    hub = secure[0]
+    router.post(0, hub.peer_moved_on(5, hub.round + 1))
+    router.deliver()
+    assert not hub.finished()
+    router.post(0, hub.peer_moved_on(5, hub.round + 2))
+    router.deliver()
+    assert router.deadlines == 0
+    assert hub.status == "ok" and hub.contributors == [1, 2, 3, 4, 6]
+    assert all(secure[i].finished() and secure[i].arrived() == 1 for i in (1, 2, 3, 4, 6))

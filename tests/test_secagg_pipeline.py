@@ -268,3 +268,27 @@ def test_a_neighbour_restarted_before_it_masked_is_dropped_at_once() -> None:
         assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
         assert 5 in p.agg.revealed_mask and 5 not in p.agg.revealed_self
         assert_within_bound(p, xs, cluster.W)
+
+
+def test_a_neighbour_seen_two_rounds_on_is_as_good_as_gone_but_one_round_on_is_not() -> None:
+    """After a heal node 5 skipped ahead without masking for round 2. Seen in round 3 it may still
+    send round 2's late traffic (a node feeds it to its previous round), so its neighbours go on
+    waiting; seen in round 4 it never will, and their groups drop it at once, as for a restart."""
+    adj = circulant(8, (1, 2))
+    cluster, xs, protos = round_two(adj, seed=9)
+    router = Router(protos, crash_before={5: "masked"})
+    router.start()
+    router.deliver()
+    for j in adj[5]:
+        router.post(j, protos[j].peer_moved_on(5, 3))
+    router.deliver()
+    assert not any(protos[j].agg.done for j in adj[5])
+    for j in adj[5]:
+        router.post(j, protos[j].peer_moved_on(5, 4))
+    router.deliver()
+    assert router.deadlines == 0
+    for j in adj[5]:
+        p = protos[j]
+        assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
+        assert 5 in p.agg.revealed_mask and 5 not in p.agg.revealed_self
+        assert_within_bound(p, xs, cluster.W)
