@@ -95,35 +95,36 @@ def test_from_the_second_round_on_the_share_phase_rides_in_the_round_before(veri
             assert prepared.agg is None and prepared.members == {}
 
 
-def test_a_member_without_its_setup_counts_as_dropped_and_rejoins_two_rounds_later() -> None:
+def test_a_restarted_node_is_dropped_from_its_neighbours_groups_and_its_own_group_shares_anew() -> None:
     adj = circulant(8, (1, 2))  # groups of 4, t = 3: a group survives one dropout
     cluster = Cluster(adj, rounds=5, seed=3)
     cluster.round(1)
     protos, xs, router, steps = cluster.round(2, forget=frozenset({5}))  # node 5 restarted
     lost_by = set(adj[5])
-    # its own group: members mask for a setup it no longer has, and each of them answers its shares
-    # with "resync", which tells it that member will not share this round: it fails safely at once,
-    # not at the share deadline, so a restarted node is not a deadline behind its neighbours
+    # in its neighbours' groups it has no setup for this round: each answers its shares with
+    # "resync" and drops it. Its own group's members mask for a setup it no longer has: it never
+    # reads those inputs and asks each to share anew (`RESHARE`), so its own group succeeds at once
+    # instead of failing (it used to fail `too_few_members`, and 5 rejoined two rounds later).
     assert router.deadlines == 0
     for i, p in protos.items():
         if i == 5:
-            assert p.status == "failed" and p.failure_reason == "too_few_members"
-            assert np.array_equal(p.result(), xs[5])
-            assert {(f.group, f.reason) for f in p.failures if f.role == "member"} == {(j, "aborted") for j in adj[5]}
+            assert p.status == "ok" and p.contributors == adj[5]
+            assert {(f.group, f.reason, f.detail) for f in p.failures if f.role == "member"} == \
+                {(j, "aborted", "resync") for j in adj[5]}
         elif i in lost_by:
             assert p.status == "ok" and p.contributors == [u for u in adj[i] if u != 5]
-            assert_within_bound(p, xs, cluster.W)
+            assert p.members[5].outcome == "revealed"  # the fresh membership that shared anew
         else:
             assert p.status == "ok" and p.contributors == adj[i]
-    assert steps["shares"] == len(adj[5])  # only node 5 shares, and only for this round
-    # next round: every group node 5 is in runs its own share phase, and 5 is back in all of them
+        assert_within_bound(p, xs, cluster.W)
+    assert steps["shares"] == 2 * len(adj[5])  # node 5 for its memberships, its members for its group
+    # next round: the groups that dropped node 5 run their own share phase, and 5 is back in all
     protos, xs, router, steps = cluster.round(3)
     assert router.deadlines == 0 and not router.rejected
     for p in protos.values():
         assert p.status == "ok" and p.contributors == adj[p.node_id]
         assert_within_bound(p, xs, cluster.W)
-    groups_with_5 = {5} | lost_by
-    assert steps["bundle"] == sum(len(adj[g]) for g in groups_with_5)
+    assert steps["bundle"] == sum(len(adj[g]) for g in lost_by)
     # and the round after is pipelined everywhere again
     *_, steps = cluster.round(4)
     assert steps["shares"] == steps["bundle"] == 0
@@ -292,3 +293,26 @@ def test_a_neighbour_seen_two_rounds_on_is_as_good_as_gone_but_one_round_on_is_n
         assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
         assert 5 in p.agg.revealed_mask and 5 not in p.agg.revealed_self
         assert_within_bound(p, xs, cluster.W)
+
+
+def test_on_a_ring_the_round_after_a_restart_succeeds_although_it_was_prepared_with_the_old_process() -> None:
+    """Node 5's old process masked in round 2 (its shares for round 3 rode in that input, and its
+    neighbours prepared round 3 with them) and died before revealing. Told of the restart, each
+    neighbour drops that prepared round (its new process holds none of those secrets), so round
+    3 runs its share phase with the new process: the other member, which holds the prepared
+    bundle, is asked to share anew. On a ring a group has two members, and dropping the new
+    process there instead failed the round below the floor (a second lost round per restart)."""
+    adj = circulant(6, (1,))
+    cluster, xs, protos = round_two(adj, seed=7)
+    router = Router(protos, crash_before={5: "reveal"})
+    router.start()
+    router.deliver()
+    tell_restart(router, protos, adj, 5)
+    assert all(protos[j].status == "failed" for j in adj[5])  # the round it died in is lost
+    cluster.prepared = {i: p.prepared_next() for i, p in protos.items()}
+    protos, xs, router, steps = cluster.round(3, forget=frozenset({5}))
+    assert router.deadlines == 0
+    for p in protos.values():
+        assert p.status == "ok" and p.contributors == adj[p.node_id], (p.node_id, p.failure_reason)
+        assert_within_bound(p, xs, cluster.W)
+    assert steps["shares"] == 3 * len(adj[5])  # 5 for its groups, 5's members for its group, the others for 5's neighbours'

@@ -26,6 +26,7 @@ from p2pfl.protocols import Rejected
 from p2pfl.secagg import sealing
 from p2pfl.secagg.codec import (
     MASKED,
+    RESHARE,
     STEP_CONFIRM,
     STEP_MASKED,
     STEP_REVEAL,
@@ -181,7 +182,14 @@ class Aggregator:
         """Member u's process is gone (a new one agreed fresh sessions with us, so nothing more of
         this round comes from the old one, and the new one holds none of its secrets): stop
         waiting for it now rather than at the phase's deadline. Never moves a member whose masked
-        input arrived into the dropped set (that would rebuild both of its secrets)."""
+        input arrived into the dropped set (that would rebuild both of its secrets).
+
+        The next round, if this one prepared it with u's shares, holds secrets the new process does
+        not have: it is dropped, so that round runs its own share phase with the new process (the
+        members that hold its bundles are asked to share anew, `RESHARE`) instead of dropping u
+        there, which a ring's group of two cannot survive."""
+        if self.nxt is not None and self.nxt.prepared and u in self.nxt.u1:
+            self.nxt = None
         stage = self._stage
         if stage is AggStage.SHARES:
             if u in self.pks:  # shares of the old process: the new one cannot mask with them
@@ -289,9 +297,12 @@ class Aggregator:
 
     def _check_masked_sender(self, u: int) -> None:
         if self._stage is AggStage.SHARES:
-            # (also what a member with a prepared setup sends to an aggregator that lost its own,
-            # by a restart: that group then fails at the share deadline and aborts its members)
-            raise Rejected("out_of_order", f"masked input from {u} before the bundles went out")
+            # What a member with a prepared setup sends to an aggregator that does not hold it (it
+            # restarted, or dropped it for a member's replaced process, `process_gone`): the member
+            # is asked to share anew; its masked input is never read.
+            ask = u in self.spec.members and u not in self.pks
+            raise Rejected("out_of_order", f"masked input from {u} before the bundles went out",
+                           self._send([u], Abort(RESHARE)) if ask else [])
         if self._stage >= AggStage.CONFIRM:
             raise Rejected("late", f"masked input from {u} after unmasking began (declared dropped: unusable)")
         if u not in self.u1:

@@ -36,6 +36,9 @@ MAX_BODY = 4 << 20  # bytes of one msgpack body
 MAX_ITEMS = 1 << 16  # entries of one list or map in a body (group size bound)
 CT_MIN, CT_MAX = 24 + 16 + 1, 1024  # a sealed share bundle: nonce + tag + plaintext
 REASON_CHARS = 64  # an abort reason is cut to this many characters
+# The abort that asks a member to share anew: its prepared setup for this round is one the group no
+# longer holds (the aggregator restarted, or dropped it because another member's process was replaced).
+RESHARE = "reshare"
 
 
 # --------------------------------------------------------------------------- msgpack and field checks
@@ -267,7 +270,7 @@ class Reveal(Body):
 
 @dataclass(frozen=True)
 class Abort(Body):
-    """aggregator -> member: stop; `reason` is "excluded", "resync" or a failure code."""
+    """aggregator -> member: stop; `reason` is "excluded", "resync", `RESHARE` or a failure code."""
 
     reason: str
     STEP: ClassVar[str] = STEP_ABORT

@@ -24,7 +24,7 @@ from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import Rejected
 from p2pfl.secagg.aggregator import Aggregator
 from p2pfl.secagg.base import SecAggRound, sanitize
-from p2pfl.secagg.codec import AGGREGATOR_STEPS, STEP_ABORT, Shares, is_id, step_of
+from p2pfl.secagg.codec import AGGREGATOR_STEPS, RESHARE, STEP_ABORT, Abort, Shares, is_id, step_of
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member
 from p2pfl.secagg.sealing import RandomFn, SecretFn
@@ -83,6 +83,8 @@ class SecureGossipRound(SecAggRound):
         self._length, self._prepare_next = self.own.shape[0], prepare_next
         self._own_group(nbrs, prepared)
         encodings = EncodingCache(x)  # every group I am in masks from it (equal encodings: once)
+        self._x, self._encodings = x, encodings  # a membership that shares anew (`_reshare`) masks from them too
+        self._reshared: set[int] = set()
         for j in nbrs:
             self._membership(j, adjacency, prepared, x, encodings)
         self._result: np.ndarray | None = None
@@ -128,9 +130,27 @@ class SecureGossipRound(SecAggRound):
         self._groups[j] = tuple(sorted(group))
         m = prepared.members.get(j)
         if m is None or m.spec.members != self._groups[j] or m.spec.length != self._length or not m.ready:
-            m = Member(self._spec(self.round, j), self.node_id, self.weights[j], x, self._secret, self._rng)
+            m = self._fresh_member(j, x)
         m.bind(x, self.weights[j], encodings, functools.partial(self._next_shares, j))
         self.members[j] = m
+
+    def _fresh_member(self, j: int, x: np.ndarray) -> Member:
+        return Member(self._spec(self.round, j), self.node_id, self.weights[j], x, self._secret, self._rng)
+
+    def _reshare(self, j: int, body: bytes) -> list[Outbound] | None:
+        """Neighbour j's group does not hold the setup my membership was prepared with (it asked
+        `RESHARE`): the prepared membership ends and a fresh one runs this round's share phase,
+        once per round. My masked input under the old setup was never read (docs/secagg.md 3.1).
+        None if this abort is not such a request."""
+        m = self.members.get(j)
+        if m is None or m.done or not m.sent_masked or j in self._reshared or Abort.decode(body).reason != RESHARE:
+            return None
+        m.abort(RESHARE)
+        self._reshared.add(j)
+        fresh = self._fresh_member(j, self._x)
+        fresh.bind(self._x, self.weights[j], self._encodings, functools.partial(self._next_shares, j))
+        self.members[j] = fresh
+        return [fresh.start()]
 
     def _spec(self, round_: int, aggregator: int) -> GroupSpec:
         members = self._groups[aggregator]
@@ -170,6 +190,8 @@ class SecureGossipRound(SecAggRound):
             out = self._agg_step(step, msg, body)
             self._after_agg(was_done)
             return out
+        if step == STEP_ABORT and (anew := self._reshare(msg.sender, body)) is not None:
+            return anew
         out = self._member_step(step, msg, body)
         if step == STEP_ABORT:
             out += self._past_setup(msg.sender)
@@ -177,13 +199,14 @@ class SecureGossipRound(SecAggRound):
 
     def _past_setup(self, j: int) -> list[Outbound]:
         """Neighbour j aborted my membership because it is past this round's share phase ("late":
-        its group finished; "resync": it prepared a setup I lack, so my old process had its
-        prepared membership in my group). Either way it will send my group no shares this round
-        (what it sent earlier on this session came before its abort), so my share phase stops
-        waiting for it: a restarted node learns at once that its first round is lost instead of
-        waiting out the share deadline, and reaches the next round in time for its neighbours."""
+        its group finished): it will send my group no shares this round (what it sent earlier on
+        this session came before its abort), so my share phase stops waiting for it: a restarted
+        node learns at once that its first round is lost instead of waiting out the share
+        deadline, and reaches the next round in time for its neighbours. ("resync", a setup of j's
+        I lack, says j's membership in my group is prepared too: my group asks it to share anew,
+        `RESHARE`, so it is coming.)"""
         m, agg = self.members.get(j), self.agg
-        if agg is None or m is None or m.outcome not in ("aborted:late", "aborted:resync"):
+        if agg is None or m is None or m.outcome != "aborted:late":
             return []
         was_done = agg.done
         out = agg.not_coming(j)
