@@ -16,6 +16,7 @@ import pytest
 
 from p2pfl.messages import Message
 from p2pfl.secagg import Prepared, SecAggParams, SecureGossipRound
+from p2pfl.secagg.codec import RESHARE, Abort, secagg_message
 from test_secagg import Router, assert_within_bound, circulant, make_secrets, mh_weights, seeded_rng, step_of
 
 L = 200
@@ -316,3 +317,22 @@ def test_on_a_ring_the_round_after_a_restart_succeeds_although_it_was_prepared_w
         assert p.status == "ok" and p.contributors == adj[p.node_id], (p.node_id, p.failure_reason)
         assert_within_bound(p, xs, cluster.W)
     assert steps["shares"] == 3 * len(adj[5])  # 5 for its groups, 5's members for its group, the others for 5's neighbours'
+
+
+def test_a_member_shares_anew_once_per_round_when_asked_and_never_again() -> None:
+    """The attacker is the aggregator: it asks a member that masked under the prepared setup to
+    share anew, twice. The first time the member ends that membership and shares fresh secrets
+    (its first masked input keeps its masks: no reveal is ever made for that setup); the second
+    time it only ends the membership, so no third masked input of its update can exist."""
+    adj = circulant(8, (1, 2))
+    cluster, xs, protos = round_two(adj, seed=13)
+    member = protos[1]
+    assert (0, "masked") in {(to, step_of(m)) for to, m in member.start()}  # prepared: it masks for group 0 at once
+    old = member.members[0]
+    ask = secagg_message(0, 2, Abort(RESHARE))
+    assert [(to, step_of(m)) for to, m in member.on_message(ask)] == [(0, "shares")]
+    assert old.done and old.outcome == "aborted:reshare"  # the old setup's membership: no reveal, ever
+    fresh = member.members[0]
+    assert fresh is not old and not fresh.sent_masked
+    assert member.on_message(ask) == []  # asked again: no fresh secrets, no second share phase
+    assert fresh.done and fresh.outcome == "aborted:reshare"
