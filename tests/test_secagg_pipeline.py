@@ -255,40 +255,28 @@ def test_a_neighbour_whose_process_is_replaced_mid_round_costs_no_deadline(adj, 
     assert all(protos[i].finished() and protos[i].status == "ok" for i in adj if i != 5 and i not in adj[5])
 
 
-def test_a_neighbour_restarted_before_it_masked_is_dropped_at_once() -> None:
-    # node 5 died in round 2 before its masked inputs went out: its neighbours' groups drop it when
-    # told (its mask key c_5 is rebuilt from the shares the others hold, never its self-mask seed)
+@pytest.mark.parametrize("told", ["restarted", "seen two rounds on"])
+def test_a_neighbour_gone_before_it_masked_is_dropped_at_once(told: str) -> None:
+    # node 5 died in round 2 before its masked inputs went out (or, after a heal, skipped ahead
+    # without masking): its neighbours' groups drop it when told (its mask key c_5 is rebuilt from
+    # the shares the others hold, never its self-mask seed)
     adj = circulant(8, (1, 2))
     cluster, xs, protos = round_two(adj, seed=9)
     router = Router(protos, crash_before={5: "masked"})
     router.start()
     router.deliver()
     assert not any(protos[j].agg.done for j in adj[5])
-    tell_restart(router, protos, adj, 5)
-    for j in adj[5]:
-        p = protos[j]
-        assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
-        assert 5 in p.agg.revealed_mask and 5 not in p.agg.revealed_self
-        assert_within_bound(p, xs, cluster.W)
-
-
-def test_a_neighbour_seen_two_rounds_on_is_as_good_as_gone_but_one_round_on_is_not() -> None:
-    """After a heal node 5 skipped ahead without masking for round 2. Seen in round 3 it may still
-    send round 2's late traffic (a node feeds it to its previous round), so its neighbours go on
-    waiting; seen in round 4 it never will, and their groups drop it at once, as for a restart."""
-    adj = circulant(8, (1, 2))
-    cluster, xs, protos = round_two(adj, seed=9)
-    router = Router(protos, crash_before={5: "masked"})
-    router.start()
-    router.deliver()
-    for j in adj[5]:
-        router.post(j, protos[j].peer_moved_on(5, 3))
-    router.deliver()
-    assert not any(protos[j].agg.done for j in adj[5])
-    for j in adj[5]:
-        router.post(j, protos[j].peer_moved_on(5, 4))
-    router.deliver()
-    assert router.deadlines == 0
+    if told == "restarted":
+        tell_restart(router, protos, adj, 5)
+    else:
+        # seen one round on it may still send round 2's late traffic (a node feeds that to its
+        # previous round), so its neighbours go on waiting; seen two rounds on it never will
+        for seen in (3, 4):
+            assert not any(protos[j].agg.done for j in adj[5])
+            for j in adj[5]:
+                router.post(j, protos[j].peer_moved_on(5, seen))
+            router.deliver()
+        assert router.deadlines == 0
     for j in adj[5]:
         p = protos[j]
         assert p.finished() and p.status == "ok" and p.contributors == [u for u in adj[j] if u != 5]
