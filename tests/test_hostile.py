@@ -417,6 +417,24 @@ def test_a_sync_from_beyond_the_run_is_dropped_not_adopted(task: Task, tmp_path:
                  "held: dropped and counted as wrong_round, not adopted; node 0 ran all 5 rounds", unit="message")
 
 
+def test_probes_claiming_rounds_beyond_the_run_or_a_far_join_move_no_one(task: Task, tmp_path: Path) -> None:
+    """Probes (docs/protocol.md, *Liveness*) say the sender's round and, answering a neighbour heard
+    again, the round to join. An authenticated neighbour sends probes for round 10^6, and for round 1
+    inviting node 0 to join round 5 of 5. Honest probes only ever name their own round or the next
+    (and never one beyond the run): node 0 must ignore both and run every round, none skipped."""
+
+    def on_start(nb: ScriptedNeighbour) -> None:
+        for rnd, meta in ((10**6, {"probe": True}), (1, {"probe": True, "join": ROUNDS}),
+                          (1, {"probe": True, "join": "5"})):
+            nb.send(VICTIM, nb.seal(Message(Kind.HEARTBEAT, nb.id, rnd, meta), VICTIM))
+
+    run = run_cluster(tmp_path, task, on_start=on_start)
+    assert [rec.round for rec in run.records[VICTIM]] == list(range(1, ROUNDS + 1))
+    assert "skipped_round" not in run.nodes[VICTIM].transport.stats.dropped
+    record_fault("authenticated probes claiming round 10^6, or inviting a jump to the last round", 3,
+                 "held: ignored; node 0 ran every round, none skipped", unit="message")
+
+
 # -- the end of a run --------------------------------------------------------------------------------
 
 
