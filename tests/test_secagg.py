@@ -706,14 +706,20 @@ def test_star_of_20_leaves_with_sparse_masking_matches_fedavg() -> None:
         assert sizes == {8}
 
 
+def star_with_leaf_5_gone(seed: int, before: str):
+    """A 6-leaf secure star whose leaf 5 vanished before its step `before`, run until the hub
+    waits for it: (protocols, router, hub)."""
+    secure, *_ = fedavg_cluster(6, seed=seed)
+    router = Router(secure, crash_before={5: before})
+    router.start()
+    router.deliver()
+    return secure, router, secure[0]
+
+
 def test_star_a_restarted_leaf_or_hub_costs_no_deadline() -> None:
     # leaf 5 shared and died before masking; its new process agreed fresh sessions with the hub,
     # whose transport says so: the hub averages the rest at once instead of at the phase deadline
-    secure, plain, xs, ns = fedavg_cluster(6, seed=23)
-    router = Router(secure, crash_before={5: "masked"})
-    router.start()
-    router.deliver()
-    hub = secure[0]
+    secure, router, hub = star_with_leaf_5_gone(23, "masked")
     assert not hub.finished(), "without being told, the hub waits for the old process"
     router.post(0, hub.peer_restarted(5))
     router.deliver()
@@ -821,11 +827,7 @@ def test_star_a_leaf_seen_two_rounds_on_is_not_waited_for_but_one_round_on_is() 
     # leaf 5 skipped this round after a heal (it never shared): seen one round on it may still send
     # this round's late traffic, so the hub waits; seen two rounds on it never will, and the hub's
     # share phase closes without it at once, as for a leaf whose process is gone
-    secure, plain, xs, ns = fedavg_cluster(6, seed=25)
-    router = Router(secure, crash_before={5: "shares"})
-    router.start()
-    router.deliver()
-    hub = secure[0]
+    secure, router, hub = star_with_leaf_5_gone(25, "shares")
     router.post(0, hub.peer_moved_on(5, hub.round + 1))
     router.deliver()
     assert not hub.finished()

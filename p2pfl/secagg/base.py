@@ -76,6 +76,23 @@ class SecAggRound(RoundProtocol):
         if self.agg is not None:
             self.agg.release()
 
+    def peer_moved_on(self, j: int, seen: int) -> list[Outbound]:
+        """Neighbour j was seen in round `seen`. One round on it may still send this round's late
+        traffic (its node feeds that to its previous round); two rounds on it never will: for this
+        round it is as good as a process that is gone (`peer_restarted`), and it will send my group
+        no shares either (`Aggregator.not_coming`). A partition's lagging side skipped this round."""
+        if seen < self.round + 2:
+            return []
+        out = self.peer_restarted(j)
+        agg = self.agg  # only a node that aggregates has one (a FedAvg hub, every gossip node)
+        if agg is not None and not agg.done and j in agg.spec.members:
+            out += self._group_changed(agg.not_coming(j))
+        return out
+
+    def _group_changed(self, out: list[Outbound]) -> list[Outbound]:
+        """What the adapter does once its own group moved (it may have ended): `out` plus its answers."""
+        return out
+
     def _fail_member(self, group: int, reason: str, detail: str = "") -> None:
         self.failures.append(Failure(group, "member", reason, detail))
 

@@ -287,17 +287,8 @@ class SecureFedAvgRound(SecAggRound):
         self._result = self.fallback
         return []
 
-    def peer_moved_on(self, j: int, seen: int) -> list[Outbound]:
-        """j was seen in round `seen`: from two rounds on it sends nothing more for this one (its node
-        feeds late traffic to its previous round only), as for a process that is gone; the hub's
-        group also stops waiting for its shares (`Aggregator.not_coming`)."""
-        if seen < self.round + 2:
-            return []
-        out = self.peer_restarted(j)
-        agg = self.agg
-        if self.is_hub and agg is not None and not agg.done and j in agg.spec.members:  # still open
-            out += self._after_hub(False, agg.not_coming(j))
-        return out
+    def _group_changed(self, out: list[Outbound]) -> list[Outbound]:
+        return self._after_hub(False, out)
 
     def _hear_hub(self) -> None:
         self._events += 1

@@ -228,18 +228,8 @@ class SecureGossipRound(SecAggRound):
         self._after_agg(False)
         return out
 
-    def peer_moved_on(self, j: int, seen: int) -> list[Outbound]:
-        """Neighbour j was seen in round `seen`. One round on it may still send this round's late
-        traffic (its node feeds that to its previous round); two rounds on it never will: for this
-        round it is as good as a process that is gone (`peer_restarted`), and it will send my group
-        no shares either (`Aggregator.not_coming`). A partition's lagging side skipped this round."""
-        if seen < self.round + 2:
-            return []
-        out = self.peer_restarted(j)
-        agg = self.agg
-        if agg is not None and not agg.done and j in agg.spec.members:
-            out += agg.not_coming(j)
-            self._after_agg(False)
+    def _group_changed(self, out: list[Outbound]) -> list[Outbound]:
+        self._after_agg(False)
         return out
 
     def on_deadline(self) -> list[Outbound]:
