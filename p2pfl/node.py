@@ -683,6 +683,7 @@ class Node:
         (shares, a prepared setup, owed reveals) will never come, so it need not wait for them."""
         for j in sorted(self.transport.restarted()):
             self._window.forget(j)  # its new process starts where its checkpoint says
+            self._told_moved_on.pop(j, None)  # and a sighting of it is news even in a round its old one was seen in
             self._send_all(protocol.peer_restarted(j))
 
     def _admit(self, msg: Message, r: int) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from p2pfl.messages import Message
-from p2pfl.secagg import Prepared, SecAggParams, SecureGossipRound
+from p2pfl.secagg import Member, Prepared, SecAggParams, SecureGossipRound
 from p2pfl.secagg.codec import RESHARE, Abort, secagg_message
 from test_secagg import Router, assert_within_bound, circulant, make_secrets, mh_weights, seeded_rng, step_of
 
@@ -324,3 +324,79 @@ def test_a_member_shares_anew_once_per_round_when_asked_and_never_again() -> Non
     assert fresh is not old and not fresh.sent_masked
     assert member.on_message(ask) == []  # asked again: no fresh secrets, no second share phase
     assert fresh.done and fresh.outcome == "aborted:reshare"
+
+
+def test_on_a_ring_a_process_replaced_between_rounds_costs_no_round() -> None:
+    """Node 5's old process finished round 1 and died before its round-2 masked inputs went out;
+    its neighbours had started round 2, prepared with its old shares, and masked. Its new process
+    joins round 2 with no setup. Each neighbour's own group (5 and one other member, below the
+    floor without 5) shares anew in place: the other member is asked to (`RESHARE`), and the
+    new process's shares are taken. Each neighbour's membership in 5's group, ended at the
+    restart, shares anew with the new process once its shares show it runs this round. So the
+    round is not lost at all: it used to fail `privacy_floor` on both neighbours (the second lost
+    round of a secure restart, docs/faults.md)."""
+    adj = circulant(6, (1,))
+    cluster, xs, protos = round_two(adj, seed=11, forget=frozenset({5}))
+    router = Router(protos, crash_before={5: "shares"})  # the old process: gone before this round
+    router.start()
+    router.deliver()
+    assert [j for j in adj if protos[j].finished()] == [2], "5's neighbours wait for its old process, their members for them"
+    router.dead.discard(5), router.crash_before.pop(5)  # the new process, with fresh sessions
+    tell_restart(router, protos, adj, 5)
+    router.post(5, protos[5].start())
+    router.settle()
+    assert router.deadlines == 0
+    for p in protos.values():
+        assert p.status == "ok" and p.contributors == adj[p.node_id], (p.node_id, p.failure_reason)
+        assert_within_bound(p, xs, cluster.W)
+
+
+@pytest.mark.parametrize("first", ["reshare", "restart"])
+def test_asking_anew_and_restarting_give_an_aggregator_one_fresh_share_phase_per_round(first: str) -> None:
+    """The attacker is the aggregator again, with both ways to get a member's fresh secrets: asking
+    (`RESHARE`) and a new session of its own key (a "restart") followed by its shares for this
+    round, which a member answers by sharing anew with the new process. Whichever comes first, the
+    member shares anew once; the other gets nothing, so no third masked input of its update exists."""
+    adj = circulant(8, (1, 2))
+    cluster, xs, protos = round_two(adj, seed=13)
+    member = protos[1]
+    member.start()  # prepared: it masks for group 0 at once
+    ask = secagg_message(0, 2, Abort(RESHARE))
+    stranger = Member(protos[0]._spec(2, 1), 0, cluster.W[0][1], xs[0], cluster.secrets[0], seeded_rng(99))
+    its_shares = secagg_message(0, 2, stranger.share())  # the "new process" sharing for member 1's group
+
+    def reshare() -> list[tuple[int, str]]:
+        return [(to, step_of(m)) for to, m in member.on_message(ask)]
+
+    def restart() -> list[tuple[int, str]]:
+        assert member.peer_restarted(0) == []  # 1's own group survives without 0: it is only dropped there
+        return [(to, step_of(m)) for to, m in member.on_message(its_shares)]
+
+    ways = {"reshare": reshare, "restart": restart}
+    assert (0, "shares") in ways[first]()
+    assert (0, "shares") not in ways[{"reshare": "restart", "restart": "reshare"}[first]]()
+    assert member.members[0].done  # the fresh membership ended too: nothing more is masked for group 0
+
+
+def test_a_new_process_seen_one_round_on_is_not_waited_for_by_the_groups_that_shared_anew_for_it() -> None:
+    """As in the round-2 restart above, but the new process adopted a later round (another
+    neighbour was ahead): it never runs round 2. A process that replaced an old one during this
+    round is done with it once seen one round on (an old process seen one round on may still
+    send this round's reveals, so it takes two): the groups that shared anew for it stop waiting
+    for its shares at once instead of at the share deadline, and fail below the floor."""
+    adj = circulant(6, (1,))
+    cluster, xs, protos = round_two(adj, seed=11, forget=frozenset({5}))
+    router = Router(protos, crash_before={5: "shares"})  # the old process: gone before this round
+    router.start()
+    router.deliver()
+    tell_restart(router, protos, adj, 5)
+    assert all(protos[j].agg.stage == 0 for j in adj[5])  # shared anew: waiting for the new process's shares
+    for j in adj[5]:
+        router.post(j, protos[j].peer_moved_on(5, 3))
+    router.settle()
+    assert router.deadlines == 0
+    for i, p in protos.items():
+        if i in adj[5]:
+            assert p.status == "failed" and p.failure_reason == "too_few_members"
+        elif i != 5:
+            assert p.status == "ok", (i, p.failure_reason)

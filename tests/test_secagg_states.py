@@ -193,6 +193,18 @@ def walk_too_few_reveals() -> Group:
     return g
 
 
+def walk_voided() -> Group:
+    """A prepared group of two: member 1 masks, member 2's process is replaced before it did.
+    Without 2 the group is below its floor, so it is abandoned for a fresh share phase of the
+    round (the adapter makes that one), and member 1 is asked to share anew."""
+    g = prepared(Group(n=2))
+    g.deliver([g.members[1].start()])
+    assert g.agg.voided_by(2) and not g.agg.voided_by(1)  # 1's input came: only a member without one voids it
+    g.deliver(g.agg.abandon())
+    assert g.members[1].outcome == "aborted:reshare"
+    return g
+
+
 # scenario -> (walk, {role: expected moves})
 ROUNDS = {
     "clean": (walk_clean, {AGG: path(AggStage.SHARES, A.FIX_MEMBERS, A.ASK_REVEAL, A.UNMASK), 1: MEMBER_CLEAN}),
@@ -211,6 +223,8 @@ ROUNDS = {
     "too_few_confirmations": (walk_too_few_confirmations,
                               {AGG: path(AggStage.SHARES, A.FIX_MEMBERS, A.ASK_CONFIRM, A.FAIL),
                                1: path(MemberStage.NEW, M.SHARE, M.BUNDLE, M.MASK, M.CONFIRM, M.ABORT)}),
+    "voided": (walk_voided, {AGG: path(AggStage.SHARES, A.FIX_MEMBERS, A.ABANDON),
+                             1: path(MemberStage.NEW, M.SHARE, M.BUNDLE, M.MASK, M.ABORT)}),
     "too_few_reveals": (walk_too_few_reveals,
                         {AGG: path(AggStage.SHARES, A.FIX_MEMBERS, A.ASK_REVEAL, A.FAIL), 1: MEMBER_CLEAN}),
 }
@@ -225,15 +239,20 @@ def test_each_path_through_a_round_is_walked(name: str) -> None:
         assert g.moves(role) == moves, (name, role)
 
 
-def test_a_prepared_group_fixes_its_members_before_its_round() -> None:
-    g = Group()
+def prepared(g: Group) -> Group:
+    """`g` with its group prepared in the round before (pipelined setup): members READY, the aggregator MASKED."""
     for u, m in g.members.items():
         g.agg.take_shares(u, m.share().to_obj())  # as they ride in the previous round's masked inputs
     bundles = g.agg.prepare(set(g.members))
-    assert g.agg.stage is AggStage.MASKED and g.agg.prepared and sorted(bundles) == [1, 2, 3, 4]
+    assert g.agg.stage is AggStage.MASKED and g.agg.prepared and sorted(bundles) == sorted(g.members)
     for u, m in g.members.items():
         m.take_bundle(bundles[u].to_obj())  # as they ride in the previous round's last message
         assert m.stage is MemberStage.READY
+    return g
+
+
+def test_a_prepared_group_fixes_its_members_before_its_round() -> None:
+    g = prepared(Group())
     for m in g.members.values():
         g.deliver([m.start()])  # a prepared membership starts with its masked input
     assert g.moves(AGG) == path(AggStage.SHARES, A.FIX_MEMBERS, A.ASK_REVEAL, A.UNMASK)

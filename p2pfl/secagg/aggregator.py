@@ -210,6 +210,23 @@ class Aggregator:
                 return self.fail("too_few_reveals", f"confirmer {u}'s process is gone and some secret still lacks t shares")
         return []
 
+    def voided_by(self, u: int) -> bool:
+        """Member u's process was replaced and this prepared group cannot survive it: u's masked
+        input did not come (the new process holds none of the prepared secrets), and without u
+        the others are below the floor (a ring's group of two). The round then shares anew in
+        place of this group (`abandon`) rather than fail it."""
+        return (self.prepared and self._stage is AggStage.MASKED and u in self.u1 and u not in self.inputs
+                and len(set(self.u1) - self.lost - {u}) < self.spec.params.min_contributors)
+
+    def abandon(self) -> list[Outbound]:
+        """This prepared group ends unread, replaced by a fresh share phase of the same round: the
+        members whose masked inputs came are asked to share anew (`RESHARE`). Their inputs are
+        never unmasked: no reveal is ever asked for this setup (docs/threat-model.md)."""
+        asked = sorted(self.inputs)
+        self.nxt, self.total, self.inputs = None, None, set()
+        self._move(AggEvent.ABANDON)
+        return self._send(asked, Abort(RESHARE))
+
     def take_shares(self, u: int, obj: Any) -> None:
         """Check and keep member u's `shares` map (its mask public key, commitment, sealed shares)."""
         if u in self.pks:

@@ -63,6 +63,7 @@ class SecAggRound(RoundProtocol):
         self.clipped = 0
         self.deadlines = 0  # deadlines this round so far
         self._idle: dict[int, int] = {}  # group -> deadlines in a row without a word from its aggregator
+        self.replaced: set[int] = set()  # neighbours whose process was replaced during this round
 
     def release(self) -> None:
         """Drop the model-sized state once the node has taken the result.
@@ -80,8 +81,10 @@ class SecAggRound(RoundProtocol):
         """Neighbour j was seen in round `seen`. One round on it may still send this round's late
         traffic (its node feeds that to its previous round); two rounds on it never will: for this
         round it is as good as a process that is gone (`peer_restarted`), and it will send my group
-        no shares either (`Aggregator.not_coming`). A partition's lagging side skipped this round."""
-        if seen < self.round + 2:
+        no shares either (`Aggregator.not_coming`). A partition's lagging side skipped this round.
+        A process that replaced j's during this round started at its neighbours' round or later and
+        never runs an earlier one: one round on is enough for it."""
+        if seen < self.round + (1 if j in self.replaced else 2):
             return []
         out = self.peer_restarted(j)
         agg = self.agg  # only a node that aggregates has one (a FedAvg hub, every gossip node)

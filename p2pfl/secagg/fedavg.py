@@ -274,6 +274,7 @@ class SecureFedAvgRound(SecAggRound):
         for it (`Aggregator.process_gone`). A leaf: a restarted hub's new process holds nothing of
         this round, so no average will come: it keeps its fallback at once. A leaf that has not
         shared yet (stage new: the restart came between rounds) goes on, with the new process."""
+        self.replaced.add(j)
         if self.is_hub:
             agg = self.agg
             if agg is None or agg.done or j not in agg.spec.members:

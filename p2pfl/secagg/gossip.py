@@ -24,7 +24,7 @@ from p2pfl.messages import Kind, Message, Outbound
 from p2pfl.protocols import Rejected
 from p2pfl.secagg.aggregator import Aggregator
 from p2pfl.secagg.base import SecAggRound, sanitize
-from p2pfl.secagg.codec import AGGREGATOR_STEPS, RESHARE, STEP_ABORT, Abort, Shares, is_id, step_of
+from p2pfl.secagg.codec import AGGREGATOR_STEPS, RESHARE, STEP_ABORT, STEP_SHARES, Abort, Shares, is_id, step_of
 from p2pfl.secagg.group import Failure, GroupSpec, SecAggParams
 from p2pfl.secagg.member import Member
 from p2pfl.secagg.sealing import RandomFn, SecretFn
@@ -113,9 +113,22 @@ class SecureGossipRound(SecAggRound):
         if agg is None or agg.spec.members != tuple(nbrs) or agg.spec.length != self._length:
             agg = Aggregator(self._spec(self.round, self.node_id), self.expected)
         agg.expect(self.expected)
+        self.agg = self._pipelined(agg)
+
+    def _pipelined(self, agg: Aggregator) -> Aggregator:
+        """`agg`, with the next round's group collecting the shares that ride in this round's masked inputs."""
         if self._prepare_next:
             agg.pipeline(Aggregator(self._spec(self.round + 1, self.node_id), self.expected))
-        self.agg = agg
+        return agg
+
+    def _group_anew(self) -> list[Outbound]:
+        """My prepared group cannot survive a member's replaced process (`Aggregator.voided_by`):
+        this round runs a fresh share phase instead, which the new process joins. The members
+        that masked for the prepared setup are asked to share anew; the others are asked when
+        their masked inputs come (docs/secagg.md 3.1)."""
+        assert self.agg is not None
+        old, self.agg = self.agg, self._pipelined(Aggregator(self._spec(self.round, self.node_id), self.expected))
+        return old.abandon()
 
     def _membership(self, j: int, adjacency: Mapping[int, Iterable[int]], prepared: Prepared, x: np.ndarray,
                     encodings: EncodingCache) -> None:
@@ -146,6 +159,19 @@ class SecureGossipRound(SecAggRound):
         if m is None or m.done or not m.sent_masked or j in self._reshared or Abort.decode(body).reason != RESHARE:
             return None
         m.abort(RESHARE)
+        return self._share_anew(j)
+
+    def _rejoin(self, j: int) -> list[Outbound]:
+        """Neighbour j's new process sent my group its shares for this round, so it runs this round:
+        my membership in its group, ended at the restart, shares anew with it (once per round, as
+        for `RESHARE`), instead of leaving the new process's group to wait out its share phase."""
+        m = self.members.get(j)
+        if m is None or m.outcome != "aborted:restarted" or j in self._reshared:
+            return []
+        return self._share_anew(j)
+
+    def _share_anew(self, j: int) -> list[Outbound]:
+        """A fresh membership in j's group, in place of one that ended: it runs this round's share phase."""
         self._reshared.add(j)
         fresh = self._fresh_member(j, self._x)
         fresh.bind(self._x, self.weights[j], self._encodings, functools.partial(self._next_shares, j))
@@ -186,10 +212,15 @@ class SecureGossipRound(SecAggRound):
             raise Rejected("wrong_round", f"round {msg.round}, expected {self.round}")
         step, body = step_of(msg)
         if step in AGGREGATOR_STEPS:
+            anew = self._rejoin(msg.sender) if step == STEP_SHARES else []
             was_done = self.agg is not None and self.agg.done
-            out = self._agg_step(step, msg, body)
+            try:
+                out = self._agg_step(step, msg, body)
+            except Rejected as exc:  # my group is past its share phase: my membership still rejoins
+                exc.reply = anew + exc.reply
+                raise
             self._after_agg(was_done)
-            return out
+            return anew + out
         if step == STEP_ABORT and (anew := self._reshare(msg.sender, body)) is not None:
             return anew
         out = self._member_step(step, msg, body)
@@ -221,9 +252,12 @@ class SecureGossipRound(SecAggRound):
         m = self.members.get(j)
         if m is not None and not m.done and m.stage is not MemberStage.NEW:  # NEW: told j nothing yet
             m.abort("restarted")
+        self.replaced.add(j)
         agg = self.agg
         if agg is None or agg.done or j not in agg.spec.members:
             return []
+        if agg.voided_by(j):
+            return self._group_anew()
         out = agg.process_gone(j)
         self._after_agg(False)
         return out

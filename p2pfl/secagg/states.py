@@ -61,6 +61,7 @@ class AggEvent(Enum):
     SEND_PROOFS = "send_proofs"  # close the confirmations: proofs go out
     UNMASK = "unmask"  # every secret rebuilt, the sum decoded
     FAIL = "fail"  # fail safely: abort whoever still waits
+    ABANDON = "abandon"  # a replaced member voided the prepared setup: a fresh share phase of the round takes over
 
 
 # Moves that end a membership whatever it was doing.
@@ -84,7 +85,7 @@ MEMBER_TRANSITIONS: Mapping[MemberStage, Mapping[MemberEvent, MemberStage]] = _f
 AGGREGATOR_TRANSITIONS: Mapping[AggStage, Mapping[AggEvent, AggStage]] = _frozen({
     AggStage.SHARES: {AggEvent.FIX_MEMBERS: AggStage.MASKED, AggEvent.FAIL: AggStage.DONE},
     AggStage.MASKED: {AggEvent.ASK_CONFIRM: AggStage.CONFIRM, AggEvent.ASK_REVEAL: AggStage.REVEAL,
-                      AggEvent.FAIL: AggStage.DONE},
+                      AggEvent.FAIL: AggStage.DONE, AggEvent.ABANDON: AggStage.DONE},
     AggStage.CONFIRM: {AggEvent.SEND_PROOFS: AggStage.REVEAL, AggEvent.FAIL: AggStage.DONE},
     AggStage.REVEAL: {AggEvent.UNMASK: AggStage.DONE, AggEvent.FAIL: AggStage.DONE},
     AggStage.DONE: {},
