@@ -400,3 +400,34 @@ def test_a_new_process_seen_one_round_on_is_not_waited_for_by_the_groups_that_sh
             assert p.status == "failed" and p.failure_reason == "too_few_members"
         elif i != 5:
             assert p.status == "ok", (i, p.failure_reason)
+
+
+def test_a_restart_told_after_the_neighbours_group_finished_still_voids_the_round_it_prepared() -> None:
+    """Node 5's old process revealed for its neighbours' round-2 groups (they finished, with its
+    input, and prepared round 3 with the shares that rode in it) and died before asking its own
+    members to unmask. The restart reaches each neighbour while only its membership in 5's group
+    is pending. The new process joins round 2, and the neighbours' memberships share anew with it
+    (`_rejoin`): round 2 costs nothing. What the neighbours prepared for round 3 with the old
+    process is dropped although their round-2 groups had finished, so round 3 runs those share
+    phases with the new process; it used to drop it there (`resync`) and fail both neighbours'
+    groups below the floor (`privacy_floor`, seen in the process test's runs)."""
+    adj = circulant(6, (1,))
+    cluster, xs, protos = round_two(adj, seed=11, forget=frozenset({5}))
+    old = SecureGossipRound(5, 2, adj, cluster.W[5], xs[5], cluster.params, cluster.secrets[5], cluster.rngs[5],
+                            prepared=cluster.prepared[5])
+    router = Router({**protos, 5: old}, hold=lambda to, m: m.sender == 5 and step_of(m) == "unmask")
+    router.start()
+    router.deliver()
+    assert [j for j in adj if not protos[j].finished()] == [0, 4, 5] and protos[0].status == protos[4].status == "ok"
+    router.protos, router.held, router.hold = protos, [], lambda to, m: False  # the old process is gone
+    tell_restart(router, protos, adj, 5)
+    router.post(5, protos[5].start())
+    router.settle()
+    assert router.deadlines == 0
+    assert all(p.status == "ok" for p in protos.values())
+    cluster.prepared = {i: p.prepared_next() for i, p in protos.items()}
+    protos, xs, router, _ = cluster.round(3)
+    assert router.deadlines == 0
+    for p in protos.values():
+        assert p.status == "ok" and p.contributors == adj[p.node_id], (p.node_id, p.failure_reason)
+        assert_within_bound(p, xs, cluster.W)

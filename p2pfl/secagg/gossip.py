@@ -248,13 +248,20 @@ class SecureGossipRound(SecAggRound):
         """Neighbour j's old process is gone: my membership in its group ends (its new process
         holds none of that group's state, so nothing more of it would come), and my own group
         stops waiting for whatever j's old process still owed it. Both end at once instead of
-        one deadline per phase, so the round j died in costs its neighbours no more than that round."""
+        one deadline per phase, so the round j died in costs its neighbours no more than that round.
+        What this round prepared for the next with j's old process (its shares in my next group,
+        its bundle for my next membership) is dropped too, even after my group finished: the next
+        round runs those share phases with the new process instead of failing it (`resync`)."""
         m = self.members.get(j)
         if m is not None and not m.done and m.stage is not MemberStage.NEW:  # NEW: told j nothing yet
             m.abort("restarted")
         self.replaced.add(j)
+        self.next_members.pop(j, None)  # a next-round bundle from j so far came from its old process
         agg = self.agg
-        if agg is None or agg.done or j not in agg.spec.members:
+        if agg is None or j not in agg.spec.members:
+            return []
+        if agg.done:  # only the next round it prepared can still hold the old process's secrets
+            agg.process_gone(j)
             return []
         if agg.voided_by(j):
             return self._group_anew()
