@@ -406,11 +406,14 @@ def test_a_restart_told_after_the_neighbours_group_finished_still_voids_the_roun
     """Node 5's old process revealed for its neighbours' round-2 groups (they finished, with its
     input, and prepared round 3 with the shares that rode in it) and died before asking its own
     members to unmask. The restart reaches each neighbour while only its membership in 5's group
-    is pending. The new process joins round 2, and the neighbours' memberships share anew with it
-    (`_rejoin`): round 2 costs nothing. What the neighbours prepared for round 3 with the old
-    process is dropped although their round-2 groups had finished, so round 3 runs those share
-    phases with the new process; it used to drop it there (`resync`) and fail both neighbours'
-    groups below the floor (`privacy_floor`, seen in the process test's runs)."""
+    is pending, which then ends, and so do their rounds. The new process's round-2 `shares` come
+    after (it trained first), and the neighbours' finished rounds share anew with it (`_rejoin`):
+    round 2 costs nothing. Round 3 succeeds everywhere: what the neighbours prepared for it with
+    the old process was dropped although their groups had finished (the new process used to be
+    dropped there, `resync`, below the floor: `privacy_floor`), and the late memberships prepare
+    nothing (the round's setup for the next was taken; shares riding in them would have prepared
+    5's round 3 with secrets its neighbours no longer hold, and failed it the same way; both were
+    seen in the process test's runs)."""
     adj = circulant(6, (1,))
     cluster, xs, protos = round_two(adj, seed=11, forget=frozenset({5}))
     old = SecureGossipRound(5, 2, adj, cluster.W[5], xs[5], cluster.params, cluster.secrets[5], cluster.rngs[5],
@@ -421,11 +424,13 @@ def test_a_restart_told_after_the_neighbours_group_finished_still_voids_the_roun
     assert [j for j in adj if not protos[j].finished()] == [0, 4, 5] and protos[0].status == protos[4].status == "ok"
     router.protos, router.held, router.hold = protos, [], lambda to, m: False  # the old process is gone
     tell_restart(router, protos, adj, 5)
-    router.post(5, protos[5].start())
+    assert protos[0].finished() and protos[4].finished()
+    prepared = {j: protos[j].prepared_next() for j in adj[5]}  # a node takes it as its round ends
+    router.post(5, protos[5].start())  # the new process's first round (it trained first: the others are done)
     router.settle()
     assert router.deadlines == 0
     assert all(p.status == "ok" for p in protos.values())
-    cluster.prepared = {i: p.prepared_next() for i, p in protos.items()}
+    cluster.prepared = {i: prepared.get(i) or p.prepared_next() for i, p in protos.items()}
     protos, xs, router, _ = cluster.round(3)
     assert router.deadlines == 0
     for p in protos.values():

@@ -192,7 +192,12 @@ class SecureGossipRound(SecAggRound):
         return nm.share()
 
     def prepared_next(self) -> Prepared:
-        """What this round prepared for the next one: hand it to the next round's constructor."""
+        """What this round prepared for the next one: hand it to the next round's constructor.
+
+        Nothing more is prepared after this: a membership that shares anew late (`_rejoin`, on
+        a round the node has finished) carries no shares for the next round, which would
+        otherwise set up the neighbour's next group with secrets the next round never got."""
+        self._prepare_next = False
         members = {j: m for j, m in self.next_members.items() if m.ready}
         nxt = self.agg.nxt if self.agg is not None else None
         return Prepared(self.round + 1, members, nxt if nxt is not None and nxt.prepared else None)
