@@ -65,21 +65,19 @@ def test_restarted_node_resumes_from_its_checkpoint_and_rejoins(tmp_path: Path) 
                  f"neighbours hear it again; final accuracies > 0.85 within 0.05", unit="restart")
 
 
-def test_a_secure_restart_costs_the_round_it_killed_and_at_most_the_one_prepared_with_its_shares(tmp_path: Path) -> None:
-    """Issue 17: a `--secure` member SIGKILLed mid-run and restarted at once costs one round, or two.
+def test_a_secure_restart_costs_the_cluster_at_most_the_round_it_killed(tmp_path: Path) -> None:
+    """Issue 17: a `--secure` member SIGKILLed mid-run and restarted at once costs at most one round.
 
-    The kill fails the round its neighbours were in (what the dead process owed them is gone).
-    Nothing after it fails from waiting: its neighbours stop waiting for the old process the
-    moment the new one's sessions are accepted (`peer_restarted`), and the new process's late
-    shares are answered (`abort` "late"). The next round fails too, on a neighbour, when the old
-    process's masked input had already carried its shares for that round and the neighbour had
-    prepared it with them: the new process holds none of those secrets, so it is dropped there
-    (`resync`), and a ring's group of two members is then below its floor (`privacy_floor`). On
-    a quiet machine that was about one run in three (docs/faults.md, *Secure restarts*); the
-    issue's goal of one round is missed there, and this test asserts what holds: no round after
-    those two, and none off the dead node's neighbourhood. The phase deadline is the default
-    10 s, not the other tests' 4 s: with other work beside the suite a round took 4-12 s here, and
-    a deadline that load trips is not the restart's cost.
+    The kill can fail the round its neighbours were in (what the dead process owed them is gone).
+    Nothing after it fails: its neighbours stop waiting for the old process the moment the new
+    one's sessions are accepted (`peer_restarted`); what they prepared with the old process's
+    secrets is dropped, or shared anew in place when a ring's group of two would otherwise fall
+    below its floor; their memberships share anew with the new process when its `shares` come,
+    even on a round they finished; and such a late membership prepares nothing for the next
+    round (docs/secagg.md 3.1). Each of those was a second lost round in some runs here
+    (docs/faults.md, *Secure restarts*). The phase deadline is the default 10 s, not the other
+    tests' 4 s: with other work beside the suite a round took 4-12 s here, and a deadline that
+    load trips is not the restart's cost.
     """
     cluster = make_cluster(tmp_path)
     rounds = 14
@@ -96,9 +94,7 @@ def test_a_secure_restart_costs_the_round_it_killed_and_at_most_the_one_prepared
             p.kill()
     failed = {k: [r["round"] for r in node_records(tmp_path, k) if r["aggregation"] != "ok"] for k in range(NODES)}
     lost = sorted(set().union(*failed.values()))
-    assert len(lost) <= 1 or (len(lost) == 2 and lost[1] == lost[0] + 1 and failed[2] == lost[:1]), failed
-    second = {k: r["aggregation"] for k in (1, 3) for r in node_records(tmp_path, k) if len(lost) == 2 and r["round"] == lost[1]}
-    assert all(why in ("ok", "privacy_floor") for why in second.values()), second  # the prepared round, nothing else
+    assert len(lost) <= 1, failed  # the issue's goal: at most one failed round in the cluster
     assert all(not f or k in (1, 2, 3) for k, f in failed.items()), failed  # only the dead node and its neighbours
     assert all(node_records(tmp_path, k)[-1]["round"] == rounds for k in range(NODES))
     assert node_records(tmp_path, 2)[-1]["aggregation"] == "ok"  # the restarted node is mixed back in
