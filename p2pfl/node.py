@@ -477,7 +477,7 @@ class Node:
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             wall_time=time.monotonic() - self._t0, round_time=time.monotonic() - started, train_time=train_time,
             cpu_time=self.meter.now() - cpu_started,
-            arrived=protocol.arrived(), dropped=dict(stats.dropped), delta=new_delta,
+            arrived=protocol.arrived(), heard=protocol.heard(), dropped=dict(stats.dropped), delta=new_delta,
             aggregation=self._outcome(protocol), epsilon=self._epsilon(r), participated=takes_part,
             links={str(j): list(v) for j, v in sorted(stats.links.items())},
             local_acc=local_acc,

@@ -89,9 +89,13 @@ class RoundProtocol(ABC):
     def result(self) -> np.ndarray:
         """The node's new flat delta (float32)."""
 
+    def heard(self) -> list[int]:
+        """The neighbours whose contributions made it into this round's result (ascending ids)."""
+        return []
+
     def arrived(self) -> int:
         """How many neighbours' contributions made it into this round's result."""
-        return 0
+        return len(self.heard())
 
     @property
     def failure_reason(self) -> str | None:
@@ -249,8 +253,8 @@ class GossipRound(RoundProtocol):
     def result(self) -> np.ndarray:
         return mix(self.own, self.received)
 
-    def arrived(self) -> int:
-        return len(self.received)
+    def heard(self) -> list[int]:
+        return sorted(self.received)
 
 
 class StarRound(RoundProtocol):
@@ -326,10 +330,10 @@ class StarRound(RoundProtocol):
         assert self._result is not None, "result() before the round finished"
         return self._result
 
-    def arrived(self) -> int:
+    def heard(self) -> list[int]:
         if self.is_hub:
-            return len(self.received)
-        return 1 if self._result is not None and self._result is not self.fallback else 0
+            return sorted(self.received)
+        return [self.hub] if self._result is not None and self._result is not self.fallback else []
 
 
 class FedAvgRound(StarRound):

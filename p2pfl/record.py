@@ -85,6 +85,8 @@ class RoundRecord:
     node_distance: float | None = None
     # Accuracy on the node's own test split (its writers' test rows, partition natural); None where it has none.
     local_acc: float | None = None
+    # The neighbours whose contributions made it into the result (`arrived` of them); None: not recorded.
+    heard: list[int] | None = None
     delta: np.ndarray | None = field(default=None, repr=False)  # model - common init, for consensus; never written
 
     def to_json(self) -> dict[str, Any]:
@@ -257,6 +259,12 @@ def _links(value: Any) -> dict[str, list[int]]:
     return {k: list(v) for k, v in value.items()}
 
 
+def _heard(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(_is_int(v) and v >= 0 for v in value) or len(set(value)) != len(value):
+        raise _Bad(f"expected a list of distinct neighbour ids, got {value!r}")
+    return sorted(value)
+
+
 def _node_ids(value: Any) -> list[int]:
     if (not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value)
             or len(set(value)) != len(value)):
@@ -273,9 +281,10 @@ RECORD_SCHEMA: dict[str, Check] = {
     "epsilon": _nullable(_number(finite=False)), "participated": _boolean,
     "consensus_distance": _nullable(_number(finite=False)), "links": _nullable(_links),
     "node_distance": _nullable(_number(finite=False)), "local_acc": _nullable(_fraction),
+    "heard": _nullable(_heard),
 }
 # Fields added after schema 1 was first written: a record without them reads as these values.
-RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None, "local_acc": None}
+RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None, "local_acc": None, "heard": None}
 SUMMARY_SCHEMA: dict[str, Check] = {
     "label": _string, "topology": _string, "aggregation": _one_of("gossip", "fedavg"), "secure_agg": _boolean,
     "nodes": _integer(1), "rounds": _integer(1), "partition": _string, "seed": _integer(0),

@@ -28,7 +28,9 @@ def test_sigkilled_node_does_not_stop_its_neighbours(tmp_path: Path) -> None:
     killed_at = max(r["round"] for r in node_records(tmp_path, 2))
     for k in (1, 3):  # ring neighbours of node 2 carried on with one neighbour
         late = [r for r in node_records(tmp_path, k) if r["round"] > killed_at + 1]
-        assert late and all(r["arrived"] == 1 for r in late), [(r["round"], r["arrived"]) for r in late]
+        other = {1: 0, 3: 4}[k]  # the neighbour that is still there
+        assert late and all(r["arrived"] == 1 and r["heard"] == [other] for r in late), \
+            [(r["round"], r["arrived"], r["heard"]) for r in late]
     record_fault("SIGKILL of one `p2pfl node` process mid-run (node 2 of a 6-node ring)", 1,
                  f"held: the 5 survivors ran all {rounds} rounds (accuracy > 0.8); ring neighbours 1 and 3 went on "
                  f"with one neighbour from two rounds after the kill", unit="kill")

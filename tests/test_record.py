@@ -22,7 +22,8 @@ ROUNDS = 3
 def make_record(r: int, n: int, **changes) -> RoundRecord:
     base = RoundRecord(round=r, node=n, train_loss=0.5 / r, test_loss=0.6 / r, test_acc=0.5 + 0.1 * r,
                        bytes_sent=1000 * r, bytes_received=900 * r, wall_time=1.5 * r, round_time=1.5,
-                       train_time=0.7, cpu_time=0.9, arrived=2, dropped={"stale": r}, aggregation="ok")
+                       train_time=0.7, cpu_time=0.9, arrived=2, dropped={"stale": r}, aggregation="ok",
+                       heard=[n + 1, n + 3])
     return replace(base, **changes)
 
 
@@ -115,6 +116,20 @@ def test_bad_field_names_file_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="not a field of schema version 1") as exc:
         read_run(run)
     assert exc.value.field == "extra"
+
+
+@pytest.mark.parametrize("heard", [[1, 1], [-1], "1,3", [0.5]])
+def test_a_bad_heard_list_is_refused_and_an_old_record_reads_as_none(tmp_path: Path, heard) -> None:
+    run = node_dir(tmp_path, 0)
+    metrics = run / "metrics.jsonl"
+    rewrite(metrics, 2, {**lines(metrics)[1], "heard": heard})
+    with pytest.raises(RunDirError) as exc:
+        read_run(run)
+    assert exc.value.field == "heard"
+    old = lines(metrics)[1]
+    del old["heard"]  # written before the field existed
+    rewrite(metrics, 2, old)
+    assert read_run(run).records[1].heard is None
 
 
 def test_bad_summary_field(tmp_path: Path) -> None:

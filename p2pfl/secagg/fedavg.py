@@ -327,10 +327,10 @@ class SecureFedAvgRound(SecAggRound):
         assert self._result is not None, "result() before the round finished"
         return self._result
 
-    def arrived(self) -> int:
+    def heard(self) -> list[int]:
         if self.is_hub:
-            return len(self.agg.u2) if self.agg is not None and self.agg.ok else 0
-        return 1 if self._result is not None and self._result is not self.fallback else 0
+            return list(self.agg.u2) if self.agg is not None and self.agg.ok else []
+        return [self.hub] if self._result is not None and self._result is not self.fallback else []
 
     @property
     def status(self) -> str:

@@ -319,8 +319,8 @@ class SecureGossipRound(SecAggRound):
             self._result = mixed.astype(np.float32)
         return self._result
 
-    def arrived(self) -> int:
-        return len(self.agg.u2) if self.agg is not None and self.agg.ok else 0
+    def heard(self) -> list[int]:
+        return self.contributors
 
     # reporting --------------------------------------------------------------
     @property

@@ -133,8 +133,8 @@ class PushSumRound(RoundProtocol):
         self._weight = w
         return (x / w).astype(np.float32)
 
-    def arrived(self) -> int:
-        return len(self.received)
+    def heard(self) -> list[int]:
+        return sorted(self.received)
 
     def prepared_next(self) -> PushSumWeight:
         return PushSumWeight(self.round + 1, self._weight if self._weight is not None else self._sums()[1])
