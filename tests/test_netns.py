@@ -71,6 +71,7 @@ TAIL = 5  # the last TAIL rounds of every node must hear every neighbour
 # which was up to QUEUE_DEPTH (16) per link and measured 5-13 before it was discarded.
 STALE_AFTER_HEAL = 3
 FRESH_AFTER_LINK_BACK = 2  # rounds run from the healed links carrying traffic both ways to the first full round
+FRESH_ACROSS = 2  # issue 17's goal: rounds run after the heal to the first that mixes the cross-cut neighbours' models
 RUN_LIMIT = 200.0  # seconds for the whole run (the test's own deadline)
 
 
@@ -287,6 +288,15 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
     fresh_after_heard = {i: None if (t := link_back[i]) is None or first_fresh[i] is None
                          else sum(first_seen[i][r] > t and r <= heal_seen[i] + first_fresh[i] for r in recs[i])
                          for i in boundary}
+    # Issue 17's goal, the first fresh round after the heal: the first round whose result holds
+    # the models of every cross-cut neighbour (`heard`), in rounds run after the heal.
+    across = {i: next((r for r in sorted(recs[i]) if r > heal_seen[i]
+                       and set(cross[i]) <= set(recs[i][r].get("heard") or [])), None) for i in boundary}
+    across_run = {i: None if across[i] is None else sum(heal_seen[i] < r <= across[i] for r in recs[i])
+                  for i in boundary}
+    check("fresh_across_heal", all(v is not None and v <= FRESH_ACROSS for v in across_run.values()),
+          f"rounds run after the heal to the first that mixed every cross-cut neighbour's model (at most "
+          f"{FRESH_ACROSS}): {across_run}")
     check("no_backlog", all(stale_after_heal[i] <= STALE_AFTER_HEAL for i in boundary),
           f"old-round messages handed to each boundary node after the heal (at most {STALE_AFTER_HEAL}): "
           f"{stale_after_heal}")
@@ -350,12 +360,13 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
                   "and 5-0), then healed",
          "count": 1, "unit": f"cut ({cut_drops} packets dropped)",
          "outcome": outcome(ok["partition_rounds"] and ok["partition_visible"] and ok["healed"] and ok["accuracy"]
-                            and ok["no_backlog"] and ok["fresh_after_link_back"],
+                            and ok["no_backlog"] and ok["fresh_after_link_back"] and ok["fresh_across_heal"],
                             f"cut after rounds {min(cut_seen.values())}-{max(cut_seen.values())}, healed after rounds "
                             f"{min(heal_seen.values())}-{max(heal_seen.values())}; boundary nodes {boundary} missed their "
                             f"cross-cut neighbour in all {sum(len(v) for v in inside.values())} rounds wholly inside the cut; "
                             f"every neighbour heard again {_span(recovery_rounds)} rounds ({_span(recovery_s)} s) after the "
-                            f"heal; the first full round {_span(first_fresh)} round numbers ({_span(fresh_run)} rounds run) "
+                            f"heal; the first round mixing the cross-cut neighbours' models {_span(across_run)} rounds run "
+                            f"after the heal; the first full round {_span(first_fresh)} round numbers ({_span(fresh_run)} rounds run) "
                             f"after the heal and {_span(fresh_after_heard)} after the healed links carried traffic both ways "
                             f"({_span({i: None if t is None else round(t - heal_time, 1) for i, t in link_back.items()})} s after the heal); "
                             f"{_span(stale_after_heal)} old-round messages after the heal; accuracy spread {spread_heal:.3f} at the heal, {spread:.3f} at the end "
@@ -374,6 +385,7 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         "recovery_rounds": recovery_rounds, "recovery_s": recovery_s,
         "first_fresh_round_after_heal": first_fresh, "stale_after_heal": stale_after_heal,
         "fresh_rounds_after_link_back": fresh_after_heard, "first_fresh_rounds_run": fresh_run,
+        "first_across_rounds_run": across_run,
         "link_back_s": {i: None if t is None else round(t - heal_time, 1) for i, t in link_back.items()},
         "final_acc": final,
         "faults": faults,

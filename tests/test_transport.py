@@ -26,8 +26,8 @@ from helpers.handshake import Initiator
 
 from p2pfl import session
 from p2pfl.channel import KEY_CONTEXT, Peer, Sent
-from p2pfl.transports.zeromq import (CONNECT_TIMEOUT_MS, QUEUE_DEPTH, RECONNECT_TIMEOUT_MIN_MS, ZmqTransport as Transport,
-                                     bound_router, reconnect_timeout_ms)
+from p2pfl.transports.zeromq import (CONNECT_TIMEOUT_MS, QUEUE_DEPTH, RECONNECT_IVL_MS, RECONNECT_TIMEOUT_MIN_MS,
+                                     ZmqTransport as Transport, bound_router, reconnect_timeout_ms)
 
 LIMITS = wire.Limits.for_model(100_000)
 WAIT = 10.0  # generous: only a broken transport ever waits this long
@@ -526,6 +526,7 @@ def test_what_waits_for_a_cut_link_is_sent_after_the_heal_unless_discarded(make_
         # the new link's attempts are paced by the handshake's round trip (loopback: the floor)
         assert 0 < a._channels.rtt[1] < WAIT
         assert a._dealers[1].getsockopt(zmq.CONNECT_TIMEOUT) == reconnect_timeout_ms(a._channels.rtt[1])
+        assert a._dealers[1].getsockopt(zmq.RECONNECT_IVL) == RECONNECT_IVL_MS
     fresh = model_msg(0, round_=4, n=1000)
     assert a.send(1, fresh)
     heal_inbound(b)
