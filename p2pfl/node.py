@@ -86,6 +86,14 @@ T = TypeVar("T")
 # A part of the node's life that waits: it yields how long it may wait (s) and is sent the next
 # message or None (time is up); `yield from` chains the parts, the last one's return is the value.
 Waits = Generator[float, "Message | None", T]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """`_exchange` stopped for a later round the node catches up to in place (`Node._jump_target`)."""
+
+    round: int
+
 Life = Waits[list[RoundRecord]]
 
 
@@ -264,9 +272,10 @@ class Node:
             self._t0 = time.monotonic()
             r = yield from self._await_neighbours(r)
             while r <= self.config.rounds:
-                records.append((yield from self._round(r)))
-                self._checkpoint(r)
-                r = self._next_round(r)
+                record = yield from self._round(r)  # its round may be a later one (`_jump_target`)
+                records.append(record)
+                self._checkpoint(record.round)
+                r = self._next_round(record.round)
             yield from self._farewell()
         finally:
             self.transport.close(linger=FINAL_LINGER)
@@ -458,6 +467,14 @@ class Node:
         ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
         protocol = self.strategy.protocol(ctx)
         new_delta = yield from self._exchange(protocol, r)
+        while isinstance(new_delta, Jump):  # invited far ahead mid-exchange: this exchange becomes that round's
+            log.warning("node %d: neighbours are at round %d; running round %d's exchange as round %d to catch up",
+                        self.id, new_delta.round, r, new_delta.round)
+            r = new_delta.round
+            self._drop_skipped(self._window.skip_to(r))
+            ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
+            protocol = self.strategy.protocol(ctx)
+            new_delta = yield from self._exchange(protocol, r)
         protocol.release()
         self._finished = protocol
         self._prepared = protocol.prepared_next()  # e.g. secure gossip's next share phase, done in this one
@@ -625,8 +642,9 @@ class Node:
             self._secrets[key] = pairwise_key(self._private_key, self.id, self._members[peer].public_key, peer, context)
         return self._secrets[key]
 
-    def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray]:
-        """Run `protocol` to completion: event-driven receive, a deadline per phase."""
+    def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray | Jump]:
+        """Run `protocol` to completion: event-driven receive, a deadline per phase; or stop it for a
+        later round the node was invited to (`_jump_target`)."""
         self._tell_restarts(protocol)
         self._withheld.clear()  # the last round's are stale now
         self._told_moved_on.clear()
@@ -649,9 +667,26 @@ class Node:
             self._tell_restarts(protocol)  # first: a new process's messages come after its restart
             if msg is not None:
                 self._deliver(protocol, msg, r)
+                if (target := self._jump_target(protocol, r)) is not None:
+                    return Jump(target)
             if protocol.phase != phase:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
         return protocol.result()
+
+    def _jump_target(self, protocol: RoundProtocol, r: int) -> int | None:
+        """The later round to run this exchange as, if the node should catch up now rather than
+        at the end of round r (`_next_round`'s skip, one round run later): a neighbour invited us
+        (`join`: a partition's other side that heard us again) to a round two or more ahead, with
+        nothing of ours owed for r + 1; the exchange holds nothing but this round's models
+        (`RoundProtocol.retargetable`: plain gossip); and the schedule has the same nodes take
+        part there. The model the node trained this round is what it brings to that one. Only an
+        invitation moves it mid-round: probes queued while the link was down arrive in a burst,
+        oldest first, and each sighting would move it again (the end-of-round skip takes them all)."""
+        target = max(self._window.invited.values(), default=0)
+        if (not protocol.retargetable or target < r + 2 or not self._window.gap_after(r, self._owes)
+                or self.schedule.active(target) != self.schedule.active(r)):
+            return None
+        return target
 
     def _deliver(self, protocol: RoundProtocol, msg: Message, r: int) -> None:
         """One delivered message while `protocol` runs round `r`: what it says of its sender, then the message.

@@ -63,6 +63,10 @@ class RoundProtocol(ABC):
     """
 
     round: int  # the round this protocol runs (1-based)
+    # True where the exchange holds nothing but the neighbours' models of this round: a node invited
+    # far ahead mid-round may stop it and run the same model's exchange as that round (`Node._jump_target`).
+    # A protocol with state agreed for its round (secure groups) or carried to the next (push-sum) is not.
+    retargetable = False
 
     @abstractmethod
     def start(self) -> list[Outbound]:
@@ -197,6 +201,8 @@ class GossipRound(RoundProtocol):
     With a `codec` the node sends its vector quantized (the neighbours mix the decoded vector;
     the node mixes its own exact one).
     """
+
+    retargetable = True
 
     def __init__(self, node_id: int, round_: int, weights: dict[int, float], own: np.ndarray,
                  expected: set[int] | None = None, codec: VectorCodec | None = None) -> None:

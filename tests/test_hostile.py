@@ -93,7 +93,7 @@ def task() -> Task:
 
 
 def run_cluster(run_dir: Path, task: Task, *,
-                on_round: Callable[[ScriptedNeighbour, int], None] | None = None,
+                on_round: Callable[[ScriptedNeighbour, int], int | None] | None = None,
                 prepare: Callable[[ScriptedNeighbour], None] | None = None,
                 on_start: Callable[[ScriptedNeighbour], None] | None = None,
                 config: ExperimentConfig | None = None, scripted_timeout: float = 60.0,
@@ -433,6 +433,30 @@ def test_probes_claiming_rounds_beyond_the_run_or_a_far_join_move_no_one(task: T
     assert "skipped_round" not in run.nodes[VICTIM].transport.stats.dropped
     record_fault("authenticated probes claiming round 10^6, or inviting a jump to the last round", 3,
                  "held: ignored; node 0 ran every round, none skipped", unit="message")
+
+
+def test_a_node_invited_far_ahead_mid_round_runs_that_round_instead(task: Task, tmp_path: Path) -> None:
+    """Catching up in place (docs/protocol.md, *Liveness*): while nodes 0 and 1 wait in round 2,
+    node 2 (scripted) probes them from round 4, inviting them to join it there, as the side of a
+    healed partition that ran ahead does, and goes on in round 4 without sending anything for 2.
+    Each real node stops its round-2 exchange and runs it as round 4 with the model it trained
+    (one round run to meet node 2, not two: round 2 without it, then the skip), and every later
+    round hears both neighbours. Before, each waited out round 2's 30 s deadline for node 2."""
+
+    def on_round(nb: ScriptedNeighbour, r: int) -> int | None:
+        if r != 2:
+            return None
+        for j in nb.neighbours:
+            nb.send(j, nb.seal(Message(Kind.HEARTBEAT, nb.id, 4, {"probe": True, "join": 4}), j))
+        return 4
+
+    run = run_cluster(tmp_path, task, on_round=on_round)
+    for i in (0, 1):
+        assert [rec.round for rec in run.records[i]] == [1, 4, 5], [rec.round for rec in run.records[i]]
+        assert [rec.heard for rec in run.records[i]] == [[1 - i, 2]] * 3
+    record_fault("authenticated probe from two rounds ahead inviting a join mid-round (a healed partition's "
+                 "other side)", 1, "held: both nodes ran their round-2 exchange as round 4 and heard every "
+                 "neighbour in every round after", unit="message")
 
 
 # -- the end of a run --------------------------------------------------------------------------------

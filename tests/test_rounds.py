@@ -93,10 +93,13 @@ def test_an_invitation_moves_the_skip_but_not_where_the_neighbour_was_seen() -> 
     for our earlier rounds is judged by 9)."""
     w = RoundWindow(last_round=20)
     w.note(1, 9)
+    assert w.invited == {}  # a sighting is no invitation: the node moves mid-round only on one (`Node._jump_target`)
     w.invite(1, 10)
-    assert w.latest == {1: 9} and w.next_round(4) == (10, [])
+    assert w.latest == {1: 9} and w.invited == {1: 10} and w.next_round(4) == (10, [])
+    w.note(1, 12)  # a burst of probes queued while the link was down, oldest first: not an invitation
+    assert w.invited == {1: 10} and w.next_round(4) == (12, [])  # the end-of-round skip takes the furthest
     w.forget(1)  # its process restarted: the new one says again where it is
-    assert w.latest == {} and w.next_round(4) == (5, [])
+    assert w.latest == {} and w.invited == {} and w.next_round(4) == (5, [])
 
 
 def test_catch_up_drops_what_the_skipped_rounds_held() -> None:

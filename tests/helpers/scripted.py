@@ -13,7 +13,8 @@ Its honest behaviour is plain gossip with a fixed delta per round:
     every neighbour: the nodes' start-up barrier; they answer it with a sync (their round and
     model), which it records;
   - for r = 1..rounds: wait for the watched node's round-r MODEL, call `on_round(self, r)`
-    (the test's script: attacks, fuzz, ...), then send its own round-r MODEL to every neighbour;
+    (the test's script: attacks, fuzz, ...), then send its own round-r MODEL to every neighbour
+    (unless `on_round` returned a later round: the script goes on there, sending nothing for r);
   - after its last round, `done_after` seconds later (default at once), a HEARTBEAT{done} to every
     neighbour: the farewell real nodes wait for before they close (docs/protocol.md, *The end*).
 Frames sent by `on_round` on `dealer(to)` reach `to` *before* the honest round-r MODEL (ZeroMQ
@@ -69,7 +70,7 @@ class ScriptedNeighbour:
         delta_length: int,
         limits: wire.Limits,
         watch: int = 0,
-        on_round: Callable[["ScriptedNeighbour", int], None] | None = None,
+        on_round: Callable[["ScriptedNeighbour", int], int | None] | None = None,
         on_start: Callable[["ScriptedNeighbour"], None] | None = None,
         timeout: float = 60.0,
         delta_seed: int = 1234,
@@ -188,15 +189,19 @@ class ScriptedNeighbour:
                 frames = self.seal(Message(Kind.HEARTBEAT, self.id, 0, meta=dict(self.hello_meta)), j)
                 self.heartbeat_frames[j] = frames
                 self.send(j, frames)
-            for r in range(1, self.rounds + 1):
+            r = 1
+            while r <= self.rounds:
                 self._wait_for_model(self.watch, r)
-                if self.on_round is not None:
-                    self.on_round(self, r)
+                jump = self.on_round(self, r) if self.on_round is not None else None
+                if jump is not None:  # the script moved on to a later round instead of this one's MODEL
+                    r = jump
+                    continue
                 for j in self.neighbours:
                     frames = self.seal(self.model(r), j)
                     self.sent[(j, r)] = frames
                     self.send(j, frames)
                 self.rounds_done = r
+                r += 1
             self._farewell()
             while not self._stop.is_set():  # keep our queues drained until the nodes are done
                 self._receive_one(POLL_MS)
