@@ -86,6 +86,7 @@ T = TypeVar("T")
 # A part of the node's life that waits: it yields how long it may wait (s) and is sent the next
 # message or None (time is up); `yield from` chains the parts, the last one's return is the value.
 Waits = Generator[float, "Message | None", T]
+Life = Waits[list[RoundRecord]]
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,6 @@ class Jump:
     """`_exchange` stopped for a later round the node catches up to in place (`Node._jump_target`)."""
 
     round: int
-
-Life = Waits[list[RoundRecord]]
 
 
 class Meter:
