@@ -89,13 +89,6 @@ Waits = Generator[float, "Message | None", T]
 Life = Waits[list[RoundRecord]]
 
 
-@dataclass(frozen=True)
-class Jump:
-    """`_exchange` stopped for a later round the node catches up to in place (`Node._jump_target`)."""
-
-    round: int
-
-
 class Meter:
     """CPU seconds spent on one node's behalf, whoever runs it: a thread of its own, or a host's
     loop that runs many nodes (thread time alone would charge a node for its neighbours' work)."""
@@ -465,15 +458,16 @@ class Node:
         own, fallback = self._contribution(takes_part, start)
         ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
         protocol = self.strategy.protocol(ctx)
-        new_delta = yield from self._exchange(protocol, r)
-        while isinstance(new_delta, Jump):  # invited far ahead mid-exchange: this exchange becomes that round's
+        jump = yield from self._exchange(protocol, r)
+        while jump is not None:  # invited far ahead mid-exchange: this exchange becomes that round's
             log.warning("node %d: neighbours are at round %d; running round %d's exchange as round %d to catch up",
-                        self.id, new_delta.round, r, new_delta.round)
-            r = new_delta.round
+                        self.id, jump, r, jump)
+            r = jump
             self._drop_skipped(self._window.skip_to(r))
             ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
             protocol = self.strategy.protocol(ctx)
-            new_delta = yield from self._exchange(protocol, r)
+            jump = yield from self._exchange(protocol, r)
+        new_delta = protocol.result()
         protocol.release()
         self._finished = protocol
         self._prepared = protocol.prepared_next()  # e.g. secure gossip's next share phase, done in this one
@@ -641,9 +635,10 @@ class Node:
             self._secrets[key] = pairwise_key(self._private_key, self.id, self._members[peer].public_key, peer, context)
         return self._secrets[key]
 
-    def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[np.ndarray | Jump]:
-        """Run `protocol` to completion: event-driven receive, a deadline per phase; or stop it for a
-        later round the node was invited to (`_jump_target`)."""
+    def _exchange(self, protocol: RoundProtocol, r: int) -> Waits[int | None]:
+        """Run `protocol` to completion (None: its `result()` is ready): event-driven receive, a
+        deadline per phase; or stop it for a later round the node was invited to, returned
+        (`_jump_target`)."""
         self._tell_restarts(protocol)
         self._withheld.clear()  # the last round's are stale now
         self._told_moved_on.clear()
@@ -667,10 +662,10 @@ class Node:
             if msg is not None:
                 self._deliver(protocol, msg, r)
                 if (target := self._jump_target(protocol, r)) is not None:
-                    return Jump(target)
+                    return target
             if protocol.phase != phase:
                 phase, deadline = protocol.phase, time.monotonic() + self.config.round_timeout
-        return protocol.result()
+        return None
 
     def _jump_target(self, protocol: RoundProtocol, r: int) -> int | None:
         """The later round to run this exchange as, if the node should catch up now rather than
