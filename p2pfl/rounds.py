@@ -71,10 +71,14 @@ class RoundWindow:
         self.per_peer = per_peer
         self.buffer: list[Message] = []  # authenticated messages of rounds after the current one
         self.latest: dict[int, int] = {}  # per neighbour: the latest round it was seen in (up to last_round)
-        self.ahead: dict[int, int] = {}  # per neighbour: where to meet it, the latest seen or invited to
         # per neighbour: the round it invited us to join (`join`), answering us heard again: a fresh
         # word, unlike a sighting, which may come from a burst of probes queued while the link was down
         self.invited: dict[int, int] = {}
+
+    @property
+    def ahead(self) -> dict[int, int]:
+        """Per neighbour: where to meet it, the later of the round it was seen in and the one it invited us to."""
+        return {s: max(self.latest.get(s, 0), self.invited.get(s, 0)) for s in self.latest.keys() | self.invited.keys()}
 
     def place(self, msg: Message, r: int, late: Callable[[Message], bool] | None = None) -> Verdict:
         """Where `msg` goes while the node runs round `r`; `late` says if the finished round takes it."""
@@ -98,19 +102,16 @@ class RoundWindow:
         """`sender` was seen in `round_` (a buffered message, or a probe carrying its round only)."""
         if round_ <= self.last_round:
             self.latest[sender] = max(self.latest.get(sender, 0), round_)
-            self.ahead[sender] = max(self.ahead.get(sender, 0), round_)
 
     def invite(self, sender: int, round_: int) -> None:
         """`sender` will take part with us from `round_` on (it heard us again during the round
         before, whose group was fixed without us): a skip goes there, not to the round it is in."""
         if round_ <= self.last_round:
-            self.ahead[sender] = max(self.ahead.get(sender, 0), round_)
             self.invited[sender] = max(self.invited.get(sender, 0), round_)
 
     def forget(self, sender: int) -> None:
         """`sender`'s process was replaced: the new one starts from its checkpoint, where it says."""
         self.latest.pop(sender, None)
-        self.ahead.pop(sender, None)
         self.invited.pop(sender, None)
 
     def take(self, r: int) -> list[Message]:
