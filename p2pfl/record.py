@@ -259,17 +259,17 @@ def _links(value: Any) -> dict[str, list[int]]:
     return {k: list(v) for k, v in value.items()}
 
 
-def _heard(value: Any) -> list[int]:
+def _ids(value: Any) -> list[int]:
     if not isinstance(value, list) or not all(_is_int(v) and v >= 0 for v in value) or len(set(value)) != len(value):
-        raise _Bad(f"expected a list of distinct neighbour ids, got {value!r}")
+        raise _Bad(f"expected a list of distinct node ids, got {value!r}")
     return sorted(value)
 
 
 def _node_ids(value: Any) -> list[int]:
-    if (not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value)
-            or len(set(value)) != len(value)):
-        raise _Bad(f"expected a non-empty list of distinct node ids, got {value!r}")
-    return sorted(value)
+    ids = _ids(value)
+    if not ids:
+        raise _Bad("expected a non-empty list of distinct node ids, got []")
+    return ids
 
 
 _LOSS = _nullable(_number(low=None, finite=False))
@@ -281,7 +281,7 @@ RECORD_SCHEMA: dict[str, Check] = {
     "epsilon": _nullable(_number(finite=False)), "participated": _boolean,
     "consensus_distance": _nullable(_number(finite=False)), "links": _nullable(_links),
     "node_distance": _nullable(_number(finite=False)), "local_acc": _nullable(_fraction),
-    "heard": _nullable(_heard),
+    "heard": _nullable(_ids),
 }
 # Fields added after schema 1 was first written: a record without them reads as these values.
 RECORD_DEFAULTS: dict[str, Any] = {"links": None, "node_distance": None, "local_acc": None, "heard": None}
