@@ -329,7 +329,7 @@ class SecureFedAvgRound(SecAggRound):
 
     def heard(self) -> list[int]:
         if self.is_hub:
-            return list(self.agg.u2) if self.agg is not None and self.agg.ok else []
+            return self.contributors
         return [self.hub] if self._result is not None and self._result is not self.fallback else []
 
     @property
