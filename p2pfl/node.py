@@ -676,9 +676,10 @@ class Node:
         part there. The model the node trained this round is what it brings to that one. Only an
         invitation moves it mid-round: probes queued while the link was down arrive in a burst,
         oldest first, and each sighting would move it again (the end-of-round skip takes them all)."""
+        if not protocol.retargetable:  # first: this runs for every delivered message
+            return None
         target = max(self._window.invited.values(), default=0)
-        if (not protocol.retargetable or target < r + 2 or not self._window.gap_after(r, self._owes)
-                or self.schedule.active(target) != self.schedule.active(r)):
+        if target < r + 2 or not self._window.gap_after(r, self._owes) or self.schedule.active(target) != self.schedule.active(r):
             return None
         return target
 
