@@ -182,6 +182,7 @@ class Node:
         # This round's messages to neighbours marked down, sent if they are heard again in it (`_welcome_back`):
         # queued on a dead link they would only arrive, stale, ahead of fresh ones after a heal.
         self._withheld: dict[int, list[Message]] = {}
+        self._probed: set[int] = set()  # neighbours marked down that have had their probe (`_probe_down`)
         self._told_moved_on: dict[int, int] = {}  # this round: neighbour -> the latest round told (`_tell_moved_on`)
         self._ready: set[int] = set()  # neighbours that have met all of their own neighbours
         self._done: set[int] = set()  # neighbours that have run their last round
@@ -191,6 +192,7 @@ class Node:
         # The last finished round: secure aggregation's surplus reveals arrive after we moved on (see _admit).
         self._finished: RoundProtocol | None = None
         self._prepared: object | None = None  # what the last round set up for the next (`prepared_next`)
+        self._skipped_to = 0  # the round the node last skipped to (`_next_round`): it waits for every neighbour there
         self._ctx: RoundContext | None = None  # the last round's context (who owes us what in the next)
         self._steps = 0  # optimizer steps taken so far: a round's share goes to the strategy (`RoundContext.local_steps`)
         self.trainer.optimizer.register_step_post_hook(self._count_step)
@@ -420,8 +422,16 @@ class Node:
         nxt, skipped = self._window.next_round(r, self._owes)
         if nxt > r + 1:
             log.warning("node %d: neighbours are at round %d; skipping from %d to catch up", self.id, nxt, r + 1)
+            self._announce_skip(r, nxt)
+            self._skipped_to = nxt
         self._drop_skipped(skipped)
         return nxt
+
+    def _announce_skip(self, after: int, r: int) -> None:
+        """Tell every neighbour we go on at round `r` after round `after`: one that runs a round
+        between stops waiting for us in it at once (a secure group would otherwise wait out its
+        deadlines for a member that never comes, and hold up that neighbour's catch-up)."""
+        self._send_all([(j, self._probe(r, after=after)) for j in self.neighbours])
 
     def _owes(self, j: int, r: int) -> bool:
         """Whether neighbour j owes us a message in round r (the strategy's word, this round's context)."""
@@ -456,15 +466,16 @@ class Node:
         trained = self.trainer.get_flat() - self.reference if self.observer is not None else None
         public_start = self._delta
         own, fallback = self._contribution(takes_part, start)
-        ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
+        ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before, r == self._skipped_to)
         protocol = self.strategy.protocol(ctx)
         jump = yield from self._exchange(protocol, r)
         while jump is not None:  # invited far ahead mid-exchange: this exchange becomes that round's
             log.warning("node %d: neighbours are at round %d; running round %d's exchange as round %d to catch up",
                         self.id, jump, r, jump)
+            self._announce_skip(r - 1, jump)  # round r is given up: nothing more of it comes from us
             r = jump
             self._drop_skipped(self._window.skip_to(r))
-            ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before)
+            ctx = self._ctx = self._context(r, own, fallback, active, self._steps - steps_before, True)
             protocol = self.strategy.protocol(ctx)
             jump = yield from self._exchange(protocol, r)
         new_delta = protocol.result()
@@ -610,15 +621,23 @@ class Node:
                     self.config.dp_budget, self.accountant.epsilon_after(steps + 1), r)
 
     def _context(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int],
-                 steps: int) -> RoundContext:
-        """What the strategy needs to build round r's protocol; DP noise as the placement says."""
+                 steps: int, catching_up: bool = False) -> RoundContext:
+        """What the strategy needs to build round r's protocol; DP noise as the placement says.
+
+        The round waits for the neighbours not marked down; one the node skipped to (`catching_up`)
+        for every neighbour: it meets the other side of a healed partition there, whose nodes this
+        side marked down during the cut and may not have heard again yet (a link's two directions
+        come back separately), so a secure group fixed without them would fail. A neighbour that
+        is really gone costs that one round its deadline.
+        """
         c = self.config
         secure = c.secure_agg
         adjacency, weights = self._round_graph(r)
         return RoundContext(
             node_id=self.id, round=r, last_round=c.rounds, adjacency=adjacency, weights=weights,
             hub=self.hub, own=own, start=self._delta, fallback=fallback, samples=self._samples(self.id in active),
-            local_steps=steps, expected=self._liveness.expected(), active=active, prepared=self._prepared,
+            local_steps=steps, expected=frozenset(self.neighbours) if catching_up else self._liveness.expected(),
+            active=active, prepared=self._prepared,
             codec=self._codec, central_noise=self._central_noise if c.dp == "central" else None,
             distributed_noise=self._distributed_noise() if c.dp == "distributed" and secure else None,
             secagg=self._secagg_params if secure else None, secret=self._secret if secure else None,
@@ -671,15 +690,18 @@ class Node:
         """The later round to run this exchange as, if the node should catch up now rather than
         at the end of round r (`_next_round`'s skip, one round run later): a neighbour invited us
         (`join`: a partition's other side that heard us again) to a round two or more ahead, with
-        nothing of ours owed for r + 1; the exchange holds nothing but this round's models
-        (`RoundProtocol.retargetable`: plain gossip); and the schedule has the same nodes take
-        part there. The model the node trained this round is what it brings to that one. Only an
-        invitation moves it mid-round: probes queued while the link was down arrive in a burst,
-        oldest first, and each sighting would move it again (the end-of-round skip takes them all)."""
+        nothing of ours owed for r + 1 (the nearest such invitation: see `RoundWindow.next_round`);
+        the neighbours survive our leaving this round (`RoundProtocol.retargetable`: plain and
+        secure gossip); and the schedule has the same nodes take part there. The model the node
+        trained this round is what it brings to that one. Only an invitation moves it mid-round,
+        or a neighbour's word that it skipped there (said once, as it skips: its half of the
+        partition follows the node that heard the other half first): probes queued while the link
+        was down arrive in a burst, oldest first, and each sighting would move it again (the
+        end-of-round skip takes them all)."""
         if not protocol.retargetable:  # first: this runs for every delivered message
             return None
-        target = max(self._window.invited.values(), default=0)
-        if target < r + 2 or not self._window.gap_after(r, self._owes) or self.schedule.active(target) != self.schedule.active(r):
+        target = min((t for t in self._window.invited.values() if t >= r + 2), default=None)
+        if target is None or not self._window.gap_after(r, self._owes) or self.schedule.active(target) != self.schedule.active(r):
             return None
         return target
 
@@ -688,22 +710,26 @@ class Node:
 
         A sender marked down and now heard again is told to the round (which may wait for it after
         all), and told at once which round of ours it can join (a probe: it skips to it, see
-        `_probe_down`); one seen in a later round is told as moved on (a partition's lagging half
+        `_probe_down`); one seen in a later round, or that says it takes no part in this one (a
+        skip, or an invitation to its next round), is told as moved on (a partition's lagging half
         skipped this round, or it is done).
         """
         j = msg.sender
         back = self._liveness.is_down(j)
-        admitted = self._admit(msg, r)
+        rejoin = protocol.rejoin_round() if back else 0
+        admitted = self._admit(msg, r, rejoin)
         if back:
-            self._send_all(protocol.peer_back(j) + [(j, self._probe(r, protocol.rejoin_round()))])
+            self._send_all(protocol.peer_back(j) + [(j, self._probe(r, rejoin))])
         if admitted:
             self._feed(protocol, msg)
-        elif msg.round > r:
+        else:  # a later round's message, or a probe that says it skips ours
             self._tell_moved_on(protocol, j, r)
 
     def _tell_moved_on(self, protocol: RoundProtocol, j: int, r: int) -> None:
-        """Tell round `r` that neighbour j was seen in a later round (each newer sighting once)."""
-        seen = self._seen(j)
+        """Tell round `r` that neighbour j was seen in a later round (each newer sighting once).
+        One that said it skipped round r counts as two rounds on: nothing of r comes from it,
+        not even the late traffic a finished round still sends."""
+        seen = max(self._seen(j), r + 2) if self._window.never_runs(j, r) else self._seen(j)
         if seen > r and seen > self._told_moved_on.get(j, r):
             self._told_moved_on[j] = seen
             self._send_all(protocol.peer_moved_on(j, seen))
@@ -716,18 +742,19 @@ class Node:
             self._told_moved_on.pop(j, None)  # and a sighting of it is news even in a round its old one was seen in
             self._send_all(protocol.peer_restarted(j))
 
-    def _admit(self, msg: Message, r: int) -> bool:
+    def _admit(self, msg: Message, r: int, rejoin: int = 0) -> bool:
         """True if `msg` belongs to round `r`; keep later rounds' messages, drop the rest (counted).
 
         Any authenticated message proves its sender alive. A neighbour ahead of us (after a
         partition, say) is remembered so we can catch up at the end of this round; a round
-        beyond the run's budget cannot be honest and is dropped.
+        beyond the run's budget cannot be honest and is dropped. `rejoin`: the first of our
+        rounds a sender marked down takes part in once heard again (`RoundProtocol.rejoin_round`).
         """
         back = self._liveness.is_down(msg.sender)
         self._liveness.hear(msg.sender)
         current = self._place(msg, r)
         if back:  # after placing it: its round says what of ours it still needs
-            self._welcome_back(msg.sender)
+            self._welcome_back(msg.sender, rejoin)
         return current
 
     def _place(self, msg: Message, r: int) -> bool:
@@ -748,11 +775,14 @@ class Node:
             self._drop(verdict.reason, verdict.detail, msg.sender)
         return verdict.place is Place.CURRENT
 
-    def _welcome_back(self, j: int) -> None:
+    def _welcome_back(self, j: int, rejoin: int) -> None:
         """`j`, marked down, was heard again: what we withheld from it this round goes now, unless `j`
-        has been seen in a later round (it would only drop it as stale)."""
+        has been seen in a later round (it would only drop it as stale) or is invited to a later
+        one (`rejoin`: a secure round fixed without it): a message of this round would only tell
+        it that we run a round it is not part of, and hold it there (no gap to skip)."""
         log.info("node %d: neighbour %d heard again", self.id, j)
-        past = self._window.latest.get(j, 0)
+        self._probed.discard(j)  # should it go down again, it gets a probe again
+        past = max(self._window.latest.get(j, 0), rejoin)
         self._send_all([(j, msg) for msg in self._withheld.pop(j, []) if msg.round >= past])
 
     def _seen(self, j: int) -> int:
@@ -761,18 +791,29 @@ class Node:
         return self.config.rounds + 1 if j in self._done else self._window.latest.get(j, 0)
 
     def _probe_down(self, r: int) -> None:
-        """Tell each neighbour marked down our round, and nothing more (see `_send_all`).
+        """Tell each neighbour marked down our round, once while it stays down, and nothing more
+        (see `_send_all`).
 
-        A probe is a heartbeat a few dozen bytes long: what a dead link holds when it comes back is a
-        handful of these, not models of rounds long gone. It proves us alive, says where we are
-        (a neighbour that fell behind skips to our round at once) and that we sent all we will send
-        for its earlier rounds (it stops waiting for us in them).
+        A probe is a heartbeat a few dozen bytes long: what a dead link holds when it comes back is
+        this one message, not models of rounds long gone. It proves us alive (the neighbour hears us
+        again and invites us to its round: `_deliver`) and says that we sent all we will send for
+        its earlier rounds (it stops waiting for us in them). One, not one per round: libzmq queues
+        what is sent on a link that is down, so a probe per round arrived after a long cut as a
+        burst of old rounds that filled the queue (later sends, such as our invitation, were dropped
+        as `send_queue_full`) and, oldest first, moved the neighbour's catch-up to rounds long past.
         """
-        self._send_all([(j, self._probe(r)) for j in self.neighbours if self._liveness.is_down(j)])
+        down = [j for j in self.neighbours if self._liveness.is_down(j) and j not in self._probed]
+        self._probed.update(down)
+        self._send_all([(j, self._probe(r)) for j in down])
 
-    def _probe(self, r: int, join: int | None = None) -> Message:
-        """A probe of round `r`; `join`: the round the neighbour we heard again takes part in with us."""
-        meta: dict[str, object] = {"probe": True} if join is None else {"probe": True, "join": join}
+    def _probe(self, r: int, join: int | None = None, after: int | None = None) -> Message:
+        """A probe of round `r`; `join`: the round the neighbour we heard again takes part in with us;
+        `after`: the round we ran before `r` (a skip: we run none between)."""
+        meta: dict[str, object] = {"probe": True}
+        if join is not None:
+            meta["join"] = join
+        if after is not None:
+            meta["after"] = after
         return Message(Kind.HEARTBEAT, self.id, r, meta=meta)
 
     def _takes_late(self, msg: Message) -> bool:
@@ -792,6 +833,11 @@ class Node:
             join = msg.meta.get("join")
             if type(join) is int and msg.round <= join <= msg.round + 1:  # only ever this round or the next
                 self._window.invite(msg.sender, join)
+                if join > msg.round:  # its round was fixed without us: it sends us nothing for it (`_welcome_back`)
+                    self._window.skipped(msg.sender, msg.round - 1, join)
+            after = msg.meta.get("after")
+            if type(after) is int:
+                self._window.skipped(msg.sender, after, msg.round)  # it sends nothing for the rounds between
         elif msg.meta.get("sync") is True:
             self._take_sync(msg)
 

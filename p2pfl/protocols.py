@@ -63,9 +63,10 @@ class RoundProtocol(ABC):
     """
 
     round: int  # the round this protocol runs (1-based)
-    # True where the exchange holds nothing but the neighbours' models of this round: a node invited
-    # far ahead mid-round may stop it and run the same model's exchange as that round (`Node._jump_target`).
-    # A protocol with state agreed for its round (secure groups) or carried to the next (push-sum) is not.
+    # True where a node invited far ahead mid-round may give this round up and run the same input
+    # as that round (`Node._jump_target`): nothing of it is carried to the next round (push-sum's
+    # weight is) and its neighbours survive its leaving (plain gossip; secure gossip's groups see a
+    # member drop out).
     retargetable = False
 
     @abstractmethod

@@ -10,7 +10,8 @@ Owns two small state machines the node consults with no sockets and no clock:
   and left nothing for r + 1 (a partition healed), dropping what the skipped rounds held. It
   also remembers the latest round each neighbour was seen in (a message, or a probe that says
   only its round): one seen in a later round has sent all it will send for the earlier ones;
-  and the round a neighbour invited us to join (a probe's `join`), where a skip goes too.
+  the round a neighbour invited us to join (a probe's `join`), where a skip goes too; and the
+  rounds a neighbour said it skipped (a probe's `after`), in which it sends nothing at all.
 - `Liveness`: neighbours heard this round, consecutive rounds each stayed silent while it owed
   us a message, and so who is down (no longer waited for) after `down_after` such rounds.
 
@@ -74,6 +75,9 @@ class RoundWindow:
         # per neighbour: the round it invited us to join (`join`), answering us heard again: a fresh
         # word, unlike a sighting, which may come from a burst of probes queued while the link was down
         self.invited: dict[int, int] = {}
+        # per neighbour: its latest skip, (the last round it ran, the round it went on at); it sends
+        # nothing, not even late traffic, for the rounds between (a probe's `after`)
+        self.skips: dict[int, tuple[int, int]] = {}
 
     @property
     def ahead(self) -> dict[int, int]:
@@ -109,10 +113,26 @@ class RoundWindow:
         if round_ <= self.last_round:
             self.invited[sender] = max(self.invited.get(sender, 0), round_)
 
+    def skipped(self, sender: int, after: int, round_: int) -> None:
+        """`sender` ran round `after` and went on at `round_`: it never runs the rounds between.
+        It says so once, as it skips, so this is also an invitation to `round_` (a fresh word, as
+        `invite`): a neighbour behind it catches up to it there, its half of a healed partition
+        following the node that heard the other half first."""
+        if 0 <= after < round_ <= self.last_round and round_ > self.skips.get(sender, (0, 0))[1]:
+            self.skips[sender] = (after, round_)
+            self.note(sender, round_)
+            self.invite(sender, round_)
+
+    def never_runs(self, sender: int, r: int) -> bool:
+        """True if `sender` said it skipped round `r` (so nothing of r comes from it, now or late)."""
+        after, went_on = self.skips.get(sender, (0, 0))
+        return after < r < went_on
+
     def forget(self, sender: int) -> None:
         """`sender`'s process was replaced: the new one starts from its checkpoint, where it says."""
         self.latest.pop(sender, None)
         self.invited.pop(sender, None)
+        self.skips.pop(sender, None)
 
     def take(self, r: int) -> list[Message]:
         """The buffered messages of round `r` (in arrival order), removed from the buffer."""
@@ -121,17 +141,30 @@ class RoundWindow:
         return early
 
     def next_round(self, r: int, owes: Owes | None = None) -> tuple[int, list[Dropped]]:
-        """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened."""
-        ahead = max(self.ahead.values(), default=0)
-        if ahead <= r + 1 or not self.gap_after(r, owes):
+        """(the round after `r`, the buffered messages its skip drops): r + 1 unless a gap opened.
+
+        With gaps to several neighbours the skip goes to the nearest of their rounds: the halves of
+        a healed partition need not be in step (a ring's half runs round a at one end and a + 1 at
+        the other), and a secure group needs every member in its round, so we meet the nearer
+        neighbour there and the further one a round later, instead of leaving the nearer one's
+        group a member short.
+        """
+        gaps = self.gaps_after(r, owes)
+        if not gaps:
             return r + 1, []
-        return ahead, self.skip_to(ahead)
+        target = min(gaps.values())
+        return target, self.skip_to(target)
 
     def gap_after(self, r: int, owes: Owes | None = None) -> bool:
-        """True if a neighbour is two or more rounds ahead and we hold nothing of it for round r + 1,
-        where it owed us a message (`owes(sender, round)`; None: every neighbour, every round).
-        Ahead means seen in that round or invited to it: a buffered message, or a probe (which
-        carries nothing for r + 1, so a neighbour known only by its probe is always a gap).
+        """True if some neighbour leaves a gap after round `r` (`gaps_after`)."""
+        return bool(self.gaps_after(r, owes))
+
+    def gaps_after(self, r: int, owes: Owes | None = None) -> dict[int, int]:
+        """{neighbour: the round it is at} for each neighbour two or more rounds ahead of which we
+        hold nothing for round r + 1, where it owed us a message (`owes(sender, round)`; None:
+        every neighbour, every round). Ahead means seen in that round or invited to it: a buffered
+        message, or a probe (which carries nothing for r + 1, so a neighbour known only by its probe
+        is always a gap).
 
         A neighbour that is merely faster (a FedAvg hub racing through rounds in which no leaf
         takes part, say) has left its messages for every round in our buffer: we catch up by
@@ -141,8 +174,8 @@ class RoundWindow:
         held: dict[int, set[int]] = {}
         for m in self.buffer:
             held.setdefault(m.sender, set()).add(m.round)
-        return any(seen > r + 1 and r + 1 not in held.get(sender, ()) and (owes is None or owes(sender, r + 1))
-                   for sender, seen in self.ahead.items())
+        return {sender: seen for sender, seen in self.ahead.items()
+                if seen > r + 1 and r + 1 not in held.get(sender, ()) and (owes is None or owes(sender, r + 1))}
 
     def skip_to(self, r: int) -> list[Dropped]:
         """Drop every buffered message of a round before `r` (the node jumps to `r`)."""

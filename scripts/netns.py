@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 PREFIX = "p2fl"
 _NAME = re.compile(rf"^{PREFIX}(\d+)x[0-9a-f]{{4}}-")
@@ -287,13 +287,19 @@ class Lab:
                 self._hook(i, CUT_CHAIN, ("INPUT", "OUTPUT"))
         self.partitioned = True
 
-    def heal(self) -> int:
-        """Remove every partition rule (bridge and hosts); returns how many packets they dropped."""
+    def heal(self, on_healed: Callable[[], None] | None = None) -> int:
+        """Remove every partition rule (bridge and hosts); returns how many packets they dropped.
+
+        on_healed: called the moment a bridge cut ends (its jump rule is gone), before the rules
+        are counted and emptied: a caller can read what the hosts had done by then.
+        """
         dropped = 0
         if self._has_bridge_chain():
             # unhook first (one rule: the cut ends at once), then count and empty the chain
             while sh(*self._bridge_prefix(), "ebtables", "-D", "FORWARD", "-j", CUT_CHAIN, check=False).returncode == 0:
-                pass
+                if on_healed is not None:
+                    on_healed()
+                    on_healed = None
             out = sh(*self._bridge_prefix(), "ebtables", "-L", CUT_CHAIN, "--Lc").stdout
             dropped += sum(int(n) for n in re.findall(r"pcnt = (\d+)", out))
             sh(*self._bridge_prefix(), "ebtables", "-F", CUT_CHAIN)
@@ -302,6 +308,8 @@ class Lab:
                 self._unhook(i, CUT_CHAIN, ("INPUT", "OUTPUT"))
                 dropped += self.dropped(i, CUT_CHAIN)
                 self.run(i, "iptables", "-F", CUT_CHAIN)
+        if on_healed is not None:  # a cut in the hosts ends as the last host's rules go
+            on_healed()
         self.partitioned = False
         return dropped
 
@@ -387,7 +395,6 @@ def _end(proc: subprocess.Popen, grace: float = 3.0) -> None:
 
 # -- docs ----------------------------------------------------------------------------------------
 
-BEGIN, END = "<!-- netns-results:begin -->", "<!-- netns-results:end -->"
 
 
 def render_table(results: dict) -> str:
@@ -406,15 +413,18 @@ def render_table(results: dict) -> str:
 
 
 def render_doc(results_path: Path, doc_path: Path) -> bool:
-    """Replace the block between the markers in `doc_path` by the table; False if no markers."""
+    """Replace the block between the markers named for the results file (`<!-- netns-results:begin
+    -->` for netns.json, `<!-- netns-secure-results:begin -->` for netns-secure.json, and their
+    `:end`) in `doc_path` by the table; False if no such markers."""
     if not doc_path.exists():
         return False
     text = doc_path.read_text()
-    start, end = text.find(BEGIN), text.find(END)
+    begin, end_marker = (f"<!-- {results_path.stem}-results:{edge} -->" for edge in ("begin", "end"))
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
         return False
     table = render_table(json.loads(results_path.read_text()))
-    new = text[: start + len(BEGIN)] + "\n" + table + "\n" + text[end:]
+    new = text[: start + len(begin)] + "\n" + table + "\n" + text[end:]
     if new != text:
         tmp = doc_path.with_suffix(doc_path.suffix + f".tmp{os.getpid()}")
         tmp.write_text(new)

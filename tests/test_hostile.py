@@ -420,19 +420,25 @@ def test_a_sync_from_beyond_the_run_is_dropped_not_adopted(task: Task, tmp_path:
 def test_probes_claiming_rounds_beyond_the_run_or_a_far_join_move_no_one(task: Task, tmp_path: Path) -> None:
     """Probes (docs/protocol.md, *Liveness*) say the sender's round and, answering a neighbour heard
     again, the round to join. An authenticated neighbour sends probes for round 10^6, and for round 1
-    inviting node 0 to join round 5 of 5. Honest probes only ever name their own round or the next
-    (and never one beyond the run): node 0 must ignore both and run every round, none skipped."""
+    inviting node 0 to join round 5 of 5; and probes of round 1 saying they skipped from a round not
+    before it, or from a round of the wrong type. Honest probes only ever name their own round or the
+    next to join (and never one beyond the run), and skip forward: node 0 must ignore all of them and
+    run every round, none skipped."""
 
     def on_start(nb: ScriptedNeighbour) -> None:
         for rnd, meta in ((10**6, {"probe": True}), (1, {"probe": True, "join": ROUNDS}),
-                          (1, {"probe": True, "join": "5"})):
+                          (1, {"probe": True, "join": "5"}), (1, {"probe": True, "after": 10**6}),
+                          (1, {"probe": True, "after": -3}), (1, {"probe": True, "after": "0"})):
             nb.send(VICTIM, nb.seal(Message(Kind.HEARTBEAT, nb.id, rnd, meta), VICTIM))
 
     run = run_cluster(tmp_path, task, on_start=on_start)
     assert [rec.round for rec in run.records[VICTIM]] == list(range(1, ROUNDS + 1))
+    assert [rec.heard for rec in run.records[VICTIM]] == [[1, 2]] * ROUNDS  # no round stopped waiting for node 2
     assert "skipped_round" not in run.nodes[VICTIM].transport.stats.dropped
-    record_fault("authenticated probes claiming round 10^6, or inviting a jump to the last round", 3,
-                 "held: ignored; node 0 ran every round, none skipped", unit="message")
+    record_fault("authenticated probes claiming round 10^6, inviting a jump to the last round, or saying they "
+                 "skipped from a round not before their own", 6,
+                 "held: ignored; node 0 ran every round, none skipped, every round heard every neighbour",
+                 unit="message")
 
 
 def test_a_node_invited_far_ahead_mid_round_runs_that_round_instead(task: Task, tmp_path: Path) -> None:
@@ -454,9 +460,38 @@ def test_a_node_invited_far_ahead_mid_round_runs_that_round_instead(task: Task, 
     for i in (0, 1):
         assert [rec.round for rec in run.records[i]] == [1, 4, 5], [rec.round for rec in run.records[i]]
         assert [rec.heard for rec in run.records[i]] == [[1 - i, 2]] * 3
+    # each said it gave round 2 up (round 1 was its last before 4): a neighbour still in 2 or 3 stops waiting for it
+    skips = sorted((sender, r, meta["after"]) for sender, r, meta in run.scripted.heartbeats if "after" in meta)
+    assert skips == [(0, 4, 1), (1, 4, 1)], skips
     record_fault("authenticated probe from two rounds ahead inviting a join mid-round (a healed partition's "
                  "other side)", 1, "held: both nodes ran their round-2 exchange as round 4 and heard every "
                  "neighbour in every round after", unit="message")
+
+
+def test_a_neighbour_inviting_us_to_its_next_round_is_not_waited_for_in_this_one(task: Task, tmp_path: Path) -> None:
+    """A probe with `join` = its round + 1 says the neighbour's round was fixed without us (a secure
+    group, or a round it finished), so it sends us nothing more for it (docs/protocol.md, *Liveness*).
+    Node 2 (scripted) says so in round 2 and goes on at round 3 without a round-2 model: nodes 0 and
+    1 end round 2 with each other's model only, at once rather than at round 2's 30 s deadline,
+    and hear node 2 again from round 3 on."""
+
+    def on_round(nb: ScriptedNeighbour, r: int) -> int | None:
+        if r != 2:
+            return None
+        for j in nb.neighbours:
+            nb.send(j, nb.seal(Message(Kind.HEARTBEAT, nb.id, 2, {"probe": True, "join": 3}), j))
+        return 3
+
+    cfg = experiment()
+    run = run_cluster(tmp_path, task, on_round=on_round, config=cfg)
+    for i in (0, 1):
+        assert [rec.round for rec in run.records[i]] == list(range(1, ROUNDS + 1))
+        assert [rec.heard for rec in run.records[i]] == [[1 - i, 2], [1 - i]] + [[1 - i, 2]] * (ROUNDS - 2)
+        wait = run.records[i][1].round_time - run.records[i][1].train_time
+        assert wait < cfg.round_timeout / 3, f"node {i} waited {wait:.1f}s in round 2 for a neighbour that left it"
+    record_fault("authenticated probe inviting a join of the sender's next round (its round fixed without us)", 1,
+                 "held: both nodes ended that round with each other's model only, without waiting for the sender, "
+                 "and heard it again from the next round on", unit="message")
 
 
 # -- the end of a run --------------------------------------------------------------------------------

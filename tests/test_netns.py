@@ -16,14 +16,18 @@ bridge (scripts/netns.py). While they train, the network misbehaves:
   between two sites: their TCP retransmits and backs off (DROP rules in the hosts' own OUTPUT
   chains would fail their sends locally, and Linux retries those every 500 ms instead).
 
+The test runs twice: plain gossip, and with `--secure` (secure aggregation; a ring's group of
+three is then below its floor while a member is cut off, so a boundary node aggregates nothing
+inside the cut, and the two halves must meet in one round for its groups to run again).
+
 Every node must exit 0 after its rounds. From each node's --metrics JSONL: during the cut the
 boundary nodes miss their cross-cut neighbour (arrived < degree), after the heal every node
 hears all its neighbours again, and the final accuracies are high and close together.
 Each injected fault is also counted where it acts (iptables, ebtables and tc counters, the
 relay's own counters), so the test proves the faults happened, not only that training survived.
 
-The outcome goes to docs/faults/netns.json (fault, count, outcome) and, rendered as a table,
-into the "Multi-host network test" part of docs/faults.md.
+The outcome goes to docs/faults/netns.json (plain) and docs/faults/netns-secure.json (fault, count,
+outcome) and, rendered as tables, into the "Multi-host network test" part of docs/faults.md.
 """
 
 from __future__ import annotations
@@ -43,11 +47,15 @@ import pytest
 from p2pfl.crypto import write_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "faults" / "netns.json"
+RESULTS = {"plain": ROOT / "docs" / "faults" / "netns.json", "secure": ROOT / "docs" / "faults" / "netns-secure.json"}
 DOC = ROOT / "docs" / "faults.md"
 
 NODES = 6
-ROUNDS = 40
+ROUNDS = {"plain": 40, "secure": 100}
+# Under secure aggregation the half that keeps going runs a boundary round that cannot aggregate in
+# ~0.2 s, while the other half's rounds wait out three phase deadlines (6 s) each until its cut
+# neighbour is marked down (down_after rounds): the first half ran 30 rounds ahead during the
+# cut in one run, and must not finish its run before the heal.
 SEED = 0
 ROUND_TIMEOUT = 2.0
 PORT = 5555
@@ -136,7 +144,11 @@ def _tail(path: Path, chars: int = 2500) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["plain", "secure"])
+def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(mode: str, tmp_path: Path) -> None:
+    """Plain gossip, and secure aggregation (`--secure`: a ring's group of three is below its
+    floor while a member is cut off, so no boundary round inside the cut aggregates)."""
+    rounds = ROUNDS[mode]
     reason = netns.preflight()
     if reason is not None:
         pytest.fail(f"this test needs Linux network namespaces and cannot create them here: {reason}")
@@ -170,8 +182,8 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         procs = {}
         for i in range(NODES):
             cmd = [_p2pfl(), "node", "--cluster", str(cluster), "--id", str(i), "--metrics", str(metrics[i]),
-                   "--task", "digits-mlp", "--nodes", str(NODES), "--rounds", str(ROUNDS), "--seed", str(SEED),
-                   "--round-timeout", str(ROUND_TIMEOUT)]
+                   "--task", "digits-mlp", "--nodes", str(NODES), "--rounds", str(rounds), "--seed", str(SEED),
+                   "--round-timeout", str(ROUND_TIMEOUT), *(["--secure"] if mode == "secure" else [])]
             procs[i] = lab.popen(i, cmd, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT, env=env)
 
         first_seen: dict[int, dict[int, float]] = {i: {} for i in range(NODES)}  # round -> test clock
@@ -204,8 +216,12 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
 
         while not cut_long_enough(seen := progress()) and time.monotonic() - started - cut_time < CUT_LIMIT:
             time.sleep(0.05)
-        cut_drops = lab.heal()
-        heal_seen, heal_time = seen, time.monotonic() - started
+        # what the nodes had reported the moment the cut ended: a round reported by then was run
+        # without the other half (reading before the rules go would count a round or two that
+        # ended while they were being removed as run after the heal)
+        healed: list[tuple[dict[int, int], float]] = []
+        cut_drops = lab.heal(on_healed=lambda: healed.append((progress(), time.monotonic() - started)))
+        heal_seen, heal_time = healed[0]
 
         # -- the end --------------------------------------------------------------------------------
         while any(p.poll() is None for p in procs.values()):
@@ -226,7 +242,7 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
     codes = {i: p.returncode for i, p in procs.items()}
     check("exit", all(c == 0 for c in codes.values()), f"exit codes {codes}")
     last = {i: max(recs[i], default=0) for i in range(NODES)}
-    check("rounds", all(last[i] == ROUNDS for i in range(NODES)), f"last round reported per node {last}")
+    check("rounds", all(last[i] == rounds for i in range(NODES)), f"last round reported per node {last}")
 
     degree = {i: len(_ring_neighbours(i)) for i in range(NODES)}
     cross = {i: CROSS.get(i, []) for i in range(NODES)}
@@ -318,7 +334,7 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         done = [q for q in recs[i] if q <= r and recs[i][q]["test_acc"] is not None]
         return recs[i][max(done)]["test_acc"] if done else None
 
-    final = {i: recs[i][ROUNDS]["test_acc"] for i in range(NODES) if ROUNDS in recs[i]}
+    final = {i: recs[i][rounds]["test_acc"] for i in range(NODES) if rounds in recs[i]}
     spread = max(final.values()) - min(final.values()) if final else 1.0
     at_heal = [a for i in range(NODES) if (a := acc_at(i, heal_seen[i])) is not None]
     spread_heal = max(at_heal) - min(at_heal) if at_heal else float("nan")
@@ -357,7 +373,7 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
                             f"{done}; delay applied {relay['min_delay'] or 0:.3f}-{relay['max_delay'] or 0:.3f} s "
                             f"(mean {relay['mean_delay'] or 0:.3f}) over {relay['connections']} connections")},
         {"fault": "ring cut in two halves {0,1,2} | {3,4,5} (ebtables DROP on the bridge, both ways: edges 2-3 "
-                  "and 5-0), then healed",
+                  "and 5-0), then healed" + (", under secure aggregation" if mode == "secure" else ""),
          "count": 1, "unit": f"cut ({cut_drops} packets dropped)",
          "outcome": outcome(ok["partition_rounds"] and ok["partition_visible"] and ok["healed"] and ok["accuracy"]
                             and ok["no_backlog"] and ok["fresh_after_link_back"] and ok["fresh_across_heal"],
@@ -373,11 +389,11 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
                             f"(final {min(final.values(), default=0):.3f}-{max(final.values(), default=0):.3f})")},
     ]
     results = {
-        "test": "tests/test_netns.py::test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition",
+        "test": f"tests/test_netns.py::test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition[{mode}]",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host": f"{os.cpu_count()} cpus, Linux {platform.release()}",
-        "setup": {"nodes": NODES, "topology": "ring", "task": "digits-mlp", "rounds": ROUNDS, "seed": SEED,
-                  "round_timeout": ROUND_TIMEOUT},
+        "setup": {"nodes": NODES, "topology": "ring", "task": "digits-mlp", "rounds": rounds, "seed": SEED,
+                  "round_timeout": ROUND_TIMEOUT, "secure": mode == "secure"},
         "passed": all(ok.values()),
         "wall_time_s": round(wall, 1),
         "cut_at_s": round(cut_time, 1), "healed_at_s": round(heal_time, 1),
@@ -390,14 +406,16 @@ def test_ring_over_namespaces_survives_loss_rate_latency_and_a_partition(tmp_pat
         "final_acc": final,
         "faults": faults,
         "checks": [{"name": n, "ok": g, "detail": d} for n, g, d in checks],
-        "run": (f"Last run {datetime.now(timezone.utc):%Y-%m-%d}: {NODES} `p2pfl node` processes in {NODES} namespaces, "
-                f"{ROUNDS} rounds, {wall:.0f} s; {'all checks held' if all(ok.values()) else 'SOME CHECKS FAILED'}."),
+        "run": (f"Last run {datetime.now(timezone.utc):%Y-%m-%d}: {NODES} `p2pfl node{' --secure' if mode == 'secure' else ''}` "
+                f"processes in {NODES} namespaces, "
+                f"{rounds} rounds, {wall:.0f} s; {'all checks held' if all(ok.values()) else 'SOME CHECKS FAILED'}."),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(f".tmp{os.getpid()}")
+    path = RESULTS[mode]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS)
-    netns.render_doc(RESULTS, DOC)
+    tmp.replace(path)
+    netns.render_doc(path, DOC)
     _render_fault_table()
 
     failed = [f"{n}: {d}" for n, g, d in checks if not g]

@@ -55,11 +55,40 @@ def test_a_merely_faster_neighbour_is_followed_round_by_round() -> None:
 def test_a_neighbour_two_rounds_ahead_with_nothing_for_the_next_round_makes_us_skip() -> None:
     w = RoundWindow(last_round=20)
     w.place(_m(1, 7), 4)  # a partition healed: 1 is at round 7, nothing of it for round 5
+    w.place(_m(2, 5), 4)
     w.place(_m(2, 6), 4)
     nxt, dropped = w.next_round(4)
     assert nxt == 7
-    assert [(d.msg.sender, d.reason, d.detail) for d in dropped] == [(2, "skipped_round", "MODEL from 2 for skipped round 6")]
+    assert [(d.msg.sender, d.reason, d.detail) for d in dropped] == [
+        (2, "skipped_round", "MODEL from 2 for skipped round 5"), (2, "skipped_round", "MODEL from 2 for skipped round 6")]
     assert [m.round for m in w.buffer] == [7]
+
+
+def test_with_gaps_to_several_neighbours_the_skip_goes_to_the_nearest() -> None:
+    """A healed ring's other half is not in step: one neighbour went on at round 7, the other at 9.
+    We meet the first at 7 (a secure group of its needs us there) and the second at 9 after."""
+    w = RoundWindow(last_round=20)
+    w.place(_m(1, 9), 4)
+    w.place(_m(2, 7), 4)
+    nxt, dropped = w.next_round(4)
+    assert (nxt, dropped) == (7, []) and w.gaps_after(4) == {1: 9, 2: 7}
+    assert sorted(m.round for m in w.buffer) == [7, 9]  # 1's message of round 9 waits for us there
+    assert [m.sender for m in w.take(7)] == [2] and w.next_round(7) == (9, [])
+
+
+def test_a_skip_said_marks_the_rounds_between_as_never_run() -> None:
+    """A probe's `after`: the neighbour ran round 5 and went on at 9; rounds 6-8 get nothing from it."""
+    w = RoundWindow(last_round=20)
+    w.skipped(1, 5, 9)
+    assert [r for r in range(4, 11) if w.never_runs(1, r)] == [6, 7, 8]
+    assert w.latest == {1: 9} and w.invited == {1: 9}  # it is at round 9, and said so as it went: meet it there
+    w.skipped(1, 2, 4)  # an older skip (its probe overtaken by the newer one) changes nothing
+    assert w.skips == {1: (5, 9)}
+    for bad in ((9, 9), (10, 9), (-1, 3), (5, 21)):  # no rounds between, backwards, or beyond the run
+        w.skipped(2, *bad)
+    assert 2 not in w.skips
+    w.forget(1)  # a new process says again what it skips
+    assert not w.never_runs(1, 7)
 
 
 def test_a_neighbour_that_owed_us_nothing_for_the_next_round_is_no_gap() -> None:

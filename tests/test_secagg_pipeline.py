@@ -437,3 +437,54 @@ def test_a_restart_told_after_the_neighbours_group_finished_still_voids_the_roun
     for p in protos.values():
         assert p.status == "ok" and p.contributors == adj[p.node_id], (p.node_id, p.failure_reason)
         assert_within_bound(p, xs, cluster.W)
+
+
+def _cut_ring(cut: tuple[int, int], hold_ends: bool = False):
+    """Round-1 protocols of a 6-ring whose edge `cut` is down on both of its ends (each side marked
+    the other down), and a router holding every message across it (`hold_ends`: every message to or
+    from its ends, so that their rounds are still running): (protocols, inputs, W, router)."""
+    adj = circulant(6)
+    W, secrets = mh_weights(adj), make_secrets(adj)
+    data = np.random.default_rng(3)
+    xs = {i: data.standard_normal(L).astype(np.float32) for i in adj}
+    a, b = cut
+    protos = {i: SecureGossipRound(i, 1, adj, W[i], xs[i], SecAggParams(), secrets[i], seeded_rng(i),
+                                   expected=set(adj[i]) - ({b} if i == a else {a} if i == b else set()))
+              for i in adj}
+    held = (lambda to, m: bool({to, m.sender} & {a, b})) if hold_ends else (lambda to, m: {to, m.sender} == {a, b})
+    return protos, xs, W, Router(protos, hold=held)
+
+
+def test_a_group_below_its_floor_without_a_member_marked_down_takes_it_back_in_the_same_round() -> None:
+    """A partition heals mid-round: 0 and 1 marked each other down as the round began (a ring's
+    group of two is then below its floor). Their share phases stay open, so once each hears the
+    other again (`peer_back`, and what it withheld goes out) every group runs with every member,
+    in this round and without a deadline; each invites the other to this round."""
+    protos, xs, W, router = _cut_ring((0, 1), hold_ends=True)
+    router.start()
+    router.deliver()
+    assert not protos[0].finished() and not protos[1].finished()  # open, not failed: the other side may come back
+    assert protos[0].rejoin_round() == protos[1].rejoin_round() == 1
+    for i, j in ((0, 1), (1, 0)):
+        router.post(i, protos[i].peer_back(j))
+    router.release()
+    router.settle()
+    assert router.deadlines == 0
+    for i, p in protos.items():
+        assert p.status == "ok" and sorted(p.contributors) == sorted(circulant(6)[i]), (i, p.failures)
+        assert_within_bound(p, xs, W)
+
+
+def test_a_group_kept_open_for_a_member_marked_down_fails_when_the_rest_of_the_round_is_over() -> None:
+    """The cut does not heal: 0's and 1's groups, kept open for each other, fail as below their floor
+    once their memberships elsewhere are done, without waiting for a deadline; every other group,
+    and the sums they unmask, are as ever."""
+    protos, xs, W, router = _cut_ring((0, 1))
+    router.run()
+    assert router.deadlines == 0
+    for i in (0, 1):
+        assert protos[i].failure_reason == "too_few_members" and protos[i].contributors == []
+        assert np.array_equal(protos[i].result(), xs[i])  # its own model, nothing learned
+    for i in (2, 3, 4, 5):
+        assert protos[i].status == "ok", (i, protos[i].failures)
+        assert_within_bound(protos[i], xs, W)

@@ -54,6 +54,12 @@ class SecureGossipRound(SecAggRound):
         peer (two hops away at most). rng(n): n random bytes (default `os.urandom`).
     """
 
+    # A node invited far ahead (a healed partition's other side) may give this round up and run
+    # its input in that round instead: to the groups of this round it is a member that dropped
+    # out, which they survive, and the later round's groups run their own share phase (what this
+    # one prepared is for the round after it). docs/secagg.md 3.1.
+    retargetable = True
+
     def __init__(
         self,
         node_id: int,
@@ -113,6 +119,11 @@ class SecureGossipRound(SecAggRound):
         if agg is None or agg.spec.members != tuple(nbrs) or agg.spec.length != self._length:
             agg = Aggregator(self._spec(self.round, self.node_id), self.expected)
         agg.expect(self.expected)
+        if agg.stage is AggStage.SHARES and len(self.expected) < max(self.params.min_contributors, agg.spec.quorum):
+            # Below the floor without the members marked down (a partition): the share phase stays
+            # open for them while the round runs, so a member heard again joins this very round
+            # (`peer_back`); it closes when the rest of the round is over (`_close_for_the_absent`).
+            agg.expect(nbrs)
         self.agg = self._pipelined(agg)
 
     def _pipelined(self, agg: Aggregator) -> Aggregator:
@@ -208,7 +219,7 @@ class SecureGossipRound(SecAggRound):
         if self.agg is not None:
             out += self.agg.start()
             self._after_agg(False)
-        return out
+        return out + self._close_for_the_absent()
 
     def on_message(self, msg: Message) -> list[Outbound]:
         if msg.kind != Kind.SECAGG:
@@ -231,7 +242,7 @@ class SecureGossipRound(SecAggRound):
         out = self._member_step(step, msg, body)
         if step == STEP_ABORT:
             out += self._past_setup(msg.sender)
-        return out
+        return out + self._close_for_the_absent()
 
     def _past_setup(self, j: int) -> list[Outbound]:
         """Neighbour j aborted my membership because it is past this round's share phase ("late":
@@ -276,7 +287,41 @@ class SecureGossipRound(SecAggRound):
 
     def _group_changed(self, out: list[Outbound]) -> list[Outbound]:
         self._after_agg(False)
+        return out + self._close_for_the_absent()
+
+    def _takes_members(self) -> bool:
+        """True while my group still collects this round's `shares` (its membership not fixed)."""
+        agg = self.agg
+        return agg is not None and agg.stage is AggStage.SHARES and not agg.prepared
+
+    def _close_for_the_absent(self) -> list[Outbound]:
+        """My group's share phase, kept open for members marked down, closes once the rest of the
+        round is over (every membership of a neighbour believed alive is done) and only they are
+        missing: below the floor it fails, as it would have at the start, but the round is not held
+        to its deadline for them."""
+        agg = self.agg
+        if agg is None or not self._takes_members():
+            return []
+        missing = agg.expected - set(agg.pks)
+        if not missing or missing & self.expected or not all(m.done for j, m in self.members.items() if j in self.expected):
+            return []
+        out = agg.close_shares()
+        self._after_agg(False)
         return out
+
+    def peer_back(self, j: int) -> list[Outbound]:
+        """Neighbour j, marked down as this round began, was heard again (a partition healed). While
+        my group still collects `shares` it waits for j's too, and the round waits for my membership
+        in j's group: the round that heard j again can be the two sides' first together. Past the
+        share phase neither can take j (`rejoin_round`: the next round)."""
+        if self._takes_members() and j in self.weights:
+            assert self.agg is not None
+            self.agg.expect(self.agg.expected | {j})
+            self.expected.add(j)
+        return []
+
+    def rejoin_round(self) -> int:
+        return self.round if self._takes_members() else self.round + 1
 
     def on_deadline(self) -> list[Outbound]:
         self._tick_members()

@@ -99,6 +99,7 @@ class ScriptedNeighbour:
         self.sent: dict[tuple[int, int], list[bytes]] = {}  # (to, round) -> honest frames as sent
         self.heartbeat_frames: dict[int, list[bytes]] = {}
         self.received: list[wire.Header] = []  # every message neighbours sent us, authenticated
+        self.heartbeats: list[tuple[int, int, dict]] = []  # (sender, round, meta) of each heartbeat among them
         self.decode_errors: list[str] = []  # honest nodes never produce one
         self.rounds_done = 0
         self.error: str | None = None
@@ -247,7 +248,7 @@ class ScriptedNeighbour:
             key = self.responder.key(header.sender, header.session)
             if key is None:
                 raise wire.WireError("no_session", f"from {header.sender}")
-            wire.open_meta(header, parts, key, self.limits)
+            meta = wire.open_meta(header, parts, key, self.limits)
             if header.counter <= self._last_counter.get(header.session, 0):
                 raise wire.WireError("replay", str(header.counter))
             tensors = wire.open_tensors(header, parts, key)
@@ -256,6 +257,8 @@ class ScriptedNeighbour:
             return
         self._last_counter[header.session] = header.counter
         self.received.append(header)
+        if header.kind == Kind.HEARTBEAT:
+            self.heartbeats.append((header.sender, header.round, meta))
         if header.kind == Kind.MODEL:
             vec = tensors.get(DELTA)
             if vec is None or vec.shape != (self.delta_length,) or not np.isfinite(vec).all():
