@@ -621,7 +621,7 @@ class Node:
                     self.config.dp_budget, self.accountant.epsilon_after(steps + 1), r)
 
     def _context(self, r: int, own: np.ndarray, fallback: np.ndarray | None, active: frozenset[int],
-                 steps: int, catching_up: bool = False) -> RoundContext:
+                 steps: int, catching_up: bool) -> RoundContext:
         """What the strategy needs to build round r's protocol; DP noise as the placement says.
 
         The round waits for the neighbours not marked down; one the node skipped to (`catching_up`)

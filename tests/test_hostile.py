@@ -441,6 +441,20 @@ def test_probes_claiming_rounds_beyond_the_run_or_a_far_join_move_no_one(task: T
                  unit="message")
 
 
+def _in_round_2_invite(probe_round: int, join: int) -> Callable[[ScriptedNeighbour, int], int | None]:
+    """A script for node 2: in round 2 it sends each neighbour a probe of round `probe_round` inviting
+    it to `join`, and goes on at round `join` without sending anything for round 2."""
+
+    def on_round(nb: ScriptedNeighbour, r: int) -> int | None:
+        if r != 2:
+            return None
+        for j in nb.neighbours:
+            nb.send(j, nb.seal(Message(Kind.HEARTBEAT, nb.id, probe_round, {"probe": True, "join": join}), j))
+        return join
+
+    return on_round
+
+
 def test_a_node_invited_far_ahead_mid_round_runs_that_round_instead(task: Task, tmp_path: Path) -> None:
     """Catching up in place (docs/protocol.md, *Liveness*): while nodes 0 and 1 wait in round 2,
     node 2 (scripted) probes them from round 4, inviting them to join it there, as the side of a
@@ -449,14 +463,7 @@ def test_a_node_invited_far_ahead_mid_round_runs_that_round_instead(task: Task, 
     (one round run to meet node 2, not two: round 2 without it, then the skip), and every later
     round hears both neighbours. Before, each waited out round 2's 30 s deadline for node 2."""
 
-    def on_round(nb: ScriptedNeighbour, r: int) -> int | None:
-        if r != 2:
-            return None
-        for j in nb.neighbours:
-            nb.send(j, nb.seal(Message(Kind.HEARTBEAT, nb.id, 4, {"probe": True, "join": 4}), j))
-        return 4
-
-    run = run_cluster(tmp_path, task, on_round=on_round)
+    run = run_cluster(tmp_path, task, on_round=_in_round_2_invite(4, join=4))
     for i in (0, 1):
         assert [rec.round for rec in run.records[i]] == [1, 4, 5], [rec.round for rec in run.records[i]]
         assert [rec.heard for rec in run.records[i]] == [[1 - i, 2]] * 3
@@ -475,15 +482,8 @@ def test_a_neighbour_inviting_us_to_its_next_round_is_not_waited_for_in_this_one
     1 end round 2 with each other's model only, at once rather than at round 2's 30 s deadline,
     and hear node 2 again from round 3 on."""
 
-    def on_round(nb: ScriptedNeighbour, r: int) -> int | None:
-        if r != 2:
-            return None
-        for j in nb.neighbours:
-            nb.send(j, nb.seal(Message(Kind.HEARTBEAT, nb.id, 2, {"probe": True, "join": 3}), j))
-        return 3
-
     cfg = experiment()
-    run = run_cluster(tmp_path, task, on_round=on_round, config=cfg)
+    run = run_cluster(tmp_path, task, on_round=_in_round_2_invite(2, join=3), config=cfg)
     for i in (0, 1):
         assert [rec.round for rec in run.records[i]] == list(range(1, ROUNDS + 1))
         assert [rec.heard for rec in run.records[i]] == [[1 - i, 2], [1 - i]] + [[1 - i, 2]] * (ROUNDS - 2)

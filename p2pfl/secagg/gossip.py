@@ -299,9 +299,10 @@ class SecureGossipRound(SecAggRound):
         round is over (every membership of a neighbour believed alive is done) and only they are
         missing: below the floor it fails, as it would have at the start, but the round is not held
         to its deadline for them."""
-        agg = self.agg
-        if agg is None or not self._takes_members():
+        if not self._takes_members():
             return []
+        agg = self.agg
+        assert agg is not None
         missing = agg.expected - set(agg.pks)
         if not missing or missing & self.expected or not all(m.done for j, m in self.members.items() if j in self.expected):
             return []
