@@ -729,7 +729,9 @@ class Node:
         """Tell round `r` that neighbour j was seen in a later round (each newer sighting once).
         One that said it skipped round r counts as two rounds on: nothing of r comes from it,
         not even the late traffic a finished round still sends."""
-        seen = max(self._seen(j), r + 2) if self._window.never_runs(j, r) else self._seen(j)
+        seen = self._seen(j)
+        if self._window.never_runs(j, r):
+            seen = max(seen, r + 2)
         if seen > r and seen > self._told_moved_on.get(j, r):
             self._told_moved_on[j] = seen
             self._send_all(protocol.peer_moved_on(j, seen))
