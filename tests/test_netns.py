@@ -82,7 +82,7 @@ TAIL = 5  # the last TAIL rounds of every node must hear every neighbour
 STALE_AFTER_HEAL = {"plain": 3, "secure": 8}
 FRESH_AFTER_LINK_BACK = 2  # rounds run from the healed links carrying traffic both ways to the first full round
 # Issue 17's goal: rounds run after the heal to the first that mixes the cross-cut neighbours' models,
-# at most 2; checked for plain gossip. Under secure aggregation it held in 4 of 7 runs of the final
+# at most 2; checked for plain gossip. Under secure aggregation it held in 4 of 9 runs of the final
 # code and took 3-4 in the others, each time because a healed link carried traffic both ways only
 # after two or three of a boundary node's failing rounds (0.2-0.3 s each; the link 1.1-1.7 s after
 # the heal): the reconnection over the shaped links, not the rounds after it (docs/faults.md). So
