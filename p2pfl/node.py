@@ -834,9 +834,10 @@ class Node:
             self._window.note(msg.sender, msg.round)  # where it is (`_probe_down`)
             join = msg.meta.get("join")
             if type(join) is int and msg.round <= join <= msg.round + 1:  # only ever this round or the next
-                self._window.invite(msg.sender, join)
-                if join > msg.round:  # its round was fixed without us: it sends us nothing for it (`_welcome_back`)
-                    self._window.skipped(msg.sender, msg.round - 1, join)
+                if join > msg.round:  # its round was fixed without us, it sends us nothing for it (`_welcome_back`):
+                    self._window.skipped(msg.sender, msg.round - 1, join)  # as if skipped (also an invitation)
+                else:
+                    self._window.invite(msg.sender, join)
             after = msg.meta.get("after")
             if type(after) is int:
                 self._window.skipped(msg.sender, after, msg.round)  # it sends nothing for the rounds between

@@ -118,12 +118,11 @@ class SecureGossipRound(SecAggRound):
         agg = prepared.agg
         if agg is None or agg.spec.members != tuple(nbrs) or agg.spec.length != self._length:
             agg = Aggregator(self._spec(self.round, self.node_id), self.expected)
-        agg.expect(self.expected)
-        if agg.stage is AggStage.SHARES and len(self.expected) < max(self.params.min_contributors, agg.spec.quorum):
-            # Below the floor without the members marked down (a partition): the share phase stays
-            # open for them while the round runs, so a member heard again joins this very round
-            # (`peer_back`); it closes when the rest of the round is over (`_close_for_the_absent`).
-            agg.expect(nbrs)
+        # Below the floor without the members marked down (a partition), the share phase stays open
+        # for them too while the round runs, so a member heard again joins this very round
+        # (`peer_back`); it closes when the rest of the round is over (`_close_for_the_absent`).
+        below = agg.stage is AggStage.SHARES and len(self.expected) < max(self.params.min_contributors, agg.spec.quorum)
+        agg.expect(nbrs if below else self.expected)
         self.agg = self._pipelined(agg)
 
     def _pipelined(self, agg: Aggregator) -> Aggregator:
